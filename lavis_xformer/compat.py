@@ -1,0 +1,174 @@
+"""Every work-around of a Salesforce LAVIS 1.0.2 defect lives here, each naming the defect.
+
+LAVIS itself is never edited; the plugin calls these helpers instead of the defective code.
+"""
+import contextlib
+import logging
+
+import torch
+import torch.distributed as dist
+
+
+# --- Defect: Blip2Qformer.forward calls torch.distributed.get_rank()/get_world_size() and
+# all_gather unconditionally, so BLIP-2 style losses fail without a process group (CPU, one
+# process). These gathers fall back to the local tensor when no group is initialised.
+
+def dist_ready() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if dist_ready() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if dist_ready() else 1
+
+
+@torch.no_grad()
+def concat_all_gather(tensor: torch.Tensor) -> torch.Tensor:
+    """All-gather along dim 0 without gradient; identity in a single process."""
+    if get_world_size() == 1:
+        return tensor
+    gathered = [torch.empty_like(tensor) for _ in range(get_world_size())]
+    dist.all_gather(gathered, tensor.contiguous())
+    return torch.cat(gathered, dim=0)
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, tensor):
+        gathered = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, tensor.contiguous())
+        return tuple(gathered)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        grad = torch.stack(grads)
+        dist.all_reduce(grad)
+        return grad[dist.get_rank()]
+
+
+def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """All-gather along dim 0 keeping the gradient to the local slice; identity in one process."""
+    if get_world_size() == 1:
+        return tensor
+    return torch.cat(_GatherWithGrad.apply(tensor), dim=0)
+
+
+# --- Defect: lavis.models.eva_vit.VisionTransformer.__init__ computes its drop-path rates
+# with ``[x.item() for x in torch.linspace(...)]``; under ``with torch.device("meta")`` the
+# linspace is a meta tensor and ``.item()`` raises ("Tensor.item() cannot be called on meta
+# tensors"). Inside this context torch.linspace is computed on the CPU, so the ViT can be
+# built on the meta device for inspection.
+
+@contextlib.contextmanager
+def eva_vit_meta_safe():
+    original = torch.linspace
+
+    def linspace_on_cpu(*args, **kwargs):
+        kwargs["device"] = "cpu"
+        return original(*args, **kwargs)
+
+    torch.linspace = linspace_on_cpu
+    try:
+        yield
+    finally:
+        torch.linspace = original
+
+
+# --- Defect: BaseModel.load_checkpoint_from_config cannot skip loading and
+# Blip2Base.load_from_pretrained does not log which keys were missing or unexpected.
+
+def load_state_dict_logged(model: torch.nn.Module, state_dict: dict, source: str):
+    """Non-strict load that logs what was loaded, missing and unexpected."""
+    msg = model.load_state_dict(state_dict, strict=False)
+    loaded = len(state_dict) - len(msg.unexpected_keys)
+    logging.info("Loaded %d tensors from %s", loaded, source)
+    if msg.missing_keys:
+        logging.info("Not in %s (kept as built): %d keys, e.g. %s", source,
+                     len(msg.missing_keys), msg.missing_keys[:5])
+    if msg.unexpected_keys:
+        logging.warning("Ignored %d keys of %s not in the model, e.g. %s",
+                        len(msg.unexpected_keys), source, msg.unexpected_keys[:5])
+    return msg
+
+
+# --- Defect: lavis.common.dist_utils.init_distributed_mode always picks the nccl backend and
+# calls torch.cuda.set_device, so `torchrun` on a CPU machine (or with run.device=cpu) dies
+# before training starts; its SLURM branch never sets world_size. This replacement reads
+# the torchrun environment (RANK, WORLD_SIZE, LOCAL_RANK), uses gloo when CUDA is unavailable
+# or run.device is cpu and nccl otherwise, and turns run.distributed off when the process was
+# not launched by torchrun.
+
+def wants_cuda(run_cfg) -> bool:
+    """True when the run asks for a CUDA device and one is present."""
+    return str(run_cfg.get("device", "cuda")).startswith("cuda") and torch.cuda.is_available()
+
+
+def init_distributed_mode(run_cfg):
+    import datetime
+    import os
+
+    from lavis.common.dist_utils import setup_for_distributed
+
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        print("Not using distributed mode")
+        run_cfg.distributed = False
+        return
+
+    run_cfg.rank = int(os.environ["RANK"])
+    run_cfg.world_size = int(os.environ["WORLD_SIZE"])
+    run_cfg.gpu = int(os.environ.get("LOCAL_RANK", 0))
+    run_cfg.distributed = True
+
+    if wants_cuda(run_cfg):
+        torch.cuda.set_device(run_cfg.gpu)
+        run_cfg.dist_backend = "nccl"
+    else:
+        run_cfg.dist_backend = "gloo"
+    init_method = run_cfg.get("dist_url", None) or "env://"
+    print("| distributed init (rank {}, world {}, backend {}): {}".format(
+        run_cfg.rank, run_cfg.world_size, run_cfg.dist_backend, init_method), flush=True)
+    dist.init_process_group(
+        backend=run_cfg.dist_backend,
+        init_method=init_method,
+        world_size=run_cfg.world_size,
+        rank=run_cfg.rank,
+        # generous, as LAVIS does, so rank 0 may prepare data while the others wait
+        timeout=datetime.timedelta(hours=12),
+    )
+    dist.barrier()
+    setup_for_distributed(run_cfg.rank == 0)
+
+
+def barrier():
+    """dist.barrier() only when a process group exists (RunnerBase.train calls it always)."""
+    if dist_ready():
+        dist.barrier()
+
+
+# --- Defect: lavis.common.logger.SmoothedValue.synchronize_between_processes builds its
+# all-reduce tensor with device="cuda", so BaseTask's end-of-epoch statistics crash under a
+# gloo (CPU) process group. This version reduces on the device the backend needs.
+
+def synchronize_metric_logger(metric_logger):
+    if not dist_ready():
+        return
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    for meter in metric_logger.meters.values():
+        t = torch.tensor([meter.count, meter.total], dtype=torch.float64, device=device)
+        dist.barrier()
+        dist.all_reduce(t)
+        count, total = t.tolist()
+        meter.count = int(count)
+        meter.total = total
+
+
+# --- Defects of lavis.runners.runner_base.RunnerBase (no CPU / single-process training:
+# DDP always given device_ids, PrefetchLoader builds torch.cuda.Stream, unconditional
+# dist.barrier(), the `model` property returns None when the model already sits on the run
+# device, a CUDA GradScaler even on CPU, relative output_dir put inside LAVIS's package dir,
+# strict resume that fails because checkpoints omit frozen weights (LAVIS issue #153)) are
+# fixed by the overrides of lavis_xformer.runners.runner_xformer.RunnerXFormer, each of which
+# names its defect.

@@ -1,0 +1,2 @@
+"""LAVIS models of the plugin; importing this registers them."""
+from lavis_xformer.models.xformer import XFormer  # noqa: F401

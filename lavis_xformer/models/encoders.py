@@ -1,0 +1,127 @@
+"""Builders for the pretrained parts, each from a configurable weight source (see sources.py).
+
+LAVIS 1.0.2 hard-codes these sources (``bert-base-uncased`` from the hub in
+``Blip2Base.init_tokenizer``/``init_Qformer``, a URL in ``create_eva_vit_g``); the plugin builds
+the same modules itself so that every source is a config key and ``random_init`` loads nothing.
+"""
+import logging
+from functools import partial
+
+import torch
+from torch import nn
+
+from lavis_xformer import compat
+from lavis_xformer.models import sources
+
+
+def build_eva_vit(cfg, random_init: bool) -> nn.Module:
+    """LAVIS's EVA ViT (``lavis.models.eva_vit.VisionTransformer``) at the configured size.
+
+    The pretrain type uses ViT-g with 39 of its 40 blocks, i.e. features from the
+    second-to-last layer, as BLIP-2 and the paper do.
+    """
+    from lavis.models.eva_vit import VisionTransformer, interpolate_pos_embed
+
+    vit = cfg.get("vit")
+    with compat.eva_vit_meta_safe():
+        model = VisionTransformer(
+            img_size=cfg.get("image_size"),
+            patch_size=vit.get("patch_size"),
+            use_mean_pooling=False,
+            embed_dim=vit.get("embed_dim"),
+            depth=vit.get("depth"),
+            num_heads=vit.get("num_heads"),
+            mlp_ratio=vit.get("mlp_ratio"),
+            qkv_bias=True,
+            drop_path_rate=cfg.get("drop_path_rate", 0.0),
+            norm_layer=partial(nn.LayerNorm, eps=1e-6),
+            use_checkpoint=cfg.get("use_grad_checkpoint", False),
+        )
+    source = None if random_init else sources.resolve("clip_vit_weights", cfg.get("clip_vit_weights"))
+    if source is None:
+        logging.info("CLIP ViT: random weights (model.clip_vit_weights is null or random_init)")
+        return model
+    state_dict = sources.load_checkpoint_file("clip_vit_weights", source)
+    with sources.loading("clip_vit_weights", source):
+        interpolate_pos_embed(model, state_dict)
+        missing, unexpected = model.load_state_dict(state_dict, strict=False)
+        if missing:
+            raise KeyError(f"checkpoint lacks {len(missing)} ViT weights, e.g. {missing[:3]}")
+    return model
+
+
+def mae_config(cfg):
+    from transformers import ViTMAEConfig
+
+    return ViTMAEConfig(image_size=cfg.get("image_size"), **dict(cfg.get("mae")))
+
+
+def build_mae(cfg, random_init: bool) -> nn.Module:
+    """transformers' ``ViTMAEForPreTraining`` (encoder + decoder), e.g. facebook/vit-mae-huge."""
+    from transformers import ViTMAEForPreTraining
+
+    source = None if random_init else sources.resolve("mae_weights", cfg.get("mae_weights"))
+    if source is None:
+        logging.info("MAE: random weights (model.mae_weights is null or random_init)")
+        return ViTMAEForPreTraining(mae_config(cfg))
+    with sources.loading("mae_weights", source):
+        model = ViTMAEForPreTraining.from_pretrained(source)
+    if model.config.image_size != cfg.get("image_size"):
+        raise sources.WeightSourceError(
+            f"model.mae_weights={source!r} is for {model.config.image_size}px images but "
+            f"model.image_size is {cfg.get('image_size')}; use matching sizes"
+        )
+    return model
+
+
+def qformer_config(cfg, vision_width: int):
+    from lavis.models.blip2_models.Qformer import BertConfig
+
+    config = BertConfig(**dict(cfg.get("qformer")))
+    config.encoder_width = vision_width
+    config.add_cross_attention = True
+    config.cross_attention_freq = cfg.get("cross_attention_freq", 2)
+    config.query_length = cfg.get("num_query_token")
+    return config
+
+
+def build_qformer(cfg, vision_width: int, random_init: bool):
+    """LAVIS's Q-Former (``BertLMHeadModel`` with cross-attention every N-th layer).
+
+    The text embeddings get one extra row for the ``[DEC]`` token the tokenizer adds, and the
+    query FFNs start as copies of the text FFNs, as in ``Blip2Qformer``.
+    Returns ``(qformer, query_tokens)``.
+    """
+    from lavis.models.blip2_models.Qformer import BertLMHeadModel
+
+    config = qformer_config(cfg, vision_width)
+    source = None if random_init else sources.resolve("qformer_weights", cfg.get("qformer_weights"))
+    if source is None:
+        logging.info("Q-Former: random weights (model.qformer_weights is null or random_init)")
+        qformer = BertLMHeadModel(config)
+    else:
+        with sources.loading("qformer_weights", source):
+            qformer = BertLMHeadModel.from_pretrained(source, config=config)
+    qformer.resize_token_embeddings(config.vocab_size + 1)  # + [DEC]
+    state_dict = qformer.state_dict()
+    for name, param in qformer.named_parameters():
+        if "_query" in name:
+            param.data.copy_(state_dict[name.replace("_query", "")])
+    query_tokens = nn.Parameter(torch.zeros(1, config.query_length, config.hidden_size))
+    query_tokens.data.normal_(mean=0.0, std=config.initializer_range)
+    return qformer, query_tokens
+
+
+def build_tokenizer(cfg):
+    """BERT tokenizer from model.tokenizer with ``[DEC]`` added as BOS (id = vocab size)."""
+    from transformers import BertTokenizer
+
+    source = sources.resolve("tokenizer", cfg.get("tokenizer"))
+    if source is None:
+        raise sources.WeightSourceError(
+            "model.tokenizer is null; set it to a BERT vocab (hub name or local directory)"
+        )
+    with sources.loading("tokenizer", source):
+        tokenizer = BertTokenizer.from_pretrained(source)
+    tokenizer.add_special_tokens({"bos_token": "[DEC]"})
+    return tokenizer
