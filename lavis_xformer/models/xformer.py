@@ -121,6 +121,15 @@ class XFormer(Blip2Base):
         self.temp = nn.Parameter(0.07 * torch.ones([]))
 
     @classmethod
+    def default_config_path(cls, model_type):
+        if model_type not in cls.PRETRAINED_MODEL_CONFIG_DICT:
+            raise ValueError(
+                f"Unknown model type {model_type!r} for 'xformer'; available: "
+                f"{sorted(cls.PRETRAINED_MODEL_CONFIG_DICT)}"
+            )
+        return cls.PRETRAINED_MODEL_CONFIG_DICT[model_type]
+
+    @classmethod
     def from_config(cls, cfg):
         model = cls(cfg)
         if cfg.get("pretrained"):

@@ -1,0 +1,120 @@
+"""The neural modules on their own, without LAVIS: shapes, masking, the masked-patch loss."""
+import pytest
+import torch
+from transformers import ViTMAEConfig, ViTMAEForPreTraining
+
+from lavis_xformer.modules import MAEBranch, XFormerFusion, masked_mse, patchify
+from lavis_xformer.modules.mae_branch import (
+    CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, random_patch_mask, unpatchify,
+)
+
+
+@pytest.fixture(scope="module")
+def branch():
+    torch.manual_seed(0)
+    config = ViTMAEConfig(
+        image_size=32, patch_size=8, hidden_size=48, num_hidden_layers=1, num_attention_heads=3,
+        intermediate_size=96, decoder_hidden_size=32, decoder_num_hidden_layers=1,
+        decoder_num_attention_heads=2, decoder_intermediate_size=64,
+    )
+    return MAEBranch(ViTMAEForPreTraining(config), mask_ratio=0.5)
+
+
+def test_fusion_shapes_and_parameter_count_at_paper_width():
+    fusion = XFormerFusion(dim=64, mae_dim=96, num_heads=4)
+    queries, mae = torch.randn(2, 8, 64), torch.randn(2, 17, 96)
+    enhanced, enriched = fusion(queries, mae)
+    assert enhanced.shape == (2, 8, 64)
+    assert enriched.shape == (2, 17, 96)
+    with torch.device("meta"):
+        paper = XFormerFusion(dim=768, mae_dim=1280, num_heads=12)
+    assert 20.5e6 < sum(p.numel() for p in paper.parameters()) < 21.5e6
+
+
+def test_fusion_without_self_attention_has_no_self_attention_layers():
+    fusion = XFormerFusion(dim=32, mae_dim=48, num_heads=4, self_attn=False)
+    assert fusion.mae_block.self_attn is None and fusion.query_block.self_attn is None
+    full = XFormerFusion(dim=32, mae_dim=48, num_heads=4)
+    assert sum(p.numel() for p in full.parameters()) > sum(p.numel() for p in fusion.parameters())
+
+
+def test_fusion_both_streams_depend_on_both_inputs():
+    torch.manual_seed(0)
+    fusion = XFormerFusion(dim=32, mae_dim=48, num_heads=4).eval()
+    queries, mae = torch.randn(1, 4, 32), torch.randn(1, 9, 48)
+    enhanced, enriched = fusion(queries, mae)
+    enhanced_m, enriched_m = fusion(queries, mae + torch.randn_like(mae))
+    enhanced_q, enriched_q = fusion(queries + torch.randn_like(queries), mae)
+    assert not torch.allclose(enhanced, enhanced_m) and not torch.allclose(enhanced, enhanced_q)
+    assert not torch.allclose(enriched, enriched_q)
+
+
+def test_renormalize_maps_clip_statistics_to_imagenet_statistics(branch):
+    raw = torch.rand(2, 3, 32, 32)
+    clip = (raw - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    expected = (raw - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    torch.testing.assert_close(branch.renormalize(clip), expected)
+
+
+def test_random_patch_mask_hides_the_configured_fraction():
+    ids_keep, ids_restore, mask = random_patch_mask(3, 16, 0.5, "cpu")
+    assert ids_keep.shape == (3, 8)
+    assert mask.sum(dim=1).tolist() == [8.0, 8.0, 8.0]
+    for b in range(3):  # kept patches are exactly the unmasked ones
+        assert set(ids_keep[b].tolist()) == set((mask[b] == 0).nonzero().flatten().tolist())
+    _, _, no_mask = random_patch_mask(3, 16, 0.0, "cpu")
+    assert no_mask.sum() == 0
+
+
+def test_encoder_sees_visible_patches_only_and_runs_without_grad(branch):
+    image = torch.randn(2, 3, 32, 32, requires_grad=True)
+    enc = branch.encode(image, mask_ratio=0.5)
+    assert enc.tokens.shape == (2, 1 + 8, 48)
+    assert not enc.tokens.requires_grad
+    full = branch.encode(image, mask_ratio=0.0)
+    assert full.tokens.shape == (2, 1 + 16, 48) and full.mask.sum() == 0
+    # a masked patch has no influence on the encoding
+    torch.manual_seed(1)
+    a = branch.encode(image, 0.5)
+    masked_patch = int(a.mask[0].nonzero()[0])
+    row, col = divmod(masked_patch, 4)
+    perturbed = image.detach().clone()
+    perturbed[0, :, row * 8:(row + 1) * 8, col * 8:(col + 1) * 8] += 5.0
+    torch.manual_seed(1)
+    b = branch.encode(perturbed, 0.5)
+    torch.testing.assert_close(a.tokens, b.tokens)
+
+
+def test_wrong_image_size_is_a_clear_error(branch):
+    with pytest.raises(ValueError, match="expects 32x32 images, got \\(64, 64\\)"):
+        branch.encode(torch.randn(1, 3, 64, 64), 0.5)
+
+
+def test_masked_mse_counts_masked_patches_only():
+    torch.manual_seed(0)
+    pred, target = torch.randn(2, 6, 5), torch.randn(2, 6, 5)
+    mask = torch.tensor([[1, 0, 1, 0, 0, 1], [0, 0, 0, 1, 1, 0]]).float()
+    direct = ((pred - target) ** 2)[mask.bool()].mean()
+    torch.testing.assert_close(masked_mse(pred, target, mask), direct)
+    changed = pred.clone()
+    changed[mask == 0] += 100.0  # visible patches do not count
+    torch.testing.assert_close(masked_mse(changed, target, mask), direct)
+
+
+def test_reconstruction_loss_matches_direct_computation_and_reaches_tokens(branch):
+    torch.manual_seed(0)
+    enc = branch.encode(torch.randn(2, 3, 32, 32), 0.5)
+    tokens = enc.tokens.clone().requires_grad_(True)
+    loss = branch.reconstruction_loss(tokens, enc)
+    pred = branch.mae.decoder(tokens, enc.ids_restore).logits
+    target = patchify(enc.pixels, 8)
+    direct = ((pred - target) ** 2).mean(-1)[enc.mask.bool()].mean()
+    torch.testing.assert_close(loss, direct)
+    loss.backward()
+    assert tokens.grad is not None and tokens.grad.abs().sum() > 0
+    assert all(p.grad is None for p in branch.parameters())  # decoder frozen
+
+
+def test_patchify_round_trip():
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(unpatchify(patchify(x, 8), 8), x)
