@@ -25,13 +25,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from lavis.common.registry import registry
-from lavis.models.blip2_models.blip2 import Blip2Base, LayerNorm, disabled_train
 from lavis.models.blip_models.blip_outputs import BlipOutputFeatures
 from transformers.modeling_outputs import ModelOutput
 
 from lavis_xformer import PACKAGE_DIR, compat
 from lavis_xformer.models import encoders
-from lavis_xformer.modules import MAEBranch, XFormerFusion
+from lavis_xformer.models.base import XFormerBase
 
 LOSS_NAMES = ("itc", "itm", "lm", "rec")
 
@@ -47,22 +46,8 @@ class XFormerOutput(ModelOutput):
     loss_rec: Optional[torch.FloatTensor] = None
 
 
-def build_fusion(cfg, dim: int, mae_dim: int) -> nn.Module:
-    """The module that fuses Q-Former queries with MAE tokens, picked by ``model.fusion``."""
-    name = cfg.get("fusion", "xformer")
-    if name == "xformer":
-        return XFormerFusion(
-            dim=dim,
-            mae_dim=mae_dim,
-            num_heads=cfg.get("fusion_num_heads", 12),
-            mlp_ratio=cfg.get("fusion_mlp_ratio", 4.0),
-            self_attn=cfg.get("fusion_self_attn", True),
-        )
-    raise ValueError(f"model.fusion={name!r} is not known; available: 'xformer'")
-
-
 @registry.register_model("xformer")
-class XFormer(Blip2Base):
+class XFormer(XFormerBase):
     """X-Former stage 1: ITC + ITM + ITG + masked-patch reconstruction.
 
     Supported model types:
@@ -81,64 +66,22 @@ class XFormer(Blip2Base):
     }
 
     def __init__(self, cfg):
-        super().__init__()
-        random_init = cfg.get("random_init", False)
+        super().__init__(cfg)
         self.cfg_tokenizer = {"tokenizer": cfg.get("tokenizer")}
         self._tokenizer = None
-        self.image_size = cfg.get("image_size")
         self.max_txt_len = cfg.get("max_txt_len", 32)
-        self.mask_ratio = cfg.get("mask_ratio", 0.5)
         weights = dict(cfg.get("loss_weights") or {})
         unknown = set(weights) - set(LOSS_NAMES)
         if unknown:
             raise ValueError(f"model.loss_weights has unknown keys {sorted(unknown)}; known: {LOSS_NAMES}")
         self.loss_weights = {name: float(weights.get(name, 1.0)) for name in LOSS_NAMES}
 
-        self.visual_encoder = encoders.build_eva_vit(cfg, random_init)
-        if cfg.get("vit_precision", "fp32") == "fp16" and torch.cuda.is_available():
-            from lavis.models.eva_vit import convert_weights_to_fp16
-
-            convert_weights_to_fp16(self.visual_encoder)
-        self.ln_vision = LayerNorm(self.visual_encoder.num_features)
-        if cfg.get("freeze_vit", True):
-            for param in self.visual_encoder.parameters():
-                param.requires_grad = False
-            self.visual_encoder = self.visual_encoder.eval()
-            self.visual_encoder.train = disabled_train
-
-        self.mae_branch = MAEBranch(encoders.build_mae(cfg, random_init), mask_ratio=self.mask_ratio)
-
-        self.Qformer, self.query_tokens = encoders.build_qformer(
-            cfg, self.visual_encoder.num_features, random_init
-        )
         width = self.Qformer.config.hidden_size
-        self.fusion = build_fusion(cfg, width, self.mae_branch.width)
-
         embed_dim = cfg.get("embed_dim", 256)
         self.vision_proj = nn.Linear(width, embed_dim)
         self.text_proj = nn.Linear(width, embed_dim)
         self.itm_head = nn.Linear(width, 2)
         self.temp = nn.Parameter(0.07 * torch.ones([]))
-
-    @classmethod
-    def default_config_path(cls, model_type):
-        if model_type not in cls.PRETRAINED_MODEL_CONFIG_DICT:
-            raise ValueError(
-                f"Unknown model type {model_type!r} for 'xformer'; available: "
-                f"{sorted(cls.PRETRAINED_MODEL_CONFIG_DICT)}"
-            )
-        return cls.PRETRAINED_MODEL_CONFIG_DICT[model_type]
-
-    @classmethod
-    def from_config(cls, cfg):
-        model = cls(cfg)
-        if cfg.get("pretrained"):
-            from lavis_xformer.models import sources
-
-            path = sources.resolve("pretrained", cfg.get("pretrained"))
-            state_dict = sources.load_checkpoint_file("pretrained", path)
-            compat.load_state_dict_logged(model, state_dict, path)
-        return model
 
     # ------------------------------------------------------------------ helpers
 
@@ -154,59 +97,6 @@ class XFormer(Blip2Base):
             text, padding="max_length", truncation=True, max_length=self.max_txt_len,
             return_tensors="pt",
         ).to(device)
-
-    def check_image(self, image):
-        if not torch.is_tensor(image) or image.dim() != 4 or image.shape[1] != 3:
-            shape = tuple(image.shape) if torch.is_tensor(image) else type(image).__name__
-            raise ValueError(f"samples['image'] must be a (B, 3, H, W) tensor, got {shape}")
-        if image.shape[-2:] != (self.image_size, self.image_size):
-            raise ValueError(
-                f"samples['image'] is {image.shape[-2]}x{image.shape[-1]} but this model takes "
-                f"{self.image_size}x{self.image_size}; use the model's image processors "
-                f"(load_model_and_preprocess) or set image_size in the processor config"
-            )
-
-    @staticmethod
-    def check_text(samples, key="text_input"):
-        if key not in samples:
-            raise KeyError(
-                f"samples has no {key!r} (keys: {sorted(samples)}); X-Former stage 1 needs a "
-                f"caption per image, e.g. from a LAVIS caption dataset with a text processor"
-            )
-        text = samples[key]
-        return [text] if isinstance(text, str) else list(text)
-
-    def encode_clip(self, image):
-        """Frozen CLIP ViT + ln_vision: (B, 3, H, W) -> (B, 1 + N, Dc) in fp32."""
-        with self.maybe_autocast():
-            embeds = self.ln_vision(self.visual_encoder(image))
-        return embeds.float()
-
-    def encode_image(self, image, mask_ratio=None):
-        """Image-only path shared by every loss and by inference.
-
-        Returns (image_embeds (B, 1+N, Dc), enhanced queries (B, Nq, D),
-        enriched MAE tokens (B, 1+N_visible, Dm), MAE encoding).
-        Patches are masked only while training (``mask_ratio`` overrides).
-        """
-        self.check_image(image)
-        if mask_ratio is None:
-            mask_ratio = self.mask_ratio if self.training else 0.0
-        image_embeds = self.encode_clip(image)
-        with self.maybe_autocast():
-            mae = self.mae_branch.encode(image, mask_ratio)
-        queries = self.Qformer.bert(
-            query_embeds=self.query_tokens.expand(image.shape[0], -1, -1),
-            encoder_hidden_states=image_embeds,
-            encoder_attention_mask=self.ones(image_embeds),
-            return_dict=True,
-        ).last_hidden_state
-        enhanced, enriched = self.fusion(queries, mae.tokens.float())
-        return image_embeds, enhanced, enriched, mae
-
-    @staticmethod
-    def ones(tokens):
-        return torch.ones(tokens.shape[:-1], dtype=torch.long, device=tokens.device)
 
     def text_pass(self, input_ids, attention_mask, prefix, image_embeds, labels=None):
         """Q-Former pass over [prefix queries; text] grounded in ``image_embeds``.
@@ -243,7 +133,7 @@ class XFormer(Blip2Base):
         zero = image_embeds.new_zeros(())
 
         loss_rec = zero
-        if w["rec"] and mae.mask.sum() > 0:
+        if w["rec"] and self.training and self.mask_ratio > 0:  # masked patches exist
             loss_rec = self.mae_branch.reconstruction_loss(enriched, mae)
 
         tokens = self.tokenize(text, image.device)
