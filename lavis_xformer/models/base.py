@@ -64,8 +64,10 @@ class XFormerBase(Blip2Base):
             self.visual_encoder = freeze(self.visual_encoder)
 
         self.mae_branch = MAEBranch(encoders.build_mae(cfg, random_init), mask_ratio=self.mask_ratio)
+        # With a `pretrained` X-Former checkpoint, which always holds the Q-Former, the BERT
+        # weights would be overwritten at once: skip loading them (no download needed).
         self.Qformer, self.query_tokens = encoders.build_qformer(
-            cfg, self.visual_encoder.num_features, random_init
+            cfg, self.visual_encoder.num_features, random_init or bool(cfg.get("pretrained"))
         )
         self.fusion = build_fusion(cfg, self.Qformer.config.hidden_size, self.mae_branch.width)
 

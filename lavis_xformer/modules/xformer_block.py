@@ -127,7 +127,8 @@ class XFormerFusion(nn.Module):
         self_attn: keep the self-attention layer before each cross-attention.
 
     ``forward(queries (B, Nq, D), mae_tokens (B, Nm, Dm))`` returns
-    ``(enhanced_queries (B, Nq, D), enriched_mae (B, Nm, Dm))``.
+    ``(enhanced_queries (B, Nq, D), enriched_mae (B, Nm, Dm))``; enriched_mae is None once
+    ``drop_reconstruction_head()`` removed ``mae_out`` (stage 2 without reconstruction).
     """
 
     def __init__(
@@ -149,4 +150,9 @@ class XFormerFusion(nn.Module):
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         enriched = self.mae_block(self.mae_in(mae_tokens), context=queries)
         enhanced = self.query_block(queries, context=enriched)
-        return enhanced, self.mae_out(enriched)
+        return enhanced, None if self.mae_out is None else self.mae_out(enriched)
+
+    def drop_reconstruction_head(self):
+        """Remove the projection to the MAE decoder's input, unused without reconstruction
+        (an unused trainable parameter would stop DDP without find_unused_parameters)."""
+        self.mae_out = None

@@ -1,0 +1,190 @@
+"""Stage 2: `xformer_opt` and `xformer_t5` losses, labels, checkpoints, decoding and size."""
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+import lavis_xformer  # noqa: F401
+from lavis.common.registry import registry
+from lavis.models import load_model
+
+CAPTIONS = ["a blue circle", "a red rectangle on the left of the image", "a green triangle"]
+
+
+def build(name, model_type="tiny", **overrides):
+    cls = registry.get_model_class(name)
+    cfg = OmegaConf.load(cls.default_config_path(model_type)).model
+    for key, value in overrides.items():
+        OmegaConf.update(cfg, key, value)
+    torch.manual_seed(0)
+    return cls.from_config(cfg)
+
+
+@pytest.fixture(scope="module")
+def opt():
+    torch.manual_seed(0)
+    return load_model("xformer_opt", "tiny")
+
+
+@pytest.fixture
+def images():
+    torch.manual_seed(1)
+    return torch.randn(3, 3, 64, 64)
+
+
+def test_loss_is_finite_and_gradients_reach_only_xformer_and_projection(opt, images):
+    opt.train()
+    opt.zero_grad(set_to_none=True)
+    out = opt({"image": images, "text_input": CAPTIONS})
+    assert torch.isfinite(out["loss"]) and "loss_rec" not in out
+    out["loss"].backward()
+    trainable = [n for n, p in opt.named_parameters() if p.requires_grad]
+    assert trainable and all(
+        n.startswith(("Qformer.", "query_tokens", "ln_vision.", "fusion.", "llm_proj.")) for n in trainable)
+    assert [n for n in trainable if dict(opt.named_parameters())[n].grad is None] == []
+    assert all(p.grad is None for n, p in opt.named_parameters() if not p.requires_grad)
+    # the Q-Former's text-only parts and the reconstruction head are gone
+    assert opt.Qformer.cls is None and opt.Qformer.bert.embeddings.word_embeddings is None
+    assert opt.fusion.mae_out is None and opt.mae_branch.mae.decoder is None
+    opt.zero_grad(set_to_none=True)
+
+
+def test_labels_mask_queries_prompt_and_padding(images):
+    model = build("xformer_opt", prompt="a photo of")
+    model.train()
+    seen = {}
+
+    def capture(module, args, kwargs):
+        seen.update(kwargs)
+
+    hook = model.llm_model.register_forward_pre_hook(capture, with_kwargs=True)
+    model({"image": images, "text_input": CAPTIONS})
+    hook.remove()
+    labels, mask = seen["labels"], seen["attention_mask"]
+    nq = model.query_tokens.shape[1]
+    tok = model.llm_tokenizer
+    assert (labels[:, :nq] == -100).all()
+    plen = len(tok("a photo of").input_ids)
+    assert (labels[:, nq:nq + plen] == -100).all()
+    for i, caption in enumerate(CAPTIONS):
+        ids = tok("a photo of" + caption + "\n").input_ids
+        text = labels[i, nq + plen:nq + len(ids)]
+        assert text.tolist() == ids[plen:]  # the caption and its newline are predicted
+        assert (labels[i, nq + len(ids):] == -100).all()  # padding
+        assert mask[i, nq + len(ids):].sum() == 0
+
+
+def test_stage1_checkpoint_round_trips_into_stage2(tmp_path, caplog):
+    stage1 = build("xformer")
+    trainable = {n for n, p in stage1.named_parameters() if p.requires_grad}
+    state = {k: v for k, v in stage1.state_dict().items() if k in trainable}
+    path = tmp_path / "checkpoint_8.pth"
+    torch.save({"model": state}, path)
+    with caplog.at_level("INFO"):
+        stage2 = build("xformer_opt", pretrained=str(path))
+    s2 = stage2.state_dict()
+    shared = [k for k in state if k in s2]
+    assert any(k.startswith("fusion.query_block") for k in shared)
+    assert any(k.startswith("Qformer.bert.encoder.layer.0.crossattention") for k in shared)
+    for key in shared:
+        assert torch.equal(s2[key], state[key]), key
+    left_out = set(state) - set(s2)  # stage-1 heads and text parts, which stage 2 drops
+    assert "itm_head.weight" in left_out and "Qformer.cls.predictions.bias" in left_out
+    assert "fusion.mae_out.1.weight" in left_out
+    assert any("Ignored" in r.message and "not in the model" in r.message for r in caplog.records)
+
+
+def test_missing_stage1_checkpoint_is_a_clear_error(tmp_path):
+    missing = tmp_path / "output" / "checkpoint_8.pth"
+    with pytest.raises(Exception, match=f"model.pretrained='{missing}': no such file"):
+        build("xformer_opt", pretrained=str(missing))
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_generate_and_predict_answers_return_strings_of_the_right_count(opt, images, num_beams):
+    opt.eval()
+    captions = opt.generate({"image": images}, num_beams=num_beams, max_length=5)
+    assert len(captions) == 3 and all(isinstance(c, str) for c in captions)
+    if num_beams > 1:
+        several = opt.generate({"image": images}, num_beams=num_beams, num_captions=2, max_length=5)
+        assert len(several) == 6
+    answers = opt.predict_answers(
+        {"image": images, "text_input": ["what color?", "what shape is it?", "is it red?"]},
+        num_beams=num_beams, max_len=4)
+    assert len(answers) == 3 and all(isinstance(a, str) and "\n" not in a for a in answers)
+
+
+def test_left_padded_batch_answers_equal_one_by_one(opt, images):
+    opt.eval()
+    questions = ["what?", "what color is the shape in this image?", "is there a circle?"]
+    batch = opt.predict_answers({"image": images, "text_input": questions}, num_beams=3, max_len=5)
+    single = [opt.predict_answers({"image": images[i:i + 1], "text_input": [q]}, num_beams=3, max_len=5)[0]
+              for i, q in enumerate(questions)]
+    assert batch == single
+
+
+def test_predict_answers_uses_the_paper_prompt_and_rejects_rank_mode(opt, images):
+    seen = {}
+    original = opt.decode
+
+    def spy(image, prompts, **kwargs):
+        seen["prompts"], seen["kwargs"] = prompts, kwargs
+        return ["blue\nmore text"] * len(prompts)
+
+    opt.decode = spy
+    try:
+        answers = opt.predict_answers({"image": images[:1], "text_input": ["what color?"]})
+    finally:
+        opt.decode = original
+    assert seen["prompts"] == ["Question: what color? Short Answer:"]
+    assert seen["kwargs"]["num_beams"] == 5 and seen["kwargs"]["length_penalty"] == 0
+    assert answers == ["blue"]  # cut at the newline
+    with pytest.raises(ValueError, match="inference_method='rank' is not supported"):
+        opt.predict_answers({"image": images[:1], "text_input": ["q"]}, inference_method="rank")
+
+
+def test_reconstruction_can_be_switched_on_in_stage2(images):
+    model = build("xformer_opt", **{"loss_weights": {"lm": 1.0, "rec": 1.0}, "mask_ratio": 0.5})
+    model.train()
+    out = model({"image": images, "text_input": CAPTIONS})
+    assert torch.isfinite(out["loss_rec"]) and out["loss_rec"] > 0
+    torch.testing.assert_close(out["loss"], out["loss_lm"] + out["loss_rec"])
+    with pytest.raises(ValueError, match="needs masked patches"):
+        build("xformer_opt", **{"loss_weights": {"lm": 1.0, "rec": 1.0}, "mask_ratio": 0.0})
+
+
+def test_t5_trains_with_prefix_lm_and_answers(images):
+    model = build("xformer_t5")
+    model.train()
+    out = model({"image": images, "text_input": CAPTIONS})
+    assert torch.isfinite(out["loss"])
+    out["loss"].backward()
+    assert model.llm_proj.weight.grad is not None
+    assert all(p.grad is None for p in model.llm_model.parameters())
+    vqa = model({"image": images, "text_input": ["q1", "q2", "q3"], "text_output": ["a", "b", "c"]})
+    assert torch.isfinite(vqa["loss"])
+    model.eval()
+    answers = model.predict_answers({"image": images, "text_input": ["what?", "which?", "is it?"]},
+                                    num_beams=3, max_len=4)
+    assert len(answers) == 3 and all(isinstance(a, str) for a in answers)
+
+
+def test_prefix_split_keeps_every_word_and_a_nonempty_suffix():
+    import random
+
+    rng = random.Random(0)
+    for _ in range(20):
+        prefix, suffix = registry.get_model_class("xformer_t5").split_prefix("a b c d", rng)
+        assert suffix and (prefix + " " + suffix).strip() == "a b c d"
+
+
+@pytest.mark.parametrize("model_type,paper", [("pretrain_opt2.7b", 129e6), ("pretrain_opt6.7b", 130e6)])
+def test_full_size_stage2_trainable_parameters_match_the_paper(model_type, paper):
+    cls = registry.get_model_class("xformer_opt")
+    cfg = OmegaConf.load(cls.default_config_path(model_type)).model
+    cfg.random_init = True
+    with torch.device("meta"):
+        model = cls.from_config(cfg)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert abs(trainable - paper) / paper < 0.03, trainable
+    frozen_llm = sum(p.numel() for p in model.llm_model.parameters())
+    assert frozen_llm > 2.5e9
