@@ -1,0 +1,3 @@
+"""Dataset builders of the plugin; importing this registers them into LAVIS's registry."""
+from lavis_xformer.datasets import checks  # noqa: F401
+from lavis_xformer.datasets.easyvqa import EasyVQACaptionBuilder, EasyVQACaptionDataset  # noqa: F401

@@ -1,0 +1,2 @@
+"""Tasks of the plugin; importing this registers them into LAVIS's registry."""
+from lavis_xformer.tasks.xformer_pretrain import XFormerPretrainTask  # noqa: F401

@@ -1,0 +1,159 @@
+"""What lavis_xformer.train and lavis_xformer.evaluate share: command line, config loading with
+early checks, distributed set-up, seeds and runner choice."""
+import argparse
+import os
+import random
+import sys
+
+import numpy as np
+import torch
+import torch.backends.cudnn as cudnn
+import yaml
+from lavis.common.config import Config
+from lavis.common.dist_utils import get_rank
+from lavis.common.registry import registry
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from lavis_xformer import compat
+from lavis_xformer.datasets.checks import ConfigError, check_dataset_names, check_datasets
+
+
+def parse_args(argv=None, description="LAVIS run"):
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--cfg-path", required=True, help="path to the run configuration (yaml)")
+    parser.add_argument(
+        "--options", nargs="+",
+        help="override settings of the run configuration: key=value pairs in dotted form, "
+             "e.g. run.max_epoch=1 datasets.easyvqa_caption.build_info.max_images=64",
+    )
+    return parser.parse_args(argv)
+
+
+def _dotlist(options):
+    """LAVIS's --options forms: `a.b=1 c=2`, or `a.b 1 c 2`."""
+    options = list(options or [])
+    if not options or "=" in options[0]:
+        return options
+    if len(options) % 2:
+        raise ConfigError("--options: expected key=value pairs, got %s" % " ".join(options))
+    return ["%s=%s" % (k, v) for k, v in zip(options[0::2], options[1::2])]
+
+
+def _load_yaml(path):
+    if not os.path.isfile(path):
+        raise ConfigError("--cfg-path: no such file: %s" % path)
+    try:
+        config = OmegaConf.load(path)
+    except (yaml.YAMLError, OmegaConfBaseException) as e:
+        raise ConfigError("%s is not valid yaml: %s" % (path, " ".join(str(e).split()))) from None
+    if not isinstance(config, DictConfig):
+        raise ConfigError("%s must hold a mapping with `model`, `datasets` and `run`" % path)
+    return config
+
+
+def _pre_check(config, path):
+    """Checks LAVIS's Config would fail on with an assertion or an AttributeError."""
+    for section in ("model", "datasets", "run"):
+        if not isinstance(config.get(section, None), DictConfig):
+            raise ConfigError("%s: missing or empty section `%s:`" % (path, section))
+    arch = config.model.get("arch", None)
+    model_cls = registry.get_model_class(arch) if arch else None
+    if model_cls is None:
+        raise ConfigError("model.arch: unknown model %r. Registered models: %s" % (
+            arch, ", ".join(registry.list_models())))
+    model_type = config.model.get("model_type", None)
+    known_types = sorted(getattr(model_cls, "PRETRAINED_MODEL_CONFIG_DICT", {}))
+    if model_type not in known_types:
+        raise ConfigError("model.model_type: %r is not a type of model %r; types: %s" % (
+            model_type, arch, ", ".join(known_types)))
+    check_dataset_names(list(config.datasets))
+    for name in config.datasets:
+        if not isinstance(config.datasets[name], DictConfig):
+            raise ConfigError("datasets.%s must be a mapping; write `%s: {}` to take the "
+                              "builder's defaults" % (name, name))
+    task = config.run.get("task", None)
+    if registry.get_task_class(task) is None:
+        raise ConfigError("run.task: unknown task %r. Registered tasks: %s" % (
+            task, ", ".join(registry.list_tasks())))
+    lr_sched = config.run.get("lr_sched", None)
+    if not config.run.get("evaluate", False) and registry.get_lr_scheduler_class(lr_sched) is None:
+        raise ConfigError("run.lr_sched: unknown schedule %r. Registered schedules: %s" % (
+            lr_sched, ", ".join(registry.list_lr_schedulers())))
+    runner = config.run.get("runner", "runner_base")
+    if registry.get_runner_class(runner) is None:
+        raise ConfigError("run.runner: unknown runner %r. Registered runners: %s" % (
+            runner, ", ".join(registry.list_runners())))
+
+
+def load_config(args):
+    """LAVIS's Config (run file merged over the model's and each builder's defaults, then the
+    --options), checked before anything is built: raises ConfigError with one clear message."""
+    raw = _load_yaml(args.cfg_path)
+    try:
+        options = OmegaConf.from_dotlist(_dotlist(args.options))
+        merged = OmegaConf.merge(raw, options)
+    except OmegaConfBaseException as e:
+        raise ConfigError("--options: %s" % " ".join(str(e).split())) from None
+    _pre_check(merged, args.cfg_path)
+    try:
+        cfg = Config(args)
+    except (yaml.YAMLError, OmegaConfBaseException, TypeError, ValueError) as e:
+        # e.g. --options giving a single value where the builder's defaults hold a list
+        raise ConfigError("could not build the configuration: %s" % " ".join(str(e).split())) from None
+    check_datasets(cfg.datasets_cfg)
+    device = str(cfg.run_cfg.get("device", "cuda"))
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("run.device is %r but CUDA is not available here; set run.device=cpu "
+                          "(e.g. --options run.device=cpu run.amp=False)" % device)
+    return cfg
+
+
+def init_distributed(cfg, job_id):
+    """torchrun-aware set-up (gloo on CPU); all ranks then share rank 0's job id (output dir)."""
+    compat.init_distributed_mode(cfg.run_cfg)
+    if compat.dist_ready():
+        shared = [job_id]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        job_id = shared[0]
+    return job_id
+
+
+def setup_seeds(cfg):
+    seed = int(cfg.run_cfg.get("seed", 42)) + get_rank()
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    cudnn.benchmark = False
+    cudnn.deterministic = True
+
+
+def get_runner_class(cfg):
+    return registry.get_runner_class(cfg.run_cfg.get("runner", "runner_base"))
+
+
+def finish():
+    if compat.dist_ready():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+def run_main(body, argv, description):
+    """Parse, load and check the config, then hand over to body(cfg, job_id). A ConfigError
+    ends the process with its message and exit status 2, without a traceback."""
+    from lavis.common.utils import now
+
+    # progress lines should show up at once, also when stdout is a pipe or a file
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)
+    job_id = now()  # taken before set-up, as LAVIS does; rank 0's wins under torchrun
+    args = parse_args(argv, description)
+    try:
+        cfg = load_config(args)
+    except ConfigError as e:
+        print("error: %s" % e, file=sys.stderr)
+        raise SystemExit(2)
+    job_id = init_distributed(cfg, job_id)
+    result = body(cfg, job_id)
+    finish()
+    return result
