@@ -62,7 +62,7 @@ def test_shapes_of_image_path_and_features(model, batch):
     feats = model.extract_features(batch, mode="image")
     assert feats.image_embeds_proj.shape == (4, 16, 128)
     feats = model.extract_features(batch, mode="text")
-    assert feats.text_embeds_proj.shape == (4, 32, 128)
+    assert feats.text_embeds_proj.shape == (4, 16, 128)  # max_txt_len
     feats = model.extract_features(batch, mode="multimodal")
     assert feats.multimodal_embeds.shape == (4, 16, 384)
 

@@ -188,3 +188,22 @@ def test_full_size_stage2_trainable_parameters_match_the_paper(model_type, paper
     assert abs(trainable - paper) / paper < 0.03, trainable
     frozen_llm = sum(p.numel() for p in model.llm_model.parameters())
     assert frozen_llm > 2.5e9
+
+
+def test_random_frozen_parts_are_the_same_in_every_build():
+    """Checkpoints hold trainable weights only, so random frozen parts (tiny types) must be
+    a function of the config: stage 1, stage 2 and evaluation see the same encoders and LLM."""
+    torch.manual_seed(1)
+    stage1 = load_model("xformer", "tiny")
+    torch.manual_seed(2)
+    stage2 = load_model("xformer_opt", "tiny")
+    torch.manual_seed(3)
+    again = load_model("xformer_opt", "tiny")
+    s1, s2, s3 = stage1.state_dict(), stage2.state_dict(), again.state_dict()
+    frozen = [k for k in s2 if k.startswith(("visual_encoder.", "mae_branch.", "llm_model."))]
+    assert any(k.startswith("llm_model.") for k in frozen)
+    for key in frozen:
+        assert torch.equal(s2[key], s3[key]), key
+        if key in s1:
+            assert torch.equal(s1[key], s2[key]), key
+    assert not torch.equal(s2["llm_proj.weight"], s3["llm_proj.weight"])  # trainable: global RNG

@@ -23,7 +23,8 @@ def build_eva_vit(cfg, random_init: bool) -> nn.Module:
     from lavis.models.eva_vit import VisionTransformer, interpolate_pos_embed
 
     vit = cfg.get("vit")
-    with compat.eva_vit_meta_safe():
+    source = None if random_init else sources.resolve("clip_vit_weights", cfg.get("clip_vit_weights"))
+    with compat.eva_vit_meta_safe(), sources.random_weights(cfg, "clip_vit"):
         model = VisionTransformer(
             img_size=cfg.get("image_size"),
             patch_size=vit.get("patch_size"),
@@ -37,7 +38,6 @@ def build_eva_vit(cfg, random_init: bool) -> nn.Module:
             norm_layer=partial(nn.LayerNorm, eps=1e-6),
             use_checkpoint=cfg.get("use_grad_checkpoint", False),
         )
-    source = None if random_init else sources.resolve("clip_vit_weights", cfg.get("clip_vit_weights"))
     if source is None:
         logging.info("CLIP ViT: random weights (model.clip_vit_weights is null or random_init)")
         return model
@@ -63,7 +63,8 @@ def build_mae(cfg, random_init: bool) -> nn.Module:
     source = None if random_init else sources.resolve("mae_weights", cfg.get("mae_weights"))
     if source is None:
         logging.info("MAE: random weights (model.mae_weights is null or random_init)")
-        return ViTMAEForPreTraining(mae_config(cfg))
+        with sources.random_weights(cfg, "mae"):
+            return ViTMAEForPreTraining(mae_config(cfg))
     with sources.loading("mae_weights", source):
         model = ViTMAEForPreTraining.from_pretrained(source)
     if model.config.image_size != cfg.get("image_size"):

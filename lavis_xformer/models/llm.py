@@ -73,7 +73,8 @@ def build_opt(cfg, random_init: bool):
     source = None if random_init else sources.resolve("llm_weights", cfg.get("llm_weights"))
     if source is None:
         logging.info("OPT: random weights (model.llm_weights is null or random_init)")
-        return OPTForCausalLM(OPTConfig(**dict(cfg.get("llm")))).to(llm_dtype(cfg))
+        with sources.random_weights(cfg, "llm"):
+            return OPTForCausalLM(OPTConfig(**dict(cfg.get("llm")))).to(llm_dtype(cfg))
     with sources.loading("llm_weights", source):
         return OPTForCausalLM.from_pretrained(source, torch_dtype=llm_dtype(cfg))
 
@@ -85,6 +86,7 @@ def build_t5(cfg, random_init: bool):
     source = None if random_init else sources.resolve("llm_weights", cfg.get("llm_weights"))
     if source is None:
         logging.info("T5: random weights (model.llm_weights is null or random_init)")
-        return T5ForConditionalGeneration(T5Config(**dict(cfg.get("llm")))).to(llm_dtype(cfg))
+        with sources.random_weights(cfg, "llm"):
+            return T5ForConditionalGeneration(T5Config(**dict(cfg.get("llm")))).to(llm_dtype(cfg))
     with sources.loading("llm_weights", source):
         return T5ForConditionalGeneration.from_pretrained(source, torch_dtype=llm_dtype(cfg))

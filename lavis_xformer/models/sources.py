@@ -77,6 +77,23 @@ def loading(key: str, value: str):
         raise _error(key, value, f"cannot load it ({type(e).__name__}: {reason})") from e
 
 
+@contextlib.contextmanager
+def random_weights(cfg, part: str):
+    """Seed the random initialisation of a frozen part from the config (``model.random_seed``,
+    default 0, plus a fixed offset per part), leaving the global RNG untouched.
+
+    Frozen parts are not saved in LAVIS checkpoints (only trainable weights are), so a frozen
+    part with random weights (the tiny types, ``random_init``) must come out the same in every
+    process that builds it: stage 1, stage 2 and evaluation all see the same random ViTs/LLM.
+    """
+    import torch
+
+    offset = {"clip_vit": 1, "mae": 2, "llm": 3}[part]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(cfg.get("random_seed", 0)) * 1000 + offset)
+        yield
+
+
 def load_checkpoint_file(key: str, value: str) -> dict:
     """Read a torch checkpoint from a path or URL; returns its (model) state dict."""
     import torch
