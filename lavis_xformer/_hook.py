@@ -1,0 +1,233 @@
+"""Start-up import hook that plugs lavis_xformer into Salesforce LAVIS 1.0.2.
+
+LAVIS has no plugin discovery, and its wheel ships no ``lavis/train.py`` or
+``lavis/evaluate.py``. The installed file ``lavis_xformer_hook.pth`` runs this module at
+interpreter start-up (the pattern of pytest-cov and pytest-socket) and calls :func:`install`,
+which puts one finder at the front of ``sys.meta_path``. The finder acts on four names only:
+
+``lavis``
+    loaded as usual, then ``lavis_xformer`` is imported right after ``lavis/__init__.py`` has
+    run, so ``load_model("xformer", ...)``, ``load_model_and_preprocess`` and LAVIS's own
+    ``train.py``/``evaluate.py`` see the plugin's registrations after a bare ``import lavis``.
+``lavis_xformer``
+    loaded as usual, then ``lavis.models.model_zoo`` (a snapshot LAVIS takes when
+    ``lavis.models`` is imported) is rebuilt so that it lists the plugin's models too.
+``lavis.train`` / ``lavis.evaluate``
+    aliases of ``lavis_xformer.train`` / ``lavis_xformer.evaluate``: ``import lavis.train``
+    gives the very same module object, and ``python -m lavis.train`` (hence
+    ``torchrun -m lavis.train``) executes that module's code as ``__main__``.
+
+Set ``LAVIS_XFORMER_NO_HOOK=1`` in the environment to switch all of it off (checked by the
+``.pth`` line and by :func:`install`); then ``lavis`` is stock LAVIS 1.0.2 and
+``python -m lavis.train`` fails with "No module named lavis.train".
+
+This module runs in every start-up of the interpreter it is installed in: it imports only
+modules loaded at start-up anyway (``os``, ``sys``, the import system's frozen bootstrap;
+not even ``importlib``) and defers everything else to the moment one of the four names above
+is imported. Cost: about 1 ms with its bytecode cached (measured by tests/test_packaging.py).
+"""
+import os
+import sys
+
+try:  # the import system's own classes, loaded at start-up: importing them costs nothing
+    from _frozen_importlib import ModuleSpec
+except ImportError:  # pragma: no cover  (not CPython)
+    from importlib.machinery import ModuleSpec
+
+ENV_SWITCH = "LAVIS_XFORMER_NO_HOOK"
+
+# Module of LAVIS -> module of this plugin that provides it.
+ALIASES = {
+    "lavis.train": "lavis_xformer.train",
+    "lavis.evaluate": "lavis_xformer.evaluate",
+}
+
+
+def disabled() -> bool:
+    """True when the environment switches the hook off (any value but '', '0')."""
+    return os.environ.get(ENV_SWITCH, "") not in ("", "0")
+
+
+class _AliasSpec(ModuleSpec):
+    """Spec of an alias whose ``parent`` is the target's package.
+
+    ``python -m lavis.train`` runs the code with ``__package__ = spec.parent``; naming the
+    target's package there keeps relative imports inside the target module working.
+    """
+
+    def __init__(self, name, loader, origin, target_parent):
+        super().__init__(name, loader, origin=origin)
+        self.has_location = origin is not None
+        self._target_parent = target_parent
+
+    @property
+    def parent(self):
+        return self._target_parent
+
+
+class _AliasLoader:
+    """Loader of ``lavis.train``-style aliases.
+
+    Import: the alias resolves to the target module object itself (no second copy).
+    ``runpy`` (``-m``): :meth:`get_code` hands over the target's code, which runpy runs as
+    ``__main__``, exactly as ``python -m lavis_xformer.train`` would.
+    """
+
+    def __init__(self, target, target_spec):
+        self.target = target
+        self.target_spec = target_spec
+        self._saved_spec = None
+
+    def create_module(self, spec):
+        import importlib
+
+        module = importlib.import_module(self.target)
+        self._saved_spec = module.__spec__
+        return module
+
+    def exec_module(self, module):
+        # importlib overwrote __spec__ with the alias spec; the target keeps its own.
+        if self._saved_spec is not None:
+            module.__spec__ = self._saved_spec
+
+    def get_code(self, fullname):
+        return self.target_spec.loader.get_code(self.target)
+
+    def get_source(self, fullname):
+        return self.target_spec.loader.get_source(self.target)
+
+    def get_filename(self, fullname):
+        return self.target_spec.origin
+
+    def is_package(self, fullname):
+        return False
+
+
+class _AfterExecLoader:
+    """Wraps a real loader; runs ``after(module)`` once the module's code has executed.
+
+    The real loader is put back on the module and its spec before the code runs, so the
+    module never sees the wrapper.
+    """
+
+    def __init__(self, loader, after):
+        self._loader = loader
+        self._after = after
+
+    def create_module(self, spec):
+        create = getattr(self._loader, "create_module", None)
+        return create(spec) if create is not None else None
+
+    def exec_module(self, module):
+        module.__loader__ = self._loader
+        if getattr(module, "__spec__", None) is not None:
+            module.__spec__.loader = self._loader
+        self._loader.exec_module(module)
+        self._after(module)
+
+    def __getattr__(self, name):
+        return getattr(self._loader, name)
+
+
+def _after_lavis(module):
+    """Import the plugin right after ``lavis/__init__.py`` has run."""
+    if "lavis_xformer" in sys.modules:
+        # Either already imported, or it is being imported and is what imported lavis;
+        # in both cases its own import finishes the registrations.
+        return
+    import importlib
+
+    try:
+        importlib.import_module("lavis_xformer")
+    except Exception as exc:
+        raise ImportError(
+            "importing lavis_xformer after lavis failed (%s: %s); set %s=1 to use LAVIS "
+            "without the X-Former plugin" % (type(exc).__name__, exc, ENV_SWITCH),
+            name="lavis_xformer",
+        ) from exc
+
+
+def refresh_model_zoo():
+    """Rebuild ``lavis.models.model_zoo`` from the registry (LAVIS takes it once, at import)."""
+    models = sys.modules.get("lavis.models")
+    zoo = getattr(models, "model_zoo", None)
+    if zoo is None or not hasattr(zoo, "model_zoo"):
+        return
+    from lavis.common.registry import registry
+
+    zoo.model_zoo = {
+        name: list(getattr(cls, "PRETRAINED_MODEL_CONFIG_DICT", {}).keys())
+        for name, cls in registry.mapping["model_name_mapping"].items()
+    }
+
+
+def _after_lavis_xformer(module):
+    module._hook = sys.modules.get(__name__)
+    refresh_model_zoo()
+
+
+_AFTER = {"lavis": _after_lavis, "lavis_xformer": _after_lavis_xformer}
+
+
+class LavisXFormerFinder:
+    """``sys.meta_path`` finder; see the module docstring. Returns None for every other name."""
+
+    _lavis_xformer_hook = True  # marker: lets install() stay idempotent across copies
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname in _AFTER:
+            spec = self._find_elsewhere(fullname, path, target)
+            if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                spec.loader = _AfterExecLoader(spec.loader, _AFTER[fullname])
+            return spec
+        if fullname in ALIASES:
+            return self._alias_spec(fullname)
+        return None
+
+    def _find_elsewhere(self, fullname, path, target):
+        for finder in sys.meta_path:
+            if getattr(finder, "_lavis_xformer_hook", False):
+                continue
+            find_spec = getattr(finder, "find_spec", None)
+            if find_spec is None:
+                continue
+            spec = find_spec(fullname, path, target)
+            if spec is not None:
+                return spec
+        return None
+
+    @staticmethod
+    def _alias_spec(fullname):
+        import importlib.util
+
+        target = ALIASES[fullname]
+        try:
+            target_spec = importlib.util.find_spec(target)
+        except ModuleNotFoundError as exc:
+            if exc.name in ("lavis_xformer", target):
+                return None  # plugin (or that entry point) not installed: no such module
+            raise
+        if target_spec is None or target_spec.loader is None:
+            return None
+        loader = _AliasLoader(target, target_spec)
+        return _AliasSpec(fullname, loader, target_spec.origin, target_spec.parent)
+
+    def invalidate_caches(self):
+        pass
+
+
+def install():
+    """Put the finder first on ``sys.meta_path``; no-op when disabled or already there."""
+    if disabled():
+        return None
+    for finder in sys.meta_path:
+        if getattr(finder, "_lavis_xformer_hook", False):
+            return finder
+    finder = LavisXFormerFinder()
+    sys.meta_path.insert(0, finder)
+    return finder
+
+
+def uninstall():
+    """Remove the finder (for tests); modules imported already stay as they are."""
+    sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, "_lavis_xformer_hook", False)]

@@ -1,0 +1,186 @@
+"""Packaging and the start-up hook, checked in fresh subprocesses of the installed environment.
+
+These tests need the repo installed (README "Set-up": ``pip install -e '.[test]'``); the
+start-up hook only exists in an installed environment. Each subprocess runs in an empty
+temporary directory so that the repo's own folder is not on ``sys.path``.
+"""
+import json
+import os
+import re
+import site
+import subprocess
+import sys
+import sysconfig
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PTH = "lavis_xformer_hook.pth"
+HEAVY = ("torch", "numpy", "lavis", "lavis_xformer", "transformers", "omegaconf")
+
+
+def _env(**extra):
+    env = dict(os.environ)
+    env.pop("LAVIS_XFORMER_NO_HOOK", None)
+    env.update(extra)
+    return env
+
+
+def py(args, cwd, timeout=600, **env):
+    """Run ``python ARGS`` of this environment; return the CompletedProcess (text)."""
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=_env(**env), text=True,
+                          capture_output=True, timeout=timeout)
+
+
+def ok(proc):
+    assert proc.returncode == 0, "rc=%s\nstdout:\n%s\nstderr:\n%s" % (
+        proc.returncode, proc.stdout[-4000:], proc.stderr[-4000:])
+    return proc
+
+
+def installed_pth():
+    dirs = list(site.getsitepackages()) + [sysconfig.get_paths()["purelib"]]
+    for d in dirs:
+        if (Path(d) / PTH).is_file():
+            return Path(d) / PTH
+    return None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def require_install():
+    if installed_pth() is None:
+        pytest.fail("%s is not in this environment's site-packages: install the repo first "
+                    "(README, Set-up: pip install -e '.[test]')" % PTH)
+
+
+def test_pth_is_installed_and_matches_the_repo():
+    assert installed_pth().read_text() == (REPO / PTH).read_text()
+
+
+def test_startup_installs_the_finder_and_imports_nothing_heavy(tmp_path):
+    code = ("import json, sys; print(json.dumps({'finder': [type(f).__name__ for f in "
+            "sys.meta_path if getattr(f, '_lavis_xformer_hook', False)], 'heavy': [m for m in "
+            "%r if m in sys.modules]}))" % (HEAVY,))
+    out = json.loads(ok(py(["-c", code], tmp_path)).stdout)
+    assert out == {"finder": ["LavisXFormerFinder"], "heavy": []}
+
+
+def test_startup_cost(tmp_path):
+    """The hook imports no module at start-up; its cost is reported, not asserted."""
+    def modules(**env):
+        err = ok(py(["-X", "importtime", "-c", "pass"], tmp_path, **env)).stderr
+        return {line.split("|")[-1].strip() for line in err.splitlines()
+                if line.startswith("import time:") and "imported package" not in line}
+
+    assert modules() - modules(LAVIS_XFORMER_NO_HOOK="1") == set()
+
+    # In-process time of the .pth line itself (locate _hook.py, run it, install the finder).
+    code = ("import os, sys, time; del os.environ['LAVIS_XFORMER_NO_HOOK']; "
+            "line = open(%r).read(); t = time.perf_counter(); exec(line); "
+            "print((time.perf_counter() - t) * 1000)" % str(installed_pth()))
+    times = sorted(float(ok(py(["-c", code], tmp_path, LAVIS_XFORMER_NO_HOOK="1")).stdout)
+                   for _ in range(5))
+    print("\nstart-up hook (.pth line): median %.2f ms, min %.2f ms" % (times[2], times[0]))
+
+
+def test_import_lavis_alone_registers_the_plugin(tmp_path):
+    """A LAVIS user's process: only `lavis` is imported, the plugin comes with it."""
+    code = """
+import json, sys
+import lavis
+from lavis.common.registry import registry
+from lavis.models import load_model, model_zoo
+assert "lavis_xformer" in sys.modules
+assert registry.get_model_class("xformer") is not None
+assert {"tiny", "pretrain"} <= set(model_zoo.model_zoo["xformer"]), model_zoo.model_zoo
+model = load_model("xformer", "tiny")
+import lavis.train, lavis.evaluate, lavis_xformer.train, lavis_xformer.evaluate
+assert lavis.train is lavis_xformer.train and lavis.evaluate is lavis_xformer.evaluate
+assert lavis.train.__spec__.name == "lavis_xformer.train"
+print("OK", type(model).__name__)
+"""
+    assert "OK XFormer" in ok(py(["-c", code], tmp_path)).stdout
+
+
+def test_import_plugin_first_then_lavis(tmp_path):
+    """lavis_xformer imports lavis itself: no recursion, registrations once, zoo refreshed."""
+    code = """
+import lavis_xformer
+import lavis
+from lavis.common.registry import registry
+from lavis.models import model_zoo
+assert registry.get_model_class("xformer") is not None
+assert "xformer" in model_zoo.model_zoo
+assert lavis_xformer._hook.LavisXFormerFinder
+print("OK")
+"""
+    assert ok(py(["-c", code], tmp_path)).stdout.strip().endswith("OK")
+
+
+@pytest.mark.parametrize("entry", ["train", "evaluate"])
+def test_python_m_lavis_entry_point(tmp_path, entry):
+    out = ok(py(["-m", "lavis." + entry, "--help"], tmp_path)).stdout
+    assert "--cfg-path" in out
+
+
+def test_torchrun_m_lavis_train(tmp_path):
+    proc = py(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
+               "-m", "lavis.train", "--help"], tmp_path)
+    assert "--cfg-path" in ok(proc).stdout + proc.stderr
+
+
+def test_env_switch_disables_the_hook(tmp_path):
+    code = ("import sys; print(any(getattr(f, '_lavis_xformer_hook', False) "
+            "for f in sys.meta_path), 'lavis_xformer._hook' in sys.modules)")
+    assert ok(py(["-c", code], tmp_path, LAVIS_XFORMER_NO_HOOK="1")).stdout.split() == [
+        "False", "False"]
+    proc = py(["-m", "lavis.train", "--help"], tmp_path, LAVIS_XFORMER_NO_HOOK="1")
+    assert proc.returncode != 0
+    assert "No module named lavis.train" in proc.stderr
+
+
+def test_wheel_contents(tmp_path):
+    """A regular (non-editable) wheel ships the .pth at its root, the yaml configs, and no
+    top-level `tests`/`projects` (LAVIS's wheel owns those names)."""
+    pytest.importorskip("setuptools")
+    pytest.importorskip("wheel")
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("setup.py", "setup.cfg", "pyproject.toml", "README.md", PTH):
+        (src / name).write_bytes((REPO / name).read_bytes())
+    for path in (REPO / "lavis_xformer").rglob("*"):
+        if path.is_file() and "__pycache__" not in path.parts:
+            dest = src / path.relative_to(REPO)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(path.read_bytes())
+    ok(subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                       "--no-index", "-w", str(tmp_path / "dist"), str(src)],
+                      capture_output=True, text=True, timeout=600))
+    (wheel,) = (tmp_path / "dist").glob("lavis_xformer-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert PTH in names
+    tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert tops == {"lavis_xformer", PTH}
+    configs = {str(p.relative_to(REPO)) for p in (REPO / "lavis_xformer" / "configs").rglob("*.yaml")}
+    assert configs and configs <= set(names)
+    meta = zipfile.ZipFile(wheel).read(
+        next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    assert "Requires-Dist: salesforce-lavis==1.0.2" in meta
+    assert re.search(r"Requires-Dist: pytest.*extra == .test.", meta)
+
+
+def test_readme_commands_and_ci_agree():
+    """README's two set-up lines exist, and .ci/run runs the README's test line."""
+    readme = (REPO / "README.md").read_text()
+    main = [l for l in readme.splitlines() if l.startswith("python3 -m venv") and "lavis.train" in l]
+    test = [l for l in readme.splitlines() if l.startswith("python3 -m venv") and "pytest" in l]
+    assert len(main) == 1 and len(test) == 1
+    for line in main + test:
+        assert "--no-deps --no-warn-conflicts -r requirements-assets.txt" in line
+    cfg = re.search(r"--cfg-path (\S+)", main[0]).group(1)
+    assert (REPO / cfg).is_file(), cfg
+    assert "'.[test]'" in test[0] and test[0].endswith("-m pytest -q tests")
+    assert "README.md" in (REPO / ".ci" / "run").read_text()
