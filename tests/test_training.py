@@ -1,6 +1,6 @@
-"""Stage-1 training end to end on the CPU: `python -m lavis_xformer.train` (what
-`python -m lavis.train` runs once the plugin is installed) in one plain process and under
-torchrun with two gloo processes, each writing LAVIS's checkpoint of the trainable weights."""
+"""Stage-1 training end to end on the CPU through `python -m lavis.train` (the installed
+plugin's entry point, as users run it) in one plain process and under torchrun with two gloo
+processes, each writing LAVIS's checkpoint of the trainable weights."""
 import glob
 import os
 import subprocess
@@ -66,7 +66,7 @@ def _assert_only_trainable(checkpoint):
 
 def test_tiny_stage1_trains_in_one_process_and_resumes(tmp_path):
     out = tmp_path / "out"
-    output = _run([sys.executable, "-m", "lavis_xformer.train", "--cfg-path", str(TINY),
+    output = _run([sys.executable, "-m", "lavis.train", "--cfg-path", str(TINY),
                    "--options", *_options(out, images=4, batch_size=2)], cwd=tmp_path)
     assert "Not using distributed mode" in output
     progress = [line for line in output.splitlines() if line.startswith("Train: data epoch: [0]  [")]
@@ -93,7 +93,7 @@ def test_tiny_stage1_trains_in_one_process_and_resumes(tmp_path):
 def test_tiny_stage1_trains_under_torchrun_with_two_gloo_processes(tmp_path):
     out = tmp_path / "out"
     output = _run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                   "--nproc_per_node=2", "-m", "lavis_xformer.train", "--cfg-path", str(TINY),
+                   "--nproc_per_node=2", "-m", "lavis.train", "--cfg-path", str(TINY),
                    "--options", *_options(out, images=4, batch_size=2)],
                   cwd=tmp_path, OMP_NUM_THREADS="1")
     assert "distributed init (rank 1, world 2, backend gloo)" in output

@@ -66,27 +66,20 @@ def gpt2_bpe_tokenizer(directory: str, add_bos: bool = True):
     return tokenizer
 
 
-def build_opt(cfg, random_init: bool):
-    """LAVIS's ``OPTForCausalLM`` from ``model.llm_weights`` or, if null, ``model.llm``."""
-    from lavis.models.blip2_models.modeling_opt import OPTConfig, OPTForCausalLM
+def build_llm(cfg, random_init: bool, kind: str):
+    """LAVIS's ``OPTForCausalLM`` (kind "opt") or ``T5ForConditionalGeneration`` ("t5") from
+    ``model.llm_weights``, or, if that is null, with random weights from the ``model.llm`` config."""
+    if kind == "opt":
+        from lavis.models.blip2_models.modeling_opt import OPTConfig as Config
+        from lavis.models.blip2_models.modeling_opt import OPTForCausalLM as Model
+    else:
+        from lavis.models.blip2_models.modeling_t5 import T5Config as Config
+        from lavis.models.blip2_models.modeling_t5 import T5ForConditionalGeneration as Model
 
     source = None if random_init else sources.resolve("llm_weights", cfg.get("llm_weights"))
     if source is None:
-        logging.info("OPT: random weights (model.llm_weights is null or random_init)")
+        logging.info("%s: random weights (model.llm_weights is null or random_init)", kind)
         with sources.random_weights(cfg, "llm"):
-            return OPTForCausalLM(OPTConfig(**dict(cfg.get("llm")))).to(llm_dtype(cfg))
+            return Model(Config(**dict(cfg.get("llm")))).to(llm_dtype(cfg))
     with sources.loading("llm_weights", source):
-        return OPTForCausalLM.from_pretrained(source, torch_dtype=llm_dtype(cfg))
-
-
-def build_t5(cfg, random_init: bool):
-    """LAVIS's ``T5ForConditionalGeneration`` from ``model.llm_weights`` or ``model.llm``."""
-    from lavis.models.blip2_models.modeling_t5 import T5Config, T5ForConditionalGeneration
-
-    source = None if random_init else sources.resolve("llm_weights", cfg.get("llm_weights"))
-    if source is None:
-        logging.info("T5: random weights (model.llm_weights is null or random_init)")
-        with sources.random_weights(cfg, "llm"):
-            return T5ForConditionalGeneration(T5Config(**dict(cfg.get("llm")))).to(llm_dtype(cfg))
-    with sources.loading("llm_weights", source):
-        return T5ForConditionalGeneration.from_pretrained(source, torch_dtype=llm_dtype(cfg))
+        return Model.from_pretrained(source, torch_dtype=llm_dtype(cfg))

@@ -57,7 +57,7 @@ class XFormerLLMBase(XFormerBase):
         self.prompt = cfg.get("prompt", "")
         self.max_txt_len = cfg.get("max_txt_len", 32)
         self.cfg_tokenizer = {k: cfg.get(k) for k in ("llm_tokenizer", "llm_weights")}
-        self.llm_model = self.build_llm(cfg, random_init)
+        self.llm_model = llm_builders.build_llm(cfg, random_init, self.LLM_KIND)
         for param in self.llm_model.parameters():
             param.requires_grad = False
         self.llm_proj = nn.Linear(self.Qformer.config.hidden_size, self.llm_model.config.hidden_size)
@@ -79,9 +79,6 @@ class XFormerLLMBase(XFormerBase):
         super().train(mode)
         self.llm_model.eval()  # frozen: no dropout
         return self
-
-    def build_llm(self, cfg, random_init):
-        raise NotImplementedError
 
     def llm_autocast(self):
         """Autocast to the frozen LLM's half precision on GPU; nothing on CPU."""
@@ -201,9 +198,6 @@ class XFormerOPT(XFormerLLMBase):
     def prompt_length(self):
         return len(self.llm_tokenizer(self.prompt).input_ids)
 
-    def build_llm(self, cfg, random_init):
-        return llm_builders.build_opt(cfg, random_init)
-
     def lm_loss(self, prefix, samples, text):
         """Language-modelling loss on [prefix; prompt + text + "\\n"], right-padded; labels
         mask the query positions, the prompt and the padding."""
@@ -271,9 +265,6 @@ class XFormerT5(XFormerLLMBase):
         offline GPT-2 BPE tokenizer of the tiny type does not."""
         ends_in_eos = self.llm_tokenizer("a").input_ids[-1] == self.llm_tokenizer.eos_token_id
         return "" if ends_in_eos else self.llm_tokenizer.eos_token
-
-    def build_llm(self, cfg, random_init):
-        return llm_builders.build_t5(cfg, random_init)
 
     @staticmethod
     def split_prefix(text, rng=random):
