@@ -180,7 +180,9 @@ def test_readme_commands_and_ci_agree():
     assert len(main) == 1 and len(test) == 1
     for line in main + test:
         assert "--no-deps --no-warn-conflicts -r requirements-assets.txt" in line
-    cfg = re.search(r"--cfg-path (\S+)", main[0]).group(1)
-    assert (REPO / cfg).is_file(), cfg
+    cfgs = re.findall(r"--cfg-path (\S+)", main[0])
+    assert cfgs[0] == "projects/xformer/tiny/stage1.yaml" and len(cfgs) == 3
+    for cfg in cfgs:
+        assert (REPO / cfg).is_file(), cfg
     assert "'.[test]'" in test[0] and test[0].endswith("-m pytest -q tests")
     assert "README.md" in (REPO / ".ci" / "run").read_text()
