@@ -37,8 +37,12 @@ def _run(cmd, cwd, **env):
 
 
 def _checkpoint(output_dir, epoch):
-    found = glob.glob(os.path.join(str(output_dir), "*", "checkpoint_%d.pth" % epoch))
+    """The checkpoint in the run's one job directory, which `latest` points at."""
+    found = [f for f in glob.glob(os.path.join(str(output_dir), "*", "checkpoint_%d.pth" % epoch))
+             if not os.path.islink(os.path.dirname(f))]
     assert len(found) == 1, found
+    latest = os.path.join(str(output_dir), "latest")
+    assert os.path.realpath(latest) == os.path.dirname(os.path.realpath(found[0]))
     return found[0]
 
 

@@ -4,7 +4,12 @@ LAVIS 1.0.2 finds out about missing data late: its builders try to download anno
 (which fails without network, or with a bare URL error), only warn about a missing image
 folder, and the run then dies inside a DataLoader worker. These checks stop a run at once with
 one message that names the dataset, the split, the expected path and the yaml key to set.
+
+Likewise a stage-2 or evaluation run whose ``model.pretrained`` names a local checkpoint that
+does not exist (typically: the previous stage has not been run) stops with the path, the key
+and the command that writes the checkpoint.
 """
+import glob
 import os
 
 from lavis.common.registry import registry
@@ -111,3 +116,45 @@ def check_datasets(datasets_cfg):
                      "as LAVIS does; give absolute paths, in the run yaml or as --options "
                      "key=value." % registry.get_path("cache_root"))
     raise ConfigError("\n".join(lines))
+
+
+CHECKPOINT_KEYS = ("pretrained",)  # model keys naming a checkpoint that some earlier run writes
+
+
+def _is_remote(value):
+    return is_url(value) or value.startswith("pkg:")
+
+
+def check_checkpoints(model_cfg, run_cfg):
+    """Raise ConfigError when ``model.pretrained`` is a local path that does not exist.
+
+    Relative paths are taken from the current directory, as the model does when loading. The
+    message names the key and the absolute path, lists the checkpoints that do exist beside it
+    (e.g. a shortened stage 1 left checkpoint_0.pth only), and says how to produce the file:
+    ``run.requires`` in the project file names the project that writes it (e.g.
+    ``projects/xformer/stage1.yaml``); without that hint it says "the previous stage".
+    """
+    for key in CHECKPOINT_KEYS:
+        value = model_cfg.get(key, None)
+        if not value or _is_remote(str(value)):
+            continue
+        path = os.path.abspath(os.path.expanduser(str(value)))
+        if os.path.isfile(path):
+            continue
+        if os.path.isdir(path):
+            raise ConfigError("model.%s: %s is a directory; point model.%s at a checkpoint file "
+                              "inside it (e.g. checkpoint_<epoch>.pth)" % (key, path, key))
+        requires = run_cfg.get("requires", None)
+        if requires:
+            how = "run %s first (python -m lavis.train --cfg-path %s)" % (requires, requires)
+        else:
+            how = "run the previous stage first"
+        message = "model.%s: no checkpoint at %s" % (key, path)
+        if str(value) != path:
+            message += " (model.%s=%s, relative to %s)" % (key, value, os.getcwd())
+        found = sorted(glob.glob(os.path.join(os.path.dirname(path), "checkpoint_*.pth")))
+        if found:
+            message += "; that folder holds %s" % ", ".join(os.path.basename(f) for f in found)
+        message += "; %s or point model.%s at its checkpoint (--options model.%s=/path/to/" \
+                   "checkpoint.pth)" % (how, key, key)
+        raise ConfigError(message)

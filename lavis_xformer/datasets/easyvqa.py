@@ -1,4 +1,9 @@
-"""easy-VQA as a small, real image-caption set (builder ``easyvqa_caption``).
+"""easy-VQA, a small real VQA set that ships with a pip package, in two LAVIS builders:
+
+* ``easyvqa_caption``: an image-caption set for pre-training (stage 1 and 2);
+* ``easyvqa_vqa``: its questions, for open-ended VQA evaluation (the test split's images are
+  never in the train split, so a model trained on ``easyvqa_caption`` train answers held-out
+  images).
 
 The ``easy-vqa`` pip package ships 64x64 images of one coloured shape each (4000 train, 1000
 test) with ~48k question/answer pairs (``questions.json``: ``[question, answer, image_id]``)
@@ -13,15 +18,22 @@ about the shape's colour and kind. Every image gets one caption, "a <colour> <sh
   absent ones leave exactly one candidate; otherwise the caption leaves it out ("a triangle",
   "a red shape").
 
-Items are ``{"image": processed tensor, "text_input": processed caption, "image_id": int}``,
-as in LAVIS's image-text pre-training datasets.
+Caption items are ``{"image": processed tensor, "text_input": processed caption,
+"image_id": int}``, as in LAVIS's image-text pre-training datasets.
+
+Question items are ``{"image", "text_input": processed question (LAVIS's ``blip_question``),
+"question_id": int (the question's index in its split's questions.json), "image_id": int,
+"answer": str, "question_type": "yes/no" | "color" | "shape"}``, like LAVIS's VQA evaluation
+sets plus the ground truth and the type, which the ``xformer_vqa`` task scores. Every split
+also carries ``train_answer_counts``, the answer frequencies of the whole train split, from
+which the task takes the majority-answer baseline.
 """
 import importlib.util
 import json
 import logging
 import os
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 from lavis.common.registry import registry
 from lavis.datasets.builders.base_dataset_builder import BaseDatasetBuilder
@@ -103,60 +115,153 @@ def package_data_root():
     return os.path.join(list(spec.submodule_search_locations)[0], "data")
 
 
+def question_type(question, answer):
+    """"yes/no", "color" or "shape": what kind of answer the question asks for."""
+    question, answer = question.strip().lower(), answer.strip().lower()
+    if answer in ("yes", "no"):
+        return "yes/no"
+    for pattern, answer_kind, _ in _OPEN_QUESTIONS:
+        if pattern.match(question):
+            return answer_kind
+    raise ValueError("cannot read the question %r (answer %r)" % (question, answer))
+
+
+def read_questions(split_dir):
+    """The split's questions.json: [[question, answer, image_id], ...] in file order."""
+    with open(os.path.join(split_dir, "questions.json")) as f:
+        return json.load(f)
+
+
+def image_path(split_dir, image_id):
+    return os.path.join(split_dir, "images", "%d.png" % image_id)
+
+
+def _first_images(questions, max_images):
+    """The ids of the first ``max_images`` images (by id) that have questions; all if None."""
+    image_ids = sorted({int(image_id) for _, _, image_id in questions})
+    return image_ids if max_images is None else image_ids[: int(max_images)]
+
+
 def load_annotations(split_dir, max_images=None):
     """[{"image": path, "caption": str, "image_id": int}] for one split folder, by image id."""
-    with open(os.path.join(split_dir, "questions.json")) as f:
-        questions = json.load(f)
+    questions = read_questions(split_dir)
     pairs = defaultdict(list)
     for question, answer, image_id in questions:
         pairs[int(image_id)].append((question, answer))
-    image_ids = sorted(pairs)
-    if max_images is not None:
-        image_ids = image_ids[: int(max_images)]
     return [
-        {"image": os.path.join(split_dir, "images", "%d.png" % i),
-         "caption": caption_from_qa(pairs[i]),
-         "image_id": i}
-        for i in image_ids
+        {"image": image_path(split_dir, i), "caption": caption_from_qa(pairs[i]), "image_id": i}
+        for i in _first_images(questions, max_images)
     ]
 
 
-class EasyVQACaptionDataset(BaseDataset):
+def load_questions(split_dir, max_images=None, max_questions=None):
+    """[{"image", "question", "answer", "question_id", "image_id", "question_type"}] for one
+    split folder, in file order (grouped by image). ``question_id`` is the question's index in
+    questions.json, so it stays the same whatever is kept. ``max_images`` keeps the questions
+    of the first N images (by id), then ``max_questions`` the first N of those."""
+    questions = read_questions(split_dir)
+    keep = set(_first_images(questions, max_images))
+    annotation = []
+    for question_id, (question, answer, image_id) in enumerate(questions):
+        if int(image_id) not in keep:
+            continue
+        if max_questions is not None and len(annotation) >= int(max_questions):
+            break
+        annotation.append({
+            "image": image_path(split_dir, int(image_id)),
+            "question": question,
+            "answer": answer,
+            "question_id": question_id,
+            "image_id": int(image_id),
+            "question_type": question_type(question, answer),
+        })
+    return annotation
+
+
+def answer_counts(split_dir):
+    """Counter of the answers of a whole split; None when the split has no questions.json."""
+    if not os.path.isfile(os.path.join(split_dir, "questions.json")):
+        return None
+    return Counter(answer for _, answer, _ in read_questions(split_dir))
+
+
+class EasyVQADataset(BaseDataset):
+    """One split of easy-VQA; subclasses read its annotations and shape the items."""
+
+    def __init__(self, vis_processor, text_processor, split_dir, **limits):
+        super().__init__(vis_processor=vis_processor, text_processor=text_processor,
+                         vis_root=os.path.join(split_dir, "images"), ann_paths=[])
+        self.split_dir = split_dir
+        self.annotation = self.load(split_dir, **limits)
+        self._add_instance_ids()
+
+    @staticmethod
+    def load(split_dir, **limits):
+        raise NotImplementedError
+
+    def image(self, ann):
+        return self.vis_processor(Image.open(ann["image"]).convert("RGB"))
+
+
+class EasyVQACaptionDataset(EasyVQADataset):
     """One split of easy-VQA as (image, caption) pairs."""
 
     def __init__(self, vis_processor, text_processor, split_dir, max_images=None):
-        super().__init__(vis_processor=vis_processor, text_processor=text_processor,
-                         vis_root=os.path.join(split_dir, "images"), ann_paths=[])
-        self.annotation = load_annotations(split_dir, max_images)
-        self._add_instance_ids()
+        super().__init__(vis_processor, text_processor, split_dir, max_images=max_images)
+
+    @staticmethod
+    def load(split_dir, max_images=None):
+        return load_annotations(split_dir, max_images)
 
     def __getitem__(self, index):
         ann = self.annotation[index]
-        image = Image.open(ann["image"]).convert("RGB")
         return {
-            "image": self.vis_processor(image),
+            "image": self.image(ann),
             "text_input": self.text_processor(ann["caption"]),
             "image_id": ann["image_id"],
         }
 
 
-@registry.register_builder("easyvqa_caption")
-class EasyVQACaptionBuilder(BaseDatasetBuilder):
-    """Builds the splits listed in ``build_info.splits`` (train, test) of easy-VQA.
+class EasyVQAQuestionDataset(EasyVQADataset):
+    """One split of easy-VQA as (image, question, answer) triples."""
+
+    train_answer_counts = None  # Counter of the whole train split's answers, set by the builder
+
+    def __init__(self, vis_processor, text_processor, split_dir, max_images=None,
+                 max_questions=None):
+        super().__init__(vis_processor, text_processor, split_dir, max_images=max_images,
+                         max_questions=max_questions)
+
+    @staticmethod
+    def load(split_dir, max_images=None, max_questions=None):
+        return load_questions(split_dir, max_images, max_questions)
+
+    def __getitem__(self, index):
+        ann = self.annotation[index]
+        return {
+            "image": self.image(ann),
+            "text_input": self.text_processor(ann["question"]),
+            "question_id": ann["question_id"],
+            "image_id": ann["image_id"],
+            "answer": ann["answer"],
+            "question_type": ann["question_type"],
+        }
+
+
+class EasyVQABuilder(BaseDatasetBuilder):
+    """What both easy-VQA builders share: where the data are, what must exist, and building
+    the splits listed in ``build_info.splits``.
 
     ``build_info.root``: folder holding ``<split>/images/*.png`` and ``<split>/questions.json``;
     null means the installed easy-vqa package's data; a relative path is taken from the
     current directory. ``build_info.max_images``: keep only the first N images (by image id)
-    of each split; null keeps all.
+    of each split; null keeps all. Subclasses name further limits in ``LIMITS``.
     """
 
-    train_dataset_cls = EasyVQACaptionDataset
-    eval_dataset_cls = EasyVQACaptionDataset
-
+    LIMITS = ("max_images",)
+    ANSWER_PRIOR = False  # give every split the train split's answer counts
     # absolute: LAVIS joins relative paths to its own package directory
-    DATASET_CONFIG_DICT = {
-        "default": os.path.join(PACKAGE_DIR, "configs", "datasets", "easyvqa", "defaults_cap.yaml"),
-    }
+    DATASET_CONFIG_DICT = {}
 
     @staticmethod
     def data_root(build_info):
@@ -192,7 +297,9 @@ class EasyVQACaptionBuilder(BaseDatasetBuilder):
         self.build_processors()
         build_info = self.config.build_info
         root = self.data_root(build_info)
-        max_images = build_info.get("max_images", None)
+        limits = {key: build_info.get(key, None) for key in self.LIMITS}
+        # the whole train split's answers (whatever is kept): the majority-answer baseline
+        train_counts = answer_counts(os.path.join(root, "train")) if self.ANSWER_PRIOR else None
         datasets = {}
         for split in build_info.get("splits", ["train", "test"]):
             is_train = split == "train"
@@ -202,8 +309,48 @@ class EasyVQACaptionBuilder(BaseDatasetBuilder):
                 vis_processor=self.vis_processors[kind],
                 text_processor=self.text_processors[kind],
                 split_dir=os.path.join(root, str(split)),
-                max_images=max_images,
+                **limits,
             )
-            logging.info("easyvqa_caption %s: %d images from %s", split,
-                         len(datasets[split]), root)
+            if self.ANSWER_PRIOR:
+                datasets[split].train_answer_counts = train_counts
+            logging.info("%s %s: %d %s from %s", self.registered_name(), split,
+                         len(datasets[split]), self.ITEMS, root)
         return datasets
+
+    @classmethod
+    def registered_name(cls):
+        names = [k for k, v in registry.mapping["builder_name_mapping"].items() if v is cls]
+        return names[0] if names else cls.__name__
+
+
+@registry.register_builder("easyvqa_caption")
+class EasyVQACaptionBuilder(EasyVQABuilder):
+    """easy-VQA as an image-caption set: one "a <colour> <shape>" caption per image."""
+
+    train_dataset_cls = EasyVQACaptionDataset
+    eval_dataset_cls = EasyVQACaptionDataset
+    ITEMS = "images"
+
+    DATASET_CONFIG_DICT = {
+        "default": os.path.join(PACKAGE_DIR, "configs", "datasets", "easyvqa", "defaults_cap.yaml"),
+    }
+
+
+@registry.register_builder("easyvqa_vqa")
+class EasyVQAVQABuilder(EasyVQABuilder):
+    """easy-VQA's questions for open-ended VQA: one item per question.
+
+    ``build_info.max_questions``: keep the first N questions (in file order, i.e. the
+    questions of the first images) of each split after ``max_images``; null keeps all (38575
+    train / 9673 test questions).
+    """
+
+    train_dataset_cls = EasyVQAQuestionDataset
+    eval_dataset_cls = EasyVQAQuestionDataset
+    LIMITS = ("max_images", "max_questions")
+    ANSWER_PRIOR = True
+    ITEMS = "questions"
+
+    DATASET_CONFIG_DICT = {
+        "default": os.path.join(PACKAGE_DIR, "configs", "datasets", "easyvqa", "defaults_vqa.yaml"),
+    }

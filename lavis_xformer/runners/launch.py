@@ -16,7 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lavis_xformer import compat
-from lavis_xformer.datasets.checks import ConfigError, check_dataset_names, check_datasets
+from lavis_xformer.datasets.checks import (
+    ConfigError, check_checkpoints, check_dataset_names, check_datasets)
 
 
 def parse_args(argv=None, description="LAVIS run"):
@@ -101,6 +102,7 @@ def load_config(args):
     except (yaml.YAMLError, OmegaConfBaseException, TypeError, ValueError) as e:
         # e.g. --options giving a single value where the builder's defaults hold a list
         raise ConfigError("could not build the configuration: %s" % " ".join(str(e).split())) from None
+    check_checkpoints(cfg.model_cfg, cfg.run_cfg)
     check_datasets(cfg.datasets_cfg)
     device = str(cfg.run_cfg.get("device", "cuda"))
     if device.startswith("cuda") and not torch.cuda.is_available():

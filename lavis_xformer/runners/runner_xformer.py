@@ -3,7 +3,10 @@ plain process as well as under torchrun (gloo on CPU, nccl on GPU).
 
 Every override below names the LAVIS 1.0.2 defect it works around; everything else, including
 checkpointing (``checkpoint_<epoch>.pth`` in ``<output_dir>/<job_id>/`` holding only the
-trainable weights), is LAVIS's own.
+trainable weights), is LAVIS's own. One addition: ``<output_dir>/latest`` always points at the
+newest job directory that holds a checkpoint (or, for an evaluation-only run, its results), so
+that a later stage's project file can name an earlier stage's output
+(``pretrained: output/xformer/stage1/latest/checkpoint_8.pth``).
 """
 import datetime
 import logging
@@ -24,6 +27,42 @@ from torch.utils.data import DataLoader, DistributedSampler
 from torch.utils.data.dataset import ChainDataset
 
 from lavis_xformer import compat
+
+
+LATEST = "latest"
+
+
+def point_latest(job_dir, name=LATEST):
+    """Make ``<parent of job_dir>/<name>`` a symlink to ``job_dir``; True when done.
+
+    Why: every run writes into ``<run.output_dir>/<job_id>/`` with a time-stamp job id that no
+    project file can know in advance, so without a stable name the next stage (stage 2 after
+    stage 1, an evaluation after stage 2) could not point at the previous stage's checkpoint.
+
+    The link is relative (just the job directory's name), so the output folder can be moved or
+    copied whole. It is replaced atomically: a new link is made under a temporary name and
+    renamed over the old one (os.replace = rename(2), which swaps the directory entry in one
+    step), so a reader, e.g. another stage starting meanwhile, sees either the old or the new
+    target, never a missing or half-written ``latest``. Failure (a file system without
+    symlinks, or a real directory named ``latest``) is logged, never fatal: the checkpoint
+    itself has been written.
+    """
+    job_dir = Path(job_dir)
+    link = job_dir.parent / name
+    tmp = job_dir.parent / (".%s.%d.tmp" % (name, os.getpid()))
+    try:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        os.symlink(job_dir.name, tmp, target_is_directory=True)
+        os.replace(tmp, link)
+    except OSError as e:
+        logging.warning("could not point %s at %s (%s); name the job directory instead", link,
+                        job_dir, e)
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        return False
+    logging.info("%s -> %s", link, job_dir.name)
+    return True
 
 
 @registry.register_runner("runner_xformer")
@@ -73,6 +112,21 @@ class RunnerXFormer(RunnerBase):
         registry.mapping["paths"]["output_dir"] = str(output_dir)
         self.result_dir = result_dir
         self.output_dir = output_dir
+
+    # Addition: after a checkpoint is written (LAVIS saves on the main process only), point
+    # `<output_dir>/latest` at this job's directory; see point_latest for why.
+    def _save_checkpoint(self, cur_epoch, is_best=False):
+        super()._save_checkpoint(cur_epoch, is_best=is_best)
+        if is_main_process():
+            point_latest(self.output_dir)
+
+    # Addition: an evaluation-only run writes no checkpoint; point `latest` at its directory
+    # once its results are written, so `<output_dir>/latest/result/` holds the newest results.
+    def evaluate(self, cur_epoch="best", skip_reload=False):
+        test_logs = super().evaluate(cur_epoch=cur_epoch, skip_reload=skip_reload)
+        if self.evaluate_only and is_main_process():
+            point_latest(self.output_dir)
+        return test_logs
 
     # Defect: RunnerBase.create_loaders always wraps loaders in PrefetchLoader, which builds a
     # torch.cuda.Stream (fails without CUDA), and always pins memory. Both only on CUDA here.
