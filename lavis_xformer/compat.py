@@ -3,6 +3,7 @@
 LAVIS itself is never edited; the plugin calls these helpers instead of the defective code.
 """
 import contextlib
+import functools
 import logging
 
 import torch
@@ -172,3 +173,28 @@ def synchronize_metric_logger(metric_logger):
 # strict resume that fails because checkpoints omit frozen weights (LAVIS issue #153)) are
 # fixed by the overrides of lavis_xformer.runners.runner_xformer.RunnerXFormer, each of which
 # names its defect.
+
+
+# --- Defect: LAVIS 1.0.2's generation classes (Q-Former ``BertLMHeadModel``, ``modeling_opt``'s
+# ``OPTForCausalLM``, ``modeling_t5``'s ``T5ForConditionalGeneration``) name the cache ``past``
+# in ``prepare_inputs_for_generation``, but transformers 4.26 hands it over as
+# ``past_key_values``: the cache is silently dropped and every generation step recomputes the
+# whole sequence (same tokens, about 5x slower for the tiny OPT). These subclasses pass it on.
+
+def _prepare_with_cache(base):
+    def prepare_inputs_for_generation(self, *args, past_key_values=None, **kwargs):
+        if past_key_values is not None and kwargs.get("past") is None:
+            kwargs["past"] = past_key_values
+        return base.prepare_inputs_for_generation(self, *args, **kwargs)
+
+    return prepare_inputs_for_generation
+
+
+@functools.lru_cache(maxsize=None)
+def with_generation_cache(base):
+    """A subclass of a LAVIS generation class whose cache reaches the model (see above)."""
+    return type(base.__name__, (base,), {
+        "prepare_inputs_for_generation": _prepare_with_cache(base),
+        "__module__": __name__,
+        "__doc__": f"{base.__module__}.{base.__name__} with the generation cache passed on.",
+    })

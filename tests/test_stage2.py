@@ -207,3 +207,22 @@ def test_random_frozen_parts_are_the_same_in_every_build():
         if key in s1:
             assert torch.equal(s1[key], s2[key]), key
     assert not torch.equal(s2["llm_proj.weight"], s3["llm_proj.weight"])  # trainable: global RNG
+
+
+@pytest.mark.parametrize("name", ["xformer_opt", "xformer_t5"])
+def test_generation_uses_the_cache_and_matches_the_uncached_result(name, images):
+    """LAVIS 1.0.2's generation classes drop transformers 4.26's cache (compat.py)."""
+    model = load_model(name, "tiny") if name == "xformer_t5" else build(name)
+    model.eval()
+    seen = []
+    target = model.llm_model.decoder if name == "xformer_t5" else model.llm_model.model.decoder
+    hook = target.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append(kwargs.get("past_key_values") is not None), with_kwargs=True)
+    try:
+        cached = model.generate({"image": images[:2]}, num_beams=3, max_length=6, min_length=6)
+    finally:
+        hook.remove()
+    assert seen[0] is False and len(seen) > 2 and all(seen[1:])  # every later step reuses the cache
+    uncached = model.decode(images[:2], [model.prompt] * 2, num_beams=3, max_new_tokens=6,
+                            min_length=6, use_cache=False)
+    assert cached == uncached

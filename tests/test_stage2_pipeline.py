@@ -178,7 +178,7 @@ def test_stage2_projects_carry_the_papers_setup(tmp_path):
         assert set(raw.datasets) == set(launch._load_yaml(str(PROJECTS / "stage1.yaml")).datasets)
         run = raw.run
         assert (run.task, run.runner, run.max_epoch, run.lr_sched) == (
-            "xformer_pretrain", "runner_xformer", 1, "linear_warmup_cosine_lr")
+            "xformer_pretrain", "runner_xformer", 1, "linear_warmup_cosine_step_lr")
         assert (run.init_lr, run.min_lr, run.warmup_lr, run.warmup_steps) == (1e-4, 5e-5, 1e-6, 2000)
         assert (run.weight_decay, run.beta2, run.amp, run.batch_size_train) == (0.05, 0.98, True, 64)
         assert run.output_dir == "output/xformer/%s" % out

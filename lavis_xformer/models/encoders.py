@@ -95,6 +95,7 @@ def build_qformer(cfg, vision_width: int, random_init: bool):
     """
     from lavis.models.blip2_models.Qformer import BertLMHeadModel
 
+    BertLMHeadModel = compat.with_generation_cache(BertLMHeadModel)
     config = qformer_config(cfg, vision_width)
     source = None if random_init else sources.resolve("qformer_weights", cfg.get("qformer_weights"))
     if source is None:

@@ -15,6 +15,7 @@ import os
 
 import torch
 
+from lavis_xformer import compat
 from lavis_xformer.models import sources
 
 
@@ -75,6 +76,7 @@ def build_llm(cfg, random_init: bool, kind: str):
     else:
         from lavis.models.blip2_models.modeling_t5 import T5Config as Config
         from lavis.models.blip2_models.modeling_t5 import T5ForConditionalGeneration as Model
+    Model = compat.with_generation_cache(Model)
 
     source = None if random_init else sources.resolve("llm_weights", cfg.get("llm_weights"))
     if source is None:

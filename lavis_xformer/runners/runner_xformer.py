@@ -9,6 +9,7 @@ that a later stage's project file can name an earlier stage's output
 (``pretrained: output/xformer/stage1/latest/checkpoint_8.pth``).
 """
 import datetime
+import inspect
 import logging
 import os
 import time
@@ -97,6 +98,38 @@ class RunnerXFormer(RunnerBase):
                 logging.warning("run.amp is true but the run is on %s: training in fp32.", self.device)
                 self._amp_warned = True
         return self._scaler
+
+    # Addition: RunnerBase.lr_scheduler builds every schedule with the same arguments and none
+    # tells it how long an epoch is, which a per-iteration schedule over the whole run
+    # (linear_warmup_cosine_step_lr, lavis_xformer/optims.py) needs. A schedule class whose
+    # constructor takes `iters_per_epoch` gets run.iters_per_epoch when set, else the length of
+    # the train loader (per process: the iterations BaseTask.train_epoch runs); any other
+    # schedule is built by RunnerBase, unchanged.
+    @property
+    def lr_scheduler(self):
+        if self._lr_sched is None:
+            run_cfg = self.config.run_cfg
+            lr_sched_cls = registry.get_lr_scheduler_class(run_cfg.lr_sched)
+            if "iters_per_epoch" in inspect.signature(lr_sched_cls).parameters:
+                iters_per_epoch = run_cfg.get("iters_per_epoch", None)
+                if iters_per_epoch is None:
+                    try:
+                        iters_per_epoch = len(self.train_loader)
+                    except TypeError:  # e.g. a webdataset pipeline has no length
+                        raise ValueError("run.lr_sched %s needs the number of iterations per "
+                                         "epoch and the train loader has no length: set "
+                                         "run.iters_per_epoch" % run_cfg.lr_sched) from None
+                self._lr_sched = lr_sched_cls(
+                    optimizer=self.optimizer,
+                    max_epoch=self.max_epoch,
+                    min_lr=self.min_lr,
+                    init_lr=self.init_lr,
+                    decay_rate=run_cfg.get("lr_decay_rate", None),
+                    warmup_start_lr=run_cfg.get("warmup_lr", -1),
+                    warmup_steps=run_cfg.get("warmup_steps", 0),
+                    iters_per_epoch=iters_per_epoch,
+                )
+        return super().lr_scheduler
 
     # Defect: RunnerBase.setup_output_dir joins a relative run.output_dir to LAVIS's package
     # directory (inside site-packages) and registers the paths with register_path, which
