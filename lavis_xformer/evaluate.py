@@ -7,26 +7,12 @@ It evaluates the configured model on run.test_splits with the runner named by ru
 (LAVIS's runner_base when absent; runner_xformer also works on CPU), after the same early
 configuration and data checks as lavis_xformer.train.
 """
-import lavis.tasks as tasks
-from lavis.common.logger import setup_logger
-
 import lavis_xformer  # noqa: F401  (registers the plugin's models, datasets, tasks, runner)
 from lavis_xformer.runners import launch
 
 
 def _evaluate(cfg, job_id):
-    launch.setup_seeds(cfg)
-    setup_logger()
-    cfg.pretty_print()
-
-    task = tasks.setup_task(cfg)
-    datasets = task.build_datasets(cfg)
-    model = task.build_model(cfg)
-
-    runner = launch.get_runner_class(cfg)(
-        cfg=cfg, job_id=job_id, task=task, model=model, datasets=datasets)
-    return runner.evaluate(skip_reload=True)
-
+    return launch.build_runner(cfg, job_id).evaluate(skip_reload=True)
 
 def main(argv=None):
     return launch.run_main(_evaluate, argv, "Evaluate a LAVIS model (X-Former plugin included).")

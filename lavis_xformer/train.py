@@ -8,27 +8,14 @@
 Unlike LAVIS's script it checks the configuration and the data before building anything,
 and sets up torch.distributed on CPUs too (gloo); see lavis_xformer.compat.
 """
-import lavis.tasks as tasks
-from lavis.common.logger import setup_logger
-
 import lavis_xformer  # noqa: F401  (registers the plugin's models, datasets, tasks, runner)
 from lavis_xformer.runners import launch
 
 
 def _train(cfg, job_id):
-    launch.setup_seeds(cfg)
-    setup_logger()  # after the distributed set-up, so that only rank 0 logs INFO
-    cfg.pretty_print()
-
-    task = tasks.setup_task(cfg)
-    datasets = task.build_datasets(cfg)
-    model = task.build_model(cfg)
-
-    runner = launch.get_runner_class(cfg)(
-        cfg=cfg, job_id=job_id, task=task, model=model, datasets=datasets)
+    runner = launch.build_runner(cfg, job_id)
     runner.train()
     return runner
-
 
 def main(argv=None):
     return launch.run_main(_train, argv, "Train a LAVIS model (X-Former plugin included).")

@@ -134,6 +134,21 @@ def get_runner_class(cfg):
     return registry.get_runner_class(cfg.run_cfg.get("runner", "runner_base"))
 
 
+def build_runner(cfg, job_id):
+    """What LAVIS's train.py/evaluate.py do after the distributed set-up: seeds, logging,
+    task, datasets, model, then the configured runner."""
+    import lavis.tasks as tasks
+    from lavis.common.logger import setup_logger
+
+    setup_seeds(cfg)
+    setup_logger()  # after the distributed set-up, so that only rank 0 logs INFO
+    cfg.pretty_print()
+    task = tasks.setup_task(cfg)
+    datasets = task.build_datasets(cfg)
+    model = task.build_model(cfg)
+    return get_runner_class(cfg)(cfg=cfg, job_id=job_id, task=task, model=model, datasets=datasets)
+
+
 def finish():
     if compat.dist_ready():
         torch.distributed.barrier()
