@@ -59,6 +59,14 @@ def test_variant_trains_in_stage1_and_stage2_and_answers(fusion, images, tmp_pat
     assert all(p.grad is None for p in stage1.parameters() if not p.requires_grad)
     stage1.eval()
     assert len(stage1.generate({"image": images}, num_beams=2, max_length=5, min_length=2)) == 2
+    # ITM/ITG query prefix: the fused queries for X-Former, the learned tokens otherwise (BLIP-2)
+    with torch.no_grad():
+        _, queries, _, _ = stage1.encode_image(images)
+    prefix = stage1.text_prefix(queries)
+    if fusion == "xformer":
+        assert prefix is queries
+    else:
+        assert torch.equal(prefix, stage1.query_tokens.expand(2, -1, -1))
 
     state = {k: v for k, v in stage1.state_dict().items() if k in trainable(stage1)}
     path = tmp_path / "checkpoint_8.pth"
@@ -100,16 +108,6 @@ def test_concat_and_early_ca_put_the_mae_tokens_into_the_qformer_context(images)
     layers = model.Qformer.bert.encoder.layer
     assert [layer.mae_block is not None for layer in layers] == [False, True] * 3
     assert all(layer.has_cross_attention == (layer.mae_block is None) for layer in layers)
-
-
-def test_qformer_side_variants_use_the_learned_queries_as_itm_itg_prefix(images):
-    for fusion, fused in (("blip2", False), ("concat", False), ("early_ca", False), ("xformer", True)):
-        model = build(fusion=fusion)
-        _, queries, _, _ = model.encode_image(images)
-        prefix = model.text_prefix(queries)
-        assert (prefix is queries) == fused, fusion
-        if not fused:
-            assert torch.equal(prefix, model.query_tokens.expand(2, -1, -1))
 
 
 def test_unknown_variant_keys_are_clear_errors():
@@ -159,6 +157,10 @@ def test_blip2_losses_equal_stock_lavis_blip2(images, one_process_group, monkeyp
     made deterministic (the hardest negative) for both; and in training mode our ITG re-runs
     the query prefix where LAVIS reuses the query pass's cached keys/values, so dropout is drawn
     afresh; the comparison runs in eval mode (no dropout), where the two are the same function.
+    Measured: ITM is bit-identical; ITC and ITG agree to float rounding (2e-7 relative), as
+    ITC's similarity is an einsum here and a matmul in LAVIS, and ITG's query prefix is
+    recomputed inside the [queries; text] pass here (other matrix shapes, same mask) where
+    LAVIS feeds the cached keys/values of the query pass.
     """
     model = build(fusion="blip2")
     stock = stock_blip2_qformer(model)
@@ -188,15 +190,19 @@ def test_no_reconstruction_with_unmasked_mae_leaves_nothing_unused(images):
     assert unused_after_backward(model) == []
 
 
-@pytest.mark.parametrize("off,head", [("itc", "vision_proj.weight"), ("itm", "itm_head.weight"),
-                                      ("lm", "Qformer.cls.predictions.transform.dense.weight")])
-def test_switched_off_loss_freezes_its_head(off, head, images):
-    weights = {"itc": 1.0, "itm": 1.0, "lm": 1.0, "rec": 1.0, off: 0.0}
-    model = build(loss_weights=weights)
-    assert head not in trainable(model)
+@pytest.mark.parametrize("off", [("itc",), ("itm", "lm")])
+def test_switched_off_loss_freezes_its_head(off, images):
+    """Without ITC its projections still mine ITM's negatives, so they are frozen, not dropped."""
+    heads = {"itc": "vision_proj.weight", "itm": "itm_head.weight",
+             "lm": "Qformer.cls.predictions.transform.dense.weight"}
+    model = build(loss_weights={"itc": 1.0, "itm": 1.0, "lm": 1.0, "rec": 1.0, **{k: 0.0 for k in off}})
+    assert {heads[k] for k in off}.isdisjoint(trainable(model))
+    assert set(heads.values()) - {heads[k] for k in off} <= set(trainable(model))
     model.train()
-    model({"image": images, "text_input": TEXTS}).loss.backward()
+    out = model({"image": images, "text_input": TEXTS})
+    out.loss.backward()
     assert unused_after_backward(model) == []
+    assert all(out[f"loss_{k}"] == 0 for k in off if k != "itc")
 
 
 def test_clip_layer_features_stand_in_for_the_mae(images):
