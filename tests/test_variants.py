@@ -253,6 +253,8 @@ def test_frozen_fusion_in_stage2_trains_only_the_projection(images):
     assert not model.Qformer.training and not model.fusion.training  # no dropout either
     model({"image": images, "text_input": TEXTS})["loss"].backward()
     assert unused_after_backward(model) == []
+    with pytest.raises(ValueError, match="freeze_fusion: true leaves the reconstruction loss"):
+        build("xformer_opt", freeze_fusion=True, mask_ratio=0.5, **{"loss_weights": {"lm": 1.0, "rec": 1.0}})
 
 
 # ----------------------------------------------------------------- paper size

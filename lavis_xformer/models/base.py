@@ -46,8 +46,13 @@ from lavis_xformer.modules import MAEBranch, MAEEncoding, XFormerFusion
 from lavis_xformer.modules.fusions import ConcatFusion, QueryPassthrough
 from lavis_xformer.modules.mae_branch import random_patch_mask
 
-FUSIONS = ("xformer", "blip2", "concat", "early_ca")
-FUSES_MAE = {"xformer": True, "blip2": False, "concat": True, "early_ca": True}
+FUSION_CLASSES = {
+    "xformer": XFormerFusion,
+    "blip2": QueryPassthrough,
+    "concat": ConcatFusion,
+    "early_ca": EarlyCAFusion,
+}
+FUSIONS = tuple(FUSION_CLASSES)
 MAE_SOURCES = ("mae", "clip_layer", "clip")
 
 
@@ -116,7 +121,8 @@ class XFormerBase(Blip2Base):
         self.mae_source = cfg.get("mae_source", "mae")
         if self.mae_source not in MAE_SOURCES:
             raise ValueError(f"model.mae_source={self.mae_source!r} is not known; available: {', '.join(MAE_SOURCES)}")
-        if not FUSES_MAE[fusion] and self.mae_source != "mae":
+        uses_mae = FUSION_CLASSES[fusion].uses_mae
+        if not uses_mae and self.mae_source != "mae":
             raise ValueError(f"model.mae_source={self.mae_source!r} needs a fusion that uses it; model.fusion={fusion!r} uses no MAE features")
         clip_dim = self.visual_encoder.num_features
         self.clip_layer_index = None
@@ -127,7 +133,7 @@ class XFormerBase(Blip2Base):
                 raise ValueError(f"model.clip_layer_index={self.clip_layer_index} is outside 1..{depth} (CLIP ViT blocks)")
         # The MAE (encoder + decoder): for the MAE source, or for its decoder with the CLIP source.
         self.mae_branch = None
-        if FUSES_MAE[fusion] and self.mae_source in ("mae", "clip"):
+        if uses_mae and self.mae_source in ("mae", "clip"):
             self.mae_branch = MAEBranch(encoders.build_mae(cfg, random_init), mask_ratio=self.mask_ratio)
             if self.mae_source == "clip":
                 self.mae_branch.mae.vit = None  # the CLIP ViT encodes; only the decoder is used

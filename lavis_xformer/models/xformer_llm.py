@@ -53,6 +53,8 @@ class XFormerLLMBase(XFormerBase):
             self.mask_ratio = 0.0  # the MAE sees the whole image, as at inference
         self.strip_qformer_text_parts()
         if cfg.get("freeze_fusion", False):
+            if self.rec_weight:
+                raise ValueError("model.freeze_fusion: true leaves the reconstruction loss nothing to train; set loss_weights.rec: 0")
             self.freeze_image_side()
 
         self.prompt = cfg.get("prompt", "")
