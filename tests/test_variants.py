@@ -113,6 +113,8 @@ def test_concat_and_early_ca_put_the_mae_tokens_into_the_qformer_context(images)
 def test_unknown_variant_keys_are_clear_errors():
     with pytest.raises(ValueError, match="model.mae_source='dino' is not known"):
         build(mae_source="dino")
+    with pytest.raises(ValueError, match="needs model.clip_layer_index"):
+        build(mae_source="clip_layer")
     with pytest.raises(ValueError, match="clip_layer_index=9 is outside 1..2"):
         build(mae_source="clip_layer", clip_layer_index=9)
     with pytest.raises(ValueError, match="model.fusion='blip2' uses no MAE features"):

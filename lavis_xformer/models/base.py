@@ -127,6 +127,8 @@ class XFormerBase(Blip2Base):
         clip_dim = self.visual_encoder.num_features
         self.clip_layer_index = None
         if self.mae_source == "clip_layer":
+            if cfg.get("clip_layer_index") is None:
+                raise ValueError("model.mae_source='clip_layer' needs model.clip_layer_index (1-based CLIP ViT block)")
             self.clip_layer_index = int(cfg.get("clip_layer_index"))
             depth = len(self.visual_encoder.blocks)
             if not 1 <= self.clip_layer_index <= depth:
