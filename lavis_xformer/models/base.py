@@ -1,13 +1,39 @@
 """What every X-Former model shares: the frozen encoders, the Q-Former query pass and the fusion.
 
     image --(frozen CLIP ViT, ln_vision)--> image_embeds (B, 1+N, Dc)
-          --(Q-Former query pass)---------> queries Q (B, Nq, D)
-    image --(frozen MAE encoder, visible)-> MAE tokens M (B, 1+N_visible, Dm)
-    fusion(Q, M) -----------------------> enhanced queries Q' (B, Nq, D), enriched MAE Z
+    image --(side encoder)----------------> side tokens M (B, Nm, Dm): the frozen MAE encoder
+                                            on the visible patches (``mae_source``)
+    fusion.context(image_embeds, M) ------> Q-Former cross-attention context C
+    query tokens --(Q-Former, C)----------> queries Q (B, Nq, D)
+    fusion(Q, M) -------------------------> output queries Q' (B, Nq, D), enriched tokens Z
+
+The variant is chosen by ``model.fusion`` and decided in one place, ``build_fusion``; the
+model only asks the fusion object (``uses_mae``, ``context``, ``fused_prefix``,
+``reconstructs``), never the variant's name:
+
+    xformer   X-Former (section 2.3): C = CLIP tokens; Q' from the dual cross-attention block.
+    blip2     BLIP-2: no MAE branch at all; Q' = Q.
+    concat    Concat (Fig. 1b): C = [CLIP; Linear(MAE)] along the tokens; Q' = Q.
+    early_ca  Early cross-attention (Fig. 1c): C = [CLIP; Linear(MAE)]; the Q-Former's layers
+              without CLIP cross-attention get MAE cross-attention blocks (models/early_ca.py).
+
+``model.mae_source`` says what stands in the MAE encoder's place (paper's ablations):
+
+    mae         the frozen MAE encoder (default).
+    clip_layer  the frozen CLIP ViT's features after block ``clip_layer_index`` (1-based), whole
+                image, no reconstruction (Section 3.3 "Leveraging Early Layer CLIP features").
+    clip        the frozen CLIP ViT run on the visible patches of the masked image; its tokens go
+                through the fusion and the frozen MAE decoder (supplementary Table 12 row 1).
+
+Without a reconstruction path (blip2, concat, early_ca, clip_layer) or with its weight at 0 the
+MAE decoder and the fusion's reconstruction head are dropped, so no trainable parameter goes
+unused; variants that cannot reconstruct also never mask the MAE input.
 
 Stage 1 (``xformer``) adds the text losses and the reconstruction; stage 2 (``xformer_opt``,
 ``xformer_t5``) feeds Q' to a frozen LLM through one linear layer.
 """
+import logging
+
 import torch
 from torch import nn
 
@@ -15,20 +41,46 @@ from lavis.models.blip2_models.blip2 import Blip2Base, LayerNorm, disabled_train
 
 from lavis_xformer import compat
 from lavis_xformer.models import encoders, sources
-from lavis_xformer.modules import MAEBranch, XFormerFusion
+from lavis_xformer.models.early_ca import EarlyCAFusion
+from lavis_xformer.modules import MAEBranch, MAEEncoding, XFormerFusion
+from lavis_xformer.modules.fusions import ConcatFusion, QueryPassthrough
+from lavis_xformer.modules.mae_branch import random_patch_mask
 
-FUSIONS = ("xformer",)
+FUSION_CLASSES = {
+    "xformer": XFormerFusion,
+    "blip2": QueryPassthrough,
+    "concat": ConcatFusion,
+    "early_ca": EarlyCAFusion,
+}
+FUSIONS = tuple(FUSION_CLASSES)
+MAE_SOURCES = ("mae", "clip_layer", "clip")
 
 
-def build_fusion(cfg, dim: int, mae_dim: int) -> nn.Module:
-    """The module that fuses Q-Former queries with MAE tokens, picked by ``model.fusion``."""
+def build_fusion(cfg, qformer, side_dim: int, clip_dim: int, clip_tokens: int, decoder_dim: int):
+    """The module that fuses the Q-Former with the side (MAE) tokens, picked by ``model.fusion``.
+
+    ``early_ca`` also installs its blocks into ``qformer``.
+    """
     name = cfg.get("fusion", "xformer")
+    dim = qformer.config.hidden_size
     if name == "xformer":
         return XFormerFusion(
             dim=dim,
-            mae_dim=mae_dim,
+            mae_dim=side_dim,
             num_heads=cfg.get("fusion_num_heads", 12),
             mlp_ratio=cfg.get("fusion_mlp_ratio", 4.0),
+            self_attn=cfg.get("fusion_self_attn", True),
+            out_dim=decoder_dim,
+        )
+    if name == "blip2":
+        return QueryPassthrough()
+    if name == "concat":
+        return ConcatFusion(side_dim, clip_dim)
+    if name == "early_ca":
+        return EarlyCAFusion(side_dim, clip_dim, clip_tokens).install(
+            qformer,
+            num_heads=cfg.get("fusion_num_heads", 12),
+            mlp_ratio=cfg.get("early_ca_mlp_ratio", 5.0),
             self_attn=cfg.get("fusion_self_attn", True),
         )
     raise ValueError(f"model.fusion={name!r} is not known; available: {', '.join(FUSIONS)}")
@@ -63,13 +115,61 @@ class XFormerBase(Blip2Base):
         if cfg.get("freeze_vit", True):
             self.visual_encoder = freeze(self.visual_encoder)
 
-        self.mae_branch = MAEBranch(encoders.build_mae(cfg, random_init), mask_ratio=self.mask_ratio)
+        fusion = cfg.get("fusion", "xformer")
+        if fusion not in FUSIONS:
+            raise ValueError(f"model.fusion={fusion!r} is not known; available: {', '.join(FUSIONS)}")
+        self.mae_source = cfg.get("mae_source", "mae")
+        if self.mae_source not in MAE_SOURCES:
+            raise ValueError(f"model.mae_source={self.mae_source!r} is not known; available: {', '.join(MAE_SOURCES)}")
+        uses_mae = FUSION_CLASSES[fusion].uses_mae
+        if not uses_mae and self.mae_source != "mae":
+            raise ValueError(f"model.mae_source={self.mae_source!r} needs a fusion that uses it; model.fusion={fusion!r} uses no MAE features")
+        clip_dim = self.visual_encoder.num_features
+        self.clip_layer_index = None
+        if self.mae_source == "clip_layer":
+            if cfg.get("clip_layer_index") is None:
+                raise ValueError("model.mae_source='clip_layer' needs model.clip_layer_index (1-based CLIP ViT block)")
+            self.clip_layer_index = int(cfg.get("clip_layer_index"))
+            depth = len(self.visual_encoder.blocks)
+            if not 1 <= self.clip_layer_index <= depth:
+                raise ValueError(f"model.clip_layer_index={self.clip_layer_index} is outside 1..{depth} (CLIP ViT blocks)")
+        # The MAE (encoder + decoder): for the MAE source, or for its decoder with the CLIP source.
+        self.mae_branch = None
+        if uses_mae and self.mae_source in ("mae", "clip"):
+            self.mae_branch = MAEBranch(encoders.build_mae(cfg, random_init), mask_ratio=self.mask_ratio)
+            if self.mae_source == "clip":
+                self.mae_branch.mae.vit = None  # the CLIP ViT encodes; only the decoder is used
+        side_dim = self.mae_branch.width if self.mae_source == "mae" and self.mae_branch else clip_dim
+        decoder_dim = self.mae_branch.width if self.mae_branch is not None else side_dim
         # With a `pretrained` X-Former checkpoint, which always holds the Q-Former, the BERT
         # weights would be overwritten at once: skip loading them (no download needed).
         self.Qformer, self.query_tokens = encoders.build_qformer(
-            cfg, self.visual_encoder.num_features, random_init or bool(cfg.get("pretrained"))
+            cfg, clip_dim, random_init or bool(cfg.get("pretrained"))
         )
-        self.fusion = build_fusion(cfg, self.Qformer.config.hidden_size, self.mae_branch.width)
+        clip_tokens = 1 + self.visual_encoder.patch_embed.num_patches
+        self.fusion = build_fusion(cfg, self.Qformer, side_dim, clip_dim, clip_tokens, decoder_dim)
+
+    @property
+    def can_reconstruct(self) -> bool:
+        return (self.fusion.reconstructs and self.mae_branch is not None
+                and self.mae_branch.mae.decoder is not None)
+
+    def setup_reconstruction(self, weight: float) -> float:
+        """Returns the reconstruction weight in force. Without a reconstruction path it is 0
+        and the side encoder sees whole images; at 0 the MAE decoder and the fusion's
+        reconstruction head are dropped (an unused trainable parameter would stop DDP
+        without find_unused_parameters)."""
+        if not self.can_reconstruct:
+            if weight:
+                logging.info("model.fusion=%s with mae_source=%s has no reconstruction: loss_weights.rec ignored",
+                             type(self.fusion).__name__, self.mae_source)
+            weight = 0.0
+            self.mask_ratio = 0.0
+        if not weight:
+            if self.mae_branch is not None:
+                self.mae_branch.mae.decoder = None
+            self.fusion.drop_reconstruction_head()
+        return weight
 
     @classmethod
     def default_config_path(cls, model_type):
@@ -130,24 +230,73 @@ class XFormerBase(Blip2Base):
             embeds = self.ln_vision(self.visual_encoder(image))
         return embeds.float()
 
+    def encode_side(self, image, mask_ratio):
+        """The side tokens the fusion consumes (an ``MAEEncoding``), or None without MAE."""
+        if not self.fusion.uses_mae:
+            return None
+        if self.mae_source == "clip_layer":
+            return MAEEncoding(self.encode_clip_layer(image, self.clip_layer_index), None, None, None)
+        if self.mae_source == "clip":
+            return self.encode_clip_masked(image, mask_ratio)
+        with self.maybe_autocast():
+            return self.mae_branch.encode(image, mask_ratio)
+
+    @torch.no_grad()
+    def clip_tokens_in(self, image, mask_ratio=0.0):
+        """Frozen CLIP ViT input tokens (CLS + visible patches, positions added), with the
+        patch mask as in ``random_patch_mask``."""
+        vit = self.visual_encoder
+        patches = vit.patch_embed(image)
+        B, N, D = patches.shape
+        pos = vit.pos_embed if vit.pos_embed is not None else patches.new_zeros(1, 1 + N, D)
+        patches = patches + pos[:, 1:]
+        ids_keep, ids_restore, mask = random_patch_mask(B, N, mask_ratio, image.device)
+        visible = torch.gather(patches, 1, ids_keep.unsqueeze(-1).expand(-1, -1, D))
+        cls = (vit.cls_token + pos[:, :1]).expand(B, -1, -1)
+        return torch.cat([cls, visible], dim=1), ids_restore, mask
+
+    @torch.no_grad()
+    def run_clip_blocks(self, tokens, depth=None):
+        vit = self.visual_encoder
+        rel_pos_bias = vit.rel_pos_bias() if vit.rel_pos_bias is not None else None
+        for block in vit.blocks[:depth]:
+            tokens = block(tokens, rel_pos_bias)
+        return tokens
+
+    def encode_clip_layer(self, image, index):
+        """Frozen CLIP ViT features after block ``index`` (1-based), whole image: (B, 1+N, Dc)."""
+        with self.maybe_autocast():
+            tokens, _, _ = self.clip_tokens_in(image)
+            return self.run_clip_blocks(tokens, index).float()
+
+    def encode_clip_masked(self, image, mask_ratio):
+        """The frozen CLIP ViT on the visible patches, in the MAE encoder's place."""
+        with self.maybe_autocast():
+            tokens, ids_restore, mask = self.clip_tokens_in(image, mask_ratio)
+            tokens = self.run_clip_blocks(tokens).float()
+        return MAEEncoding(tokens, mask, ids_restore, self.mae_branch.renormalize(image))
+
     def encode_image(self, image, mask_ratio=None):
         """The image path shared by every loss and by inference.
 
-        Returns (image_embeds (B, 1+N, Dc), enhanced queries (B, Nq, D),
-        enriched MAE tokens (B, 1+N_visible, Dm), MAE encoding).
+        Returns (context (B, Nc, Dc): the Q-Former's cross-attention input, i.e. the CLIP
+        tokens, with the projected MAE tokens appended for concat/early_ca;
+        output queries (B, Nq, D); enriched MAE tokens (B, 1+N_visible, Dm) or None;
+        side encoding (``MAEEncoding``) or None).
         Patches are masked only while training (``mask_ratio`` overrides).
         """
         self.check_image(image)
         if mask_ratio is None:
             mask_ratio = self.mask_ratio if self.training else 0.0
         image_embeds = self.encode_clip(image)
-        with self.maybe_autocast():
-            mae = self.mae_branch.encode(image, mask_ratio)
+        side = self.encode_side(image, mask_ratio)
+        side_tokens = None if side is None else side.tokens.float()
+        context = self.fusion.context(image_embeds, side_tokens)
         queries = self.Qformer.bert(
             query_embeds=self.query_tokens.expand(image.shape[0], -1, -1),
-            encoder_hidden_states=image_embeds,
-            encoder_attention_mask=self.ones(image_embeds),
+            encoder_hidden_states=context,
+            encoder_attention_mask=self.ones(context),
             return_dict=True,
         ).last_hidden_state
-        enhanced, enriched = self.fusion(queries, mae.tokens.float())
-        return image_embeds, enhanced, enriched, mae
+        enhanced, enriched = self.fusion(queries, side_tokens)
+        return context, enhanced, enriched, side

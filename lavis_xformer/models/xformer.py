@@ -15,6 +15,14 @@ How text reaches the enhanced queries (a decision; the paper is silent):
     Text reaches the enhanced queries through the Q-Former's shared self-attention exactly as
     it reaches BLIP-2's queries, and the MAE features reach ITM and ITG through Q'.
   * ``generate`` decodes captions the same way ITG is trained: Q' is the query prefix.
+
+The other variants (``fusion: blip2 | concat | early_ca``, see base.py) fuse inside the
+Q-Former, so they train exactly as BLIP-2's ``Blip2Qformer``: ITC on the Q-Former output, and
+the learned query tokens as the ITM/ITG query prefix (``text_prefix``). With ``fusion: blip2``
+the losses equal stock LAVIS BLIP-2's for the same weights and inputs (tests/test_variants.py),
+with two differences in random-number use: the ITM negatives are drawn with one multinomial
+call per direction (LAVIS: one per sample), and ITG re-runs the query prefix (LAVIS reuses the
+query pass's cached keys and values), which draws its dropout afresh in training mode.
 """
 import os
 from dataclasses import dataclass
@@ -82,6 +90,36 @@ class XFormer(XFormerBase):
         self.text_proj = nn.Linear(width, embed_dim)
         self.itm_head = nn.Linear(width, 2)
         self.temp = nn.Parameter(0.07 * torch.ones([]))
+        self.loss_weights["rec"] = self.setup_reconstruction(self.loss_weights["rec"])
+        self.freeze_unused_heads()
+
+    def freeze_unused_heads(self):
+        """A loss switched off (weight 0) leaves its own head without gradient; freeze it, so
+        that DDP runs without find_unused_parameters. ITC's projections and temperature stay
+        in use without ITC: ITM mines its hard negatives from their similarities (then
+        untrained, so the negatives are close to uniformly drawn)."""
+        w = self.loss_weights
+        heads = {
+            "itc": [self.vision_proj, self.text_proj, self.temp],
+            "itm": [self.itm_head],
+            # the LM head's decoder weight may be tied to the word embeddings: keep those
+            "lm": [p for p in self.Qformer.cls.parameters()
+                   if all(p is not q for q in self.Qformer.bert.parameters())],
+        }
+        for name, parts in heads.items():
+            if w[name]:
+                continue
+            for part in parts:
+                params = part.parameters() if isinstance(part, nn.Module) else [part]
+                for param in params:
+                    param.requires_grad = False
+
+    def text_prefix(self, enhanced):
+        """The query prefix of the ITM/ITG passes and of captioning: the fused queries for
+        X-Former, the learned query tokens for the Q-Former-side variants (as BLIP-2)."""
+        if self.fusion.fused_prefix:
+            return enhanced
+        return self.query_tokens.expand(enhanced.shape[0], -1, -1)
 
     # ------------------------------------------------------------------ helpers
 
@@ -158,30 +196,31 @@ class XFormer(XFormerBase):
 
         loss_itm = zero
         if w["itm"]:
-            loss_itm = self.itm_loss(sim_i2t, sim_t2i, tokens, enhanced, image_embeds, rank)
+            loss_itm = self.itm_loss(sim_i2t, sim_t2i, tokens, self.text_prefix(enhanced), image_embeds, rank)
 
         loss_lm = zero
         if w["lm"]:
             input_ids = tokens.input_ids.clone()
             input_ids[:, 0] = self.tokenizer.bos_token_id
             labels = input_ids.masked_fill(input_ids == self.tokenizer.pad_token_id, -100)
-            loss_lm = self.text_pass(input_ids, tokens.attention_mask, enhanced, image_embeds, labels).loss
+            prefix = self.text_prefix(enhanced)
+            loss_lm = self.text_pass(input_ids, tokens.attention_mask, prefix, image_embeds, labels).loss
 
         loss = w["itc"] * loss_itc + w["itm"] * loss_itm + w["lm"] * loss_lm + w["rec"] * loss_rec
         return XFormerOutput(
             loss=loss, loss_itc=loss_itc, loss_itm=loss_itm, loss_lm=loss_lm, loss_rec=loss_rec
         )
 
-    def itm_loss(self, sim_i2t, sim_t2i, tokens, enhanced, image_embeds, rank):
+    def itm_loss(self, sim_i2t, sim_t2i, tokens, queries, image_embeds, rank):
         """ITM with one hard negative text per image and one hard negative image per text,
         sampled in proportion to the ITC similarity (BLIP-2's mining), across all ranks."""
-        bs = enhanced.shape[0]
+        bs = queries.shape[0]
         ids_world = compat.concat_all_gather(tokens.input_ids)
         atts_world = compat.concat_all_gather(tokens.attention_mask)
-        enhanced_world = compat.all_gather_with_grad(enhanced)
+        prefix_world = compat.all_gather_with_grad(queries)
         image_embeds_world = compat.all_gather_with_grad(image_embeds)
         with torch.no_grad():
-            own = torch.arange(bs, device=enhanced.device) + rank * bs
+            own = torch.arange(bs, device=queries.device) + rank * bs
             weights_t2i = F.softmax(sim_t2i.float(), dim=1) + 1e-4
             weights_i2t = F.softmax(sim_i2t.float(), dim=1) + 1e-4
             weights_t2i[torch.arange(bs), own] = 0
@@ -191,7 +230,7 @@ class XFormer(XFormerBase):
 
         input_ids = torch.cat([tokens.input_ids, tokens.input_ids, ids_world[neg_text]])
         attention_mask = torch.cat([tokens.attention_mask, tokens.attention_mask, atts_world[neg_text]])
-        prefix = torch.cat([enhanced, enhanced_world[neg_image], enhanced])  # pos, neg, pos
+        prefix = torch.cat([queries, prefix_world[neg_image], queries])  # pos, neg, pos
         images = torch.cat([image_embeds, image_embeds_world[neg_image], image_embeds])
         hidden = self.text_pass(input_ids, attention_mask, prefix, images)
         logits = self.itm_head(hidden[:, : prefix.shape[1], :]).mean(dim=1)
@@ -226,7 +265,8 @@ class XFormer(XFormerBase):
             ).last_hidden_state
             text_features = F.normalize(self.text_proj(text_embeds), dim=-1)
         if mode == "multimodal":
-            hidden = self.text_pass(tokens.input_ids, tokens.attention_mask, image_embeds, clip_embeds)
+            prefix = self.text_prefix(image_embeds)
+            hidden = self.text_pass(tokens.input_ids, tokens.attention_mask, prefix, clip_embeds)
             multimodal = hidden[:, : image_embeds.shape[1], :]
         return BlipOutputFeatures(
             image_embeds=image_embeds,
@@ -255,14 +295,14 @@ class XFormer(XFormerBase):
         image_embeds, enhanced, _, _ = self.encode_image(samples["image"], mask_ratio=0.0)
         repeat = num_captions if use_nucleus_sampling else num_beams
         image_embeds = image_embeds.repeat_interleave(repeat, dim=0)
-        enhanced = enhanced.repeat_interleave(repeat, dim=0)
+        prefix = self.text_prefix(enhanced).repeat_interleave(repeat, dim=0)
         input_ids = torch.full(
             (samples["image"].shape[0], 1), self.tokenizer.bos_token_id,
             dtype=torch.long, device=image_embeds.device,
         )
         outputs = self.Qformer.generate(
             input_ids=input_ids,
-            query_embeds=enhanced,
+            query_embeds=prefix,
             max_length=max_length,
             min_length=min_length,
             num_beams=1 if use_nucleus_sampling else num_beams,

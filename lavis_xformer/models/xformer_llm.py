@@ -9,7 +9,7 @@ a frozen LLM, trained with the language-modelling loss.
                      ``text_output`` (VQA) use text_input -> text_output instead.
 
 Both image encoders and the LLM are frozen; the Q-Former, the fusion block and the projection
-train. The Q-Former's text-only parts (word and position embeddings, text FFNs, LM head) are
+train (``freeze_fusion: true``: only the projection). The Q-Former's text-only parts (word and position embeddings, text FFNs, LM head) are
 deleted, as BLIP-2's stage 2 does, so DDP needs no ``find_unused_parameters``. The masked-patch
 reconstruction is off by default in stage 2 (``loss_weights.rec: 0``, the paper's ablation shows
 it hurts); then the MAE sees every patch, as at inference, and its decoder is dropped.
@@ -45,14 +45,17 @@ class XFormerLLMBase(XFormerBase):
         unknown = set(weights) - {"lm", "rec"}
         if unknown:
             raise ValueError(f"model.loss_weights has unknown keys {sorted(unknown)}; known: lm, rec")
-        self.rec_weight = float(weights.get("rec", 0.0))
-        if self.rec_weight and not self.mask_ratio:
+        rec_weight = float(weights.get("rec", 0.0))
+        if rec_weight and self.can_reconstruct and not self.mask_ratio:
             raise ValueError("model.loss_weights.rec > 0 needs masked patches: set model.mask_ratio (e.g. 0.5)")
+        self.rec_weight = self.setup_reconstruction(rec_weight)
         if not self.rec_weight:
             self.mask_ratio = 0.0  # the MAE sees the whole image, as at inference
-            self.mae_branch.mae.decoder = None
-            self.fusion.drop_reconstruction_head()
         self.strip_qformer_text_parts()
+        if cfg.get("freeze_fusion", False):
+            if self.rec_weight:
+                raise ValueError("model.freeze_fusion: true leaves the reconstruction loss nothing to train; set loss_weights.rec: 0")
+            self.freeze_image_side()
 
         self.prompt = cfg.get("prompt", "")
         self.max_txt_len = cfg.get("max_txt_len", 32)
@@ -74,6 +77,16 @@ class XFormerLLMBase(XFormerBase):
         for layer in self.Qformer.bert.encoder.layer:
             layer.output = None
             layer.intermediate = None
+
+    def freeze_image_side(self):
+        """``freeze_fusion: true`` (supplementary Table 12, "X-Former Frozen"): the stage-1
+        Q-Former, query tokens, ln_vision and fusion stay as loaded; only ``llm_proj`` trains."""
+        from lavis_xformer.models.base import freeze
+
+        self.Qformer = freeze(self.Qformer)
+        self.fusion = freeze(self.fusion)
+        self.ln_vision = freeze(self.ln_vision)
+        self.query_tokens.requires_grad = False
 
     def train(self, mode=True):
         super().train(mode)

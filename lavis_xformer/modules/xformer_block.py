@@ -126,10 +126,21 @@ class XFormerFusion(nn.Module):
         mlp_ratio: MLP hidden width as a multiple of D.
         self_attn: keep the self-attention layer before each cross-attention.
 
+        out_dim: width of the enriched features handed to the MAE decoder; defaults to
+            ``mae_dim`` (differs when another encoder stands in for the MAE encoder).
+
     ``forward(queries (B, Nq, D), mae_tokens (B, Nm, Dm))`` returns
-    ``(enhanced_queries (B, Nq, D), enriched_mae (B, Nm, Dm))``; enriched_mae is None once
-    ``drop_reconstruction_head()`` removed ``mae_out`` (stage 2 without reconstruction).
+    ``(enhanced_queries (B, Nq, D), enriched_mae (B, Nm, out_dim))``; enriched_mae is None once
+    ``drop_reconstruction_head()`` removed ``mae_out`` (no reconstruction loss).
+
+    The fusion interface the models use (shared with the baselines in ``fusions.py``):
+    ``uses_mae``, ``reconstructs``, ``fused_prefix`` (the ITM/ITG query prefix is the fused
+    output, not the learned query tokens) and ``context`` (the Q-Former's cross-attention input).
     """
+
+    uses_mae = True
+    reconstructs = True
+    fused_prefix = True
 
     def __init__(
         self,
@@ -138,12 +149,17 @@ class XFormerFusion(nn.Module):
         num_heads: int,
         mlp_ratio: float = 4.0,
         self_attn: bool = True,
+        out_dim: Optional[int] = None,
     ):
         super().__init__()
         self.mae_in = nn.Linear(mae_dim, dim)
         self.mae_block = CrossBlock(dim, num_heads, mlp_ratio=mlp_ratio, self_attn=self_attn)
         self.query_block = CrossBlock(dim, num_heads, mlp_ratio=mlp_ratio, self_attn=self_attn)
-        self.mae_out = nn.Sequential(nn.LayerNorm(dim, eps=1e-6), nn.Linear(dim, mae_dim))
+        self.mae_out = nn.Sequential(nn.LayerNorm(dim, eps=1e-6), nn.Linear(dim, out_dim or mae_dim))
+
+    def context(self, image_embeds: torch.Tensor, mae_tokens: Optional[torch.Tensor]) -> torch.Tensor:
+        """The Q-Former cross-attends to the CLIP tokens alone (MAE enters after it)."""
+        return image_embeds
 
     def forward(
         self, queries: torch.Tensor, mae_tokens: torch.Tensor
