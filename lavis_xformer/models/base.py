@@ -32,6 +32,7 @@ unused; variants that cannot reconstruct also never mask the MAE input.
 Stage 1 (``xformer``) adds the text losses and the reconstruction; stage 2 (``xformer_opt``,
 ``xformer_t5``) feeds Q' to a frozen LLM through one linear layer.
 """
+import dataclasses
 import logging
 
 import torch
@@ -95,6 +96,27 @@ def freeze(module: nn.Module) -> nn.Module:
     return module
 
 
+def run_frozen(module: nn.Module, fn, *args):
+    """``fn(*args)`` under ``torch.inference_mode`` (no autograd bookkeeping at all) when no
+    parameter of the frozen ``module`` trains. Tensors in the result (also inside a
+    dataclass) are cloned out of inference mode, so that trained layers can save them for
+    backward: a tensor made under inference mode cannot enter autograd, its clone can."""
+    if any(p.requires_grad for p in module.parameters()) or torch.is_inference_mode_enabled():
+        return fn(*args)  # a trained ViT (freeze_vit: false), or already in inference mode
+    with torch.inference_mode():
+        result = fn(*args)
+    return _clone_out(result)
+
+
+def _clone_out(value):
+    if torch.is_tensor(value):
+        return value.clone() if value.is_inference() else value
+    if dataclasses.is_dataclass(value):
+        return dataclasses.replace(value, **{f.name: _clone_out(getattr(value, f.name))
+                                            for f in dataclasses.fields(value)})
+    return value
+
+
 class XFormerBase(Blip2Base):
     """Frozen CLIP ViT + frozen MAE + Q-Former + fusion block, built from a model config."""
 
@@ -137,6 +159,9 @@ class XFormerBase(Blip2Base):
         self.mae_branch = None
         if uses_mae and self.mae_source in ("mae", "clip"):
             self.mae_branch = MAEBranch(encoders.build_mae(cfg, random_init), mask_ratio=self.mask_ratio)
+            # Frozen, so half precision loses nothing trainable; the decoder stays differentiable.
+            if cfg.get("mae_precision", "fp32") == "fp16" and torch.cuda.is_available():
+                self.mae_branch.mae.half()
             if self.mae_source == "clip":
                 self.mae_branch.mae.vit = None  # the CLIP ViT encodes; only the decoder is used
         side_dim = self.mae_branch.width if self.mae_source == "mae" and self.mae_branch else clip_dim
@@ -227,7 +252,7 @@ class XFormerBase(Blip2Base):
     def encode_clip(self, image):
         """Frozen CLIP ViT + ln_vision: (B, 3, H, W) -> (B, 1 + N, Dc) in fp32."""
         with self.maybe_autocast():
-            embeds = self.ln_vision(self.visual_encoder(image))
+            embeds = self.ln_vision(run_frozen(self.visual_encoder, self.visual_encoder, image))
         return embeds.float()
 
     def encode_side(self, image, mask_ratio):
@@ -239,7 +264,7 @@ class XFormerBase(Blip2Base):
         if self.mae_source == "clip":
             return self.encode_clip_masked(image, mask_ratio)
         with self.maybe_autocast():
-            return self.mae_branch.encode(image, mask_ratio)
+            return run_frozen(self.mae_branch.mae, self.mae_branch.encode, image, mask_ratio)
 
     @torch.no_grad()
     def clip_tokens_in(self, image, mask_ratio=0.0):

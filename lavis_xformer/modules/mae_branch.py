@@ -155,7 +155,8 @@ class MAEBranch(nn.Module):
 
     def decode(self, tokens: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         """Frozen, differentiable decoder: (B, 1 + N_visible, Dm) -> (B, N, p*p*3) pixels."""
-        return self.mae.decoder(tokens, ids_restore)[0]
+        dtype = self.mae.decoder.decoder_embed.weight.dtype  # half on GPU (mae_precision)
+        return self.mae.decoder(tokens.to(dtype), ids_restore)[0]
 
     def target(self, pixels: torch.Tensor) -> torch.Tensor:
         """Reconstruction target (B, N, p*p*3) from MAE-normalised pixels."""

@@ -1,0 +1,59 @@
+"""``python -m bench.device ...``: ``python -m bench`` on a machine whose Python lacks two of
+the packages LAVIS 1.0.2 imports at start-up (see prepare.sh), and may carry a newer
+``tokenizers`` than transformers 4.26 accepts.
+
+- ``spacy`` (imported by LAVIS's img2prompt model) and ``pycocoevalcap`` (its captioning
+  task) are replaced by modules whose every attribute is a function that raises: the
+  benchmark builds neither, and any use fails loudly instead of silently.
+- transformers 4.26 refuses at import a ``tokenizers`` >= 0.14, and none < 0.14 exists for
+  Python 3.12: the pin is relaxed for this process only (the benchmark uses the pure-Python
+  BERT and GPT-2 tokenizers; transformers only imports the fast-tokenizer module).
+"""
+import importlib.util
+import os
+import sys
+import types
+
+
+class _Absent(types.ModuleType):
+    """A package that is not installed here; using anything from it raises."""
+
+    __path__ = []
+
+    def __getattr__(self, attr):
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+
+        def unavailable(*args, **kwargs):
+            raise RuntimeError(f"{self.__name__}.{attr}: {self.__name__} is not installed on this "
+                               f"machine (bench/device stands in for it; the benchmark does not use it)")
+        return unavailable
+
+
+STAND_INS = {"spacy": ("spacy",), "pycocoevalcap": ("pycocoevalcap", "pycocoevalcap.eval")}
+
+
+def install_stand_ins():
+    for package, modules in STAND_INS.items():
+        if importlib.util.find_spec(package) is None:
+            for name in modules:
+                sys.modules[name] = _Absent(name)
+
+
+def relax_tokenizers_pin():
+    """Load transformers' dependency table ahead of transformers, without the tokenizers pin."""
+    package = importlib.util.find_spec("transformers")
+    path = os.path.join(list(package.submodule_search_locations)[0], "dependency_versions_table.py")
+    spec = importlib.util.spec_from_file_location("transformers.dependency_versions_table", path)
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    table.deps["tokenizers"] = "tokenizers"
+    sys.modules[spec.name] = table
+
+
+if __name__ == "__main__":
+    install_stand_ins()
+    relax_tokenizers_pin()
+    from bench.__main__ import main
+
+    main()

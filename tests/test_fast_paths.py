@@ -1,0 +1,135 @@
+"""The speed work keeps the numbers: the fused Q-Former attention against LAVIS's own, frozen
+encoders under inference mode, and the benchmark command (bench/) end to end at tiny size."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+import lavis_xformer  # noqa: F401  (registers the plugin)
+from lavis.common.registry import registry
+from lavis.models.blip2_models.Qformer import BertSelfAttention
+from lavis_xformer.models.qformer_attention import (FusedBertSelfAttention, use_fused_attention,
+                                                    use_lavis_attention)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEXTS = ["a blue circle", "a red rectangle on the left of a green triangle"]
+
+
+def build(name="xformer", **overrides):
+    cls = registry.get_model_class(name)
+    cfg = OmegaConf.load(cls.default_config_path("tiny")).model
+    for key, value in overrides.items():
+        OmegaConf.update(cfg, key, value)
+    torch.manual_seed(0)
+    return cls.from_config(cfg)
+
+
+def attention_kinds(model):
+    return {type(m) for m in model.modules() if isinstance(m, BertSelfAttention)}
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build()
+
+
+@pytest.fixture
+def images():
+    torch.manual_seed(1)
+    return torch.randn(2, 3, 64, 64)
+
+
+def losses(model, images, seed=3):
+    torch.manual_seed(seed)  # ITM's hard negatives are sampled
+    return model({"image": images, "text_input": TEXTS})
+
+
+def test_qformer_uses_fused_attention_by_default_and_config_can_switch_it_off(model):
+    assert attention_kinds(model) == {FusedBertSelfAttention}
+    assert attention_kinds(build(qformer_fused_attention=False)) == {BertSelfAttention}
+
+
+def test_fused_attention_gives_lavis_results_in_eval(model, images):
+    """Every Q-Former attention is exercised: query self-attention and cross-attention (ITC),
+    padded bidirectional text (ITM), causal text with the query prefix (ITG), and cached
+    keys/values in beam search."""
+    model.eval()
+    fused = losses(model, images)
+    fused_captions = model.generate({"image": images}, num_beams=3, max_length=12, min_length=3)
+    use_lavis_attention(model)
+    try:
+        assert attention_kinds(model) == {BertSelfAttention}
+        lavis = losses(model, images)
+        lavis_captions = model.generate({"image": images}, num_beams=3, max_length=12, min_length=3)
+    finally:
+        use_fused_attention(model)
+    for key in ("loss_itc", "loss_itm", "loss_lm"):
+        torch.testing.assert_close(fused[key], lavis[key], rtol=1e-5, atol=1e-6)
+    assert fused_captions == lavis_captions
+
+
+def test_fused_attention_gives_lavis_gradients_without_dropout(images):
+    model = build(**{"qformer.attention_probs_dropout_prob": 0.0, "qformer.hidden_dropout_prob": 0.0})
+    model.train()
+
+    def grads():
+        model.zero_grad()
+        losses(model, images).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    fused = grads()
+    use_lavis_attention(model)
+    lavis = grads()
+    assert fused.keys() == lavis.keys() and len(fused) > 50
+    # Float rounding only: each gradient within 1e-4 of its own norm (a wrong mask or scale
+    # gives differences of the order of the gradient itself), plus a floor for the gradients
+    # that are zero in exact arithmetic (attention key biases: softmax ignores a constant).
+    for name in fused:
+        error = (fused[name] - lavis[name]).norm()
+        assert error <= 1e-4 * lavis[name].norm() + 1e-6, (name, error.item(), lavis[name].norm().item())
+
+
+def test_fused_attention_applies_dropout_in_training(images):
+    """Training with attention dropout must stay stochastic (the fused kernel gets dropout_p)."""
+    model = build(**{"qformer.hidden_dropout_prob": 0.0})
+    model.train()
+    assert losses(model, images, seed=3).loss_lm != losses(model, images, seed=4).loss_lm
+
+
+def test_frozen_encoders_hand_normal_tensors_to_trained_layers(model, images):
+    """The frozen ViTs run under inference mode; what trained layers receive must be ordinary
+    tensors, or autograd could not save them for backward."""
+    model.train()
+    context, enhanced, enriched, side = model.encode_image(images)
+    for tensor in (context, enhanced, side.tokens, side.ids_restore, side.mask, side.pixels):
+        assert not tensor.is_inference()
+    losses(model, images).loss.backward()  # would raise on an inference tensor
+
+
+def test_bench_runs_both_models_side_by_side_and_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, "-m", "bench", "--size", "tiny", "--device", "cpu",
+           "--parts", "stage1,stage2,inference,components", "--batch-size", "2",
+           "--warmup", "0", "--repeats", "1", "--caption-length", "3", "--answer-length", "2",
+           "--out", str(out)]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    report = json.loads(out.read_text())
+    results = report["results"]
+    assert report["machine"]["torch"] == torch.__version__
+    runs = [results["stage1_train"], results["stage2_train"],
+            results["inference"]["caption"], results["inference"]["vqa"]]
+    for run in runs:
+        for variant in ("blip2", "xformer"):
+            assert run[variant]["median_ms"] > 0 and len(run[variant]["times_ms"]) == 1
+        assert run["ratio"]["time"] == run["xformer"]["median_ms"] / run["blip2"]["median_ms"]
+        assert run["xformer"]["flops"] > run["blip2"]["flops"] > 0  # X-Former adds the MAE path
+    assert results["stage1_train"]["trainable_params"]["xformer"] > results["stage1_train"]["trainable_params"]["blip2"]
+    assert set(results["components"]) >= {"clip_vit (fwd)", "mae_encoder 50% masked (fwd)",
+                                          "mae_decoder + loss (fwd+bwd)", "xformer_block (fwd+bwd)",
+                                          "qformer query pass (fwd+bwd)", "llm lm loss (fwd+bwd)"}
+    assert "stage 1 training step" in result.stdout and "x" in result.stdout
