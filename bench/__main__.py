@@ -30,6 +30,15 @@ CAPTIONS = [
 ]
 QUESTIONS = ["how many people are in the picture?", "what color is the bus?",
              "is it raining?", "what is the man holding?"]
+PARTS = ("stage1", "stage2", "inference", "components", "speedwork")
+# The speed work, undone one change at a time (``speedwork``): model-config overrides.
+SPEEDWORK = {
+    "blip2, LAVIS attention (stock)": ("blip2", {"qformer_fused_attention": False}),
+    "blip2": ("blip2", {}),
+    "xformer": ("xformer", {}),
+    "xformer, LAVIS attention": ("xformer", {"qformer_fused_attention": False}),
+    "xformer, MAE in fp32": ("xformer", {"mae_precision": "fp32"}),
+}
 # GPU batch sizes from the paper's set-up (BLIP-2's: 1680 images over 16 GPUs in stage 1,
 # 1920 with OPT in stage 2); inference at 64 images. CPU defaults keep a run to minutes.
 DEFAULT_BATCH = {"cuda": {"stage1": 104, "stage2": 120, "inference": 64},
@@ -42,7 +51,7 @@ def parse_args(argv=None):
     p.add_argument("--size", choices=SIZES, default="tiny")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--parts", default="stage1,stage2,inference,components",
-                   help="comma-separated subset of stage1,stage2,inference,components")
+                   help="comma-separated subset of " + ",".join(PARTS))
     p.add_argument("--batch-size", type=int, default=None,
                    help="one batch size for every part (default: per part, see DEFAULT_BATCH)")
     p.add_argument("--warmup", type=int, default=2)
@@ -56,7 +65,7 @@ def parse_args(argv=None):
     p.add_argument("--out", default=None, help="JSON output path")
     args = p.parse_args(argv)
     args.parts = [x for x in args.parts.split(",") if x]
-    unknown = set(args.parts) - {"stage1", "stage2", "inference", "components"}
+    unknown = set(args.parts) - set(PARTS)
     if unknown:
         p.error(f"unknown --parts {sorted(unknown)}")
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
@@ -174,6 +183,28 @@ def tokenizers(args):
     return {k: v for k, v in (("tokenizer", args.tokenizer), ("llm_tokenizer", args.llm_tokenizer)) if v}
 
 
+def bench_speedwork(args):
+    """Stage-1 training step with each piece of the speed work undone (SPEEDWORK), side by
+    side; the fused attention also serves BLIP-2, so stock BLIP-2 is among them."""
+    batch = batch_size(args, "stage1")
+    steps, memory = {}, {}
+    for name, (variant, overrides) in SPEEDWORK.items():
+        model = build(args.size, 1, variant, args.device, tokenizers(args), overrides)
+        model.train()
+        samples = {"image": images(model, batch, args.device), "text_input": texts(CAPTIONS, batch)}
+        steps[name] = train_step(model, samples, args.device, not args.no_amp)
+        memory[name] = (lambda m=model, o=steps[name].optimizer: model_memory_mib(m, o))
+    result = measure.alternate(steps, measure.Clock(args.device), args.warmup, args.repeats, args.device)
+    print("\nstage 1 training step, speed work undone one change at a time (batch %d)" % batch)
+    for name, r in result.items():
+        if r["peak_memory_mib"] is not None:
+            r["peak_memory_mib"] += memory[name]()
+        base = result["xformer" if name.startswith("xformer") else "blip2"]["median_ms"]
+        print("  %-34s %10.1f ms  x%.3f%s" % (name, r["median_ms"], r["median_ms"] / base,
+              "" if r["peak_memory_mib"] is None else "  %.0f MiB" % r["peak_memory_mib"]))
+    return {"batch_size": batch, **result}
+
+
 def bench_components(stage1, stage2, args):
     """Each part of X-Former's image path timed alone, as it runs in a training step (frozen
     encoders forward only, trained parts forward + backward) and at inference (forward only)."""
@@ -237,6 +268,8 @@ def main(argv=None):
         if stage1 is None:
             stage1 = {v: build(args.size, 1, v, args.device, tokenizers(args)) for v in VARIANTS}
         report["results"]["components"] = bench_components(stage1["xformer"], stage2["xformer"], args)
+    if "speedwork" in args.parts:
+        report["results"]["speedwork"] = bench_speedwork(args)
     out = args.out or os.path.join("bench", "results", f"{args.size}-{torch.device(args.device).type}.json")
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     with open(out, "w") as f:

@@ -37,8 +37,11 @@ def component_steps(stage1, stage2, batch, args):
         sum(o.float().mean() for o in outputs).backward()
 
     def clip_vit():
-        with torch.no_grad():
-            stage1.encode_clip(image)
+        stage1.encode_clip(image)  # the frozen ViT under inference mode, ln_vision after it
+
+    def clip_vit_no_grad():
+        with torch.no_grad(), stage1.maybe_autocast():
+            stage1.ln_vision(stage1.visual_encoder(image))
 
     def mae_encoder(ratio):
         def run():
@@ -76,6 +79,7 @@ def component_steps(stage1, stage2, batch, args):
 
     return {
         "clip_vit (fwd)": clip_vit,
+        "clip_vit (fwd, no_grad, not inference mode)": clip_vit_no_grad,
         "mae_encoder 50% masked (fwd)": mae_encoder(stage1.mask_ratio),
         "mae_encoder unmasked (fwd)": mae_encoder(0.0),
         "mae_decoder + loss (fwd+bwd)": mae_decoder,

@@ -45,6 +45,10 @@ def reset_peak_memory(device: str):
         torch.cuda.reset_peak_memory_stats()
 
 
+def allocated_mib(device: str) -> float:
+    return torch.cuda.memory_allocated() / 2**20 if torch.device(device).type == "cuda" else 0.0
+
+
 def peak_memory_mib(device: str):
     """Peak allocated device memory since the last reset (MiB); None on a CPU, where PyTorch
     keeps no per-allocation peak (a process-wide RSS peak would mix the two models)."""
@@ -86,7 +90,8 @@ def alternate(steps: dict, clock: Clock, warmup: int, repeats: int, device: str)
     so that drift in the machine's speed hits every step alike.
 
     Returns {name: {"times_ms": [...], "median_ms", "peak_memory_mib"}}; the peak memory is
-    that of the step's own calls (reset before each)."""
+    what the step's own calls allocate on top of what was allocated before them (weights and
+    optimizer state of every model in the process are left out: add the step's own)."""
     for _ in range(warmup):
         for fn in steps.values():
             fn()
@@ -95,10 +100,11 @@ def alternate(steps: dict, clock: Clock, warmup: int, repeats: int, device: str)
     for _ in range(repeats):
         for name, fn in steps.items():
             reset_peak_memory(device)
+            before = allocated_mib(device)
             with clock.time(times[name]):
                 fn()
             peak = peak_memory_mib(device)
-            peaks[name] = None if peak is None else max(peaks[name], peak)
+            peaks[name] = None if peak is None else max(peaks[name], peak - before)
     return {name: {"times_ms": [round(t, 3) for t in times[name]],
                    "median_ms": statistics.median(times[name]),
                    "peak_memory_mib": peaks[name]} for name in steps}

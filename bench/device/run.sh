@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Run THERE (the GPU machine), in the repo root, after bench/device/prepare.sh ran here and
 # with .whl and .bench-assets carried along. Installs the carried packages into /tmp/site
-# (nothing of the machine's own Python changes), then runs the benchmark; arguments go to
-# `python -m bench`. Results land in $OUT (or bench/results).
+# once (nothing of the machine's own Python changes), then runs the benchmark; arguments go
+# to `python -m bench`.
 set -euo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
-tar xzf .whl/site-extra.tar.gz -C /tmp/site
+if [ ! -d /tmp/site/lavis ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
+    tar xzf .whl/site-extra.tar.gz -C /tmp/site
+fi
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 exec python3 -m bench.device --tokenizer .bench-assets/bert-base-uncased "$@"
