@@ -33,10 +33,10 @@ QUESTIONS = ["how many people are in the picture?", "what color is the bus?",
 PARTS = ("stage1", "stage2", "inference", "components", "speedwork")
 # The speed work, undone one change at a time (``speedwork``): model-config overrides.
 SPEEDWORK = {
-    "blip2, LAVIS attention (stock)": ("blip2", {"qformer_fused_attention": False}),
+    "blip2, eager attention (stock)": ("blip2", {"fused_attention": False}),
     "blip2": ("blip2", {}),
     "xformer": ("xformer", {}),
-    "xformer, LAVIS attention": ("xformer", {"qformer_fused_attention": False}),
+    "xformer, eager attention": ("xformer", {"fused_attention": False}),
     "xformer, MAE in fp32": ("xformer", {"mae_precision": "fp32"}),
 }
 # GPU batch sizes from the paper's set-up (BLIP-2's: 1680 images over 16 GPUs in stage 1,

@@ -79,8 +79,10 @@ def count_flops(fn) -> int:
     """Floating-point operations of one call of ``fn`` (matmuls, convolutions and attention,
     forward and backward). Elementwise work is not counted, so the ratio of two counts is
     the cost ratio a compute-bound device would show."""
+    from lavis_xformer.models.base import frozen_encoders_under_no_grad
+
     counter = _FlopCounter()
-    with counter:
+    with frozen_encoders_under_no_grad(), counter:  # the counter cannot see inference mode
         fn()
     return counter.total
 

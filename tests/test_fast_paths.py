@@ -1,5 +1,6 @@
-"""The speed work keeps the numbers: the fused Q-Former attention against LAVIS's own, frozen
-encoders under inference mode, and the benchmark command (bench/) end to end at tiny size."""
+"""The speed work keeps the numbers: fused attention against LAVIS's and transformers' own
+(Q-Former, EVA CLIP ViT, MAE), frozen encoders under inference mode, and the benchmark
+command (bench/) end to end at tiny size."""
 import json
 import os
 import subprocess
@@ -11,9 +12,7 @@ from omegaconf import OmegaConf
 
 import lavis_xformer  # noqa: F401  (registers the plugin)
 from lavis.common.registry import registry
-from lavis.models.blip2_models.Qformer import BertSelfAttention
-from lavis_xformer.models.qformer_attention import (FusedBertSelfAttention, use_fused_attention,
-                                                    use_lavis_attention)
+from lavis_xformer.models.fused_attention import EAGER, FUSED, use_eager_attention, use_fused_attention
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEXTS = ["a blue circle", "a red rectangle on the left of a green triangle"]
@@ -29,7 +28,7 @@ def build(name="xformer", **overrides):
 
 
 def attention_kinds(model):
-    return {type(m) for m in model.modules() if isinstance(m, BertSelfAttention)}
+    return {type(m) for m in model.modules() if type(m) in FUSED or type(m) in EAGER}
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +47,30 @@ def losses(model, images, seed=3):
     return model({"image": images, "text_input": TEXTS})
 
 
-def test_qformer_uses_fused_attention_by_default_and_config_can_switch_it_off(model):
-    assert attention_kinds(model) == {FusedBertSelfAttention}
-    assert attention_kinds(build(qformer_fused_attention=False)) == {BertSelfAttention}
+def test_fused_attention_by_default_and_config_can_switch_it_off(model):
+    assert attention_kinds(model) == set(FUSED.values())  # Q-Former, CLIP ViT and MAE
+    assert attention_kinds(build(fused_attention=False)) == set(FUSED)
+
+
+def test_fused_attention_gives_the_frozen_encoders_results(model, images):
+    """CLIP ViT features and the MAE's encoding and reconstruction, fused vs the originals."""
+    model.eval()
+    torch.manual_seed(5)
+
+    def encoders():
+        torch.manual_seed(5)  # the same patch mask
+        encoding = model.mae_branch.encode(images, 0.5)
+        return (model.encode_clip(images), encoding.tokens,
+                model.mae_branch.decode(encoding.tokens, encoding.ids_restore))
+
+    fused = encoders()
+    use_eager_attention(model)
+    try:
+        eager = encoders()
+    finally:
+        use_fused_attention(model)
+    for a, b in zip(fused, eager):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_fused_attention_gives_lavis_results_in_eval(model, images):
@@ -60,9 +80,9 @@ def test_fused_attention_gives_lavis_results_in_eval(model, images):
     model.eval()
     fused = losses(model, images)
     fused_captions = model.generate({"image": images}, num_beams=3, max_length=12, min_length=3)
-    use_lavis_attention(model)
+    use_eager_attention(model)
     try:
-        assert attention_kinds(model) == {BertSelfAttention}
+        assert attention_kinds(model) == set(FUSED)
         lavis = losses(model, images)
         lavis_captions = model.generate({"image": images}, num_beams=3, max_length=12, min_length=3)
     finally:
@@ -82,7 +102,7 @@ def test_fused_attention_gives_lavis_gradients_without_dropout(images):
         return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     fused = grads()
-    use_lavis_attention(model)
+    use_eager_attention(model)
     lavis = grads()
     assert fused.keys() == lavis.keys() and len(fused) > 50
     # Float rounding only: each gradient within 1e-4 of its own norm (a wrong mask or scale

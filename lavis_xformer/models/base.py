@@ -34,6 +34,7 @@ Stage 1 (``xformer``) adds the text losses and the reconstruction; stage 2 (``xf
 """
 import dataclasses
 import logging
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -43,6 +44,7 @@ from lavis.models.blip2_models.blip2 import Blip2Base, LayerNorm, disabled_train
 from lavis_xformer import compat
 from lavis_xformer.models import encoders, sources
 from lavis_xformer.models.early_ca import EarlyCAFusion
+from lavis_xformer.models.fused_attention import use_fused_attention
 from lavis_xformer.modules import MAEBranch, MAEEncoding, XFormerFusion
 from lavis_xformer.modules.fusions import ConcatFusion, QueryPassthrough
 from lavis_xformer.modules.mae_branch import random_patch_mask
@@ -96,13 +98,33 @@ def freeze(module: nn.Module) -> nn.Module:
     return module
 
 
+_FROZEN_INFERENCE_MODE = [True]
+
+
+@contextmanager
+def frozen_encoders_under_no_grad():
+    """Within this block ``run_frozen`` uses ``torch.no_grad`` instead of inference mode, for
+    tools that trace operations (PyTorch's dispatch modes, e.g. FLOP counters, do not see
+    operations run under inference mode)."""
+    _FROZEN_INFERENCE_MODE.append(False)
+    try:
+        yield
+    finally:
+        _FROZEN_INFERENCE_MODE.pop()
+
+
 def run_frozen(module: nn.Module, fn, *args):
     """``fn(*args)`` under ``torch.inference_mode`` (no autograd bookkeeping at all) when no
     parameter of the frozen ``module`` trains. Tensors in the result (also inside a
     dataclass) are cloned out of inference mode, so that trained layers can save them for
     backward: a tensor made under inference mode cannot enter autograd, its clone can."""
-    if any(p.requires_grad for p in module.parameters()) or torch.is_inference_mode_enabled():
-        return fn(*args)  # a trained ViT (freeze_vit: false), or already in inference mode
+    if any(p.requires_grad for p in module.parameters()):
+        return fn(*args)  # a trained ViT (freeze_vit: false)
+    if not _FROZEN_INFERENCE_MODE[-1]:
+        with torch.no_grad():
+            return fn(*args)
+    if torch.is_inference_mode_enabled():
+        return fn(*args)
     with torch.inference_mode():
         result = fn(*args)
     return _clone_out(result)
@@ -173,6 +195,8 @@ class XFormerBase(Blip2Base):
         )
         clip_tokens = 1 + self.visual_encoder.patch_embed.num_patches
         self.fusion = build_fusion(cfg, self.Qformer, side_dim, clip_dim, clip_tokens, decoder_dim)
+        if cfg.get("fused_attention", True):
+            use_fused_attention(self)  # Q-Former, CLIP ViT and MAE attention (fused_attention.py)
 
     @property
     def can_reconstruct(self) -> bool:

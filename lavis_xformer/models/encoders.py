@@ -12,7 +12,6 @@ from torch import nn
 
 from lavis_xformer import compat
 from lavis_xformer.models import sources
-from lavis_xformer.models.qformer_attention import use_fused_attention
 
 
 def build_eva_vit(cfg, random_init: bool) -> nn.Module:
@@ -90,8 +89,7 @@ def qformer_config(cfg, vision_width: int):
 def build_qformer(cfg, vision_width: int, random_init: bool):
     """LAVIS's Q-Former (``BertLMHeadModel`` with cross-attention every N-th layer).
 
-    Its attention runs the fused kernel (``qformer_fused_attention``, default true; see
-    qformer_attention.py). The text embeddings get one extra row for the ``[DEC]`` token the tokenizer adds, and the
+    The text embeddings get one extra row for the ``[DEC]`` token the tokenizer adds, and the
     query FFNs start as copies of the text FFNs, as in ``Blip2Qformer``.
     Returns ``(qformer, query_tokens)``.
     """
@@ -111,8 +109,6 @@ def build_qformer(cfg, vision_width: int, random_init: bool):
     for name, param in qformer.named_parameters():
         if "_query" in name:
             param.data.copy_(state_dict[name.replace("_query", "")])
-    if cfg.get("qformer_fused_attention", True):
-        use_fused_attention(qformer)
     query_tokens = nn.Parameter(torch.zeros(1, config.query_length, config.hidden_size))
     query_tokens.data.normal_(mean=0.0, std=config.initializer_range)
     return qformer, query_tokens
