@@ -247,7 +247,7 @@ def test_compare_reads_runs_of_any_variant_and_benchmark(tmp_path, capsys):
     per_type = report["VQAv2"]["tables"]["question_type"]
     assert per_type["columns"] == ["yes/no", "number", "other"]
     assert per_type["rows"][0]["values"] == {"yes/no": 72.0, "number": 35.5, "other": 44.25}
-    assert "| **xformer** | 72.00 | 35.50 | 44.25 | xformer |" in text
+    assert "| **xformer** | 72.00 | 35.50 | 44.25 | xformer_opt:pretrain_opt6.7b |" in text
     assert "| _paper: BLIP-2 (opt2.7b, 14M)_ | 71.50 | 27.30 | 39.30 | Table 1 (zero-shot VQAv2 val) |" in text
     gqa_tables = report["GQA"]["tables"]
     assert list(gqa_tables) == ["overall", "structural_type", "semantic_type"]
@@ -299,3 +299,33 @@ def test_compare_errors_are_clear(tmp_path, capsys):
     lone.write_text(json.dumps({"accuracy": 30.0}))
     (result,) = load_run(str(lone))
     assert (result.benchmark, result.variant, result.metrics) == ("OK-VQA", "?", {"accuracy": 30.0})
+
+
+def test_a_training_run_folder_names_its_model(tmp_path):
+    """A run's output_dir -> its latest job's highest checkpoint -> the model rebuilt from the
+    stored configuration with the checkpoint's weights."""
+    from omegaconf import OmegaConf
+
+    cfg, _, _ = loading.model_config("xformer:tiny", ["model.fusion_self_attn=false"])
+    torch.manual_seed(0)
+    model = loading.build_model(cfg)
+    with torch.no_grad():
+        model.query_tokens.add_(1.5)
+    state = {k: v for k, v in model.state_dict().items()
+             if k in dict(model.named_parameters()) and dict(model.named_parameters())[k].requires_grad}
+    job = tmp_path / "run" / "202601010000"
+    job.mkdir(parents=True)
+    saved = {"model": state, "config": {"model": OmegaConf.to_container(cfg)}, "epoch": 1}
+    torch.save(saved, job / "checkpoint_1.pth")
+    torch.save({"model": {}, "config": {"model": {}}}, job / "checkpoint_0.pth")
+    os.symlink(job.name, tmp_path / "run" / "latest")
+    loaded_cfg, checkpoint, name = loading.model_config(str(tmp_path / "run"))
+    assert checkpoint == str(job / "checkpoint_1.pth") and "checkpoint_1.pth" in name
+    assert loaded_cfg.fusion_self_attn is False and loaded_cfg.pretrained == checkpoint
+    rebuilt = loading.build_model(loaded_cfg)
+    assert torch.equal(rebuilt.query_tokens, model.query_tokens)
+    with pytest.raises(ToolError, match="goes with an ARCH:MODEL_TYPE model"):
+        loading.model_config(str(tmp_path / "run"), checkpoint=str(job / "checkpoint_1.pth"))
+    torch.save({"model": {}}, tmp_path / "foreign.pth")
+    with pytest.raises(ToolError, match="has no stored run configuration"):
+        loading.model_config(str(tmp_path / "foreign.pth"))

@@ -154,7 +154,7 @@ def markdown(report, mode):
             lines.append("|---|" + "---:|" * len(table["columns"]) + "---|")
             for row in table["rows"]:
                 label = "_%s_" % row["label"] if row["kind"] != "run" else "**%s**" % row["label"]
-                source = row["source"] if row["kind"] != "run" else row["variant"]
+                source = row["source"] if row["kind"] != "run" else row["model"]
                 lines.append("| %s | %s | %s |" % (
                     label, " | ".join(_fmt(row["values"].get(c)) for c in table["columns"]), source))
             lines.append("")

@@ -37,7 +37,8 @@ def find_checkpoint(path):
     if os.path.isfile(path):
         return path
     if os.path.isdir(os.path.join(path, "latest")):
-        path = os.path.join(path, "latest")
+        # the job `latest` points at now (the link moves with the next run)
+        path = os.path.realpath(os.path.join(path, "latest"))
     files = glob.glob(os.path.join(path, "checkpoint_*.pth"))
     if not files:
         raise ToolError("%s holds no checkpoint_*.pth: give a training run's output_dir, one of "

@@ -158,11 +158,14 @@ def plot(results, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    import numpy as np
+
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    bins = np.histogram_bin_edges([d for r in results for d in r["per_sample_diversity"]], bins=20)
     for r in results:
         profile = r["per_query_mean_score"]
         left.plot(range(len(profile)), profile, marker="o", label="%s (D=%.4f)" % (r["label"], r["diversity"]))
-        right.hist(r["per_sample_diversity"], bins=20, alpha=0.5, label=r["label"])
+        right.hist(r["per_sample_diversity"], bins=bins, alpha=0.5, label=r["label"])
     left.set_xlabel("image query")
     left.set_ylabel("mean over images of s_i(q)")
     left.set_title("per-query score, marginalised over the text")
