@@ -88,6 +88,8 @@ def test_every_variant_trains_both_stages_evaluates_and_is_compared(tmp_path, mo
                        "datasets.easyvqa_vqa.build_info.max_questions=%d" % QUESTIONS,
                        "run.batch_size_eval=%d" % QUESTIONS, "run.num_beams=2", "run.max_len=4"])
         capsys.readouterr()
+        for used in (tmp_path / "out").glob("%s_s[12]/*/checkpoint_*.pth" % fusion):
+            used.unlink()  # ~0.4 GB each; the job folders and their log.txt stay
 
     # the comparison over the four evaluation folders; variants are read off the runs
     compare.main(["out/%s_vqa" % f for f in VARIANTS] + ["--out", "report"])

@@ -179,20 +179,23 @@ def bar_chart(report, path):
         raise ResultsError("nothing to plot: no metric in any of the runs")
     fig, axes = plt.subplots(len(panels), 1, figsize=(11, 3.6 * len(panels)), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    # one colour per run across all panels; the paper's rows hatched, in the colours after them
+    run_labels = list(OrderedDict.fromkeys(r["label"] for _, _, t in panels for r in t["rows"] if r["kind"] == "run"))
     for ax, (name, group, table) in zip(axes[:, 0], panels):
         rows = [r for r in table["rows"] if r["values"]]
-        width = 0.8 / max(1, len(rows))
-        run_i = 0
+        width = min(0.8 / max(1, len(rows)), 0.25)
+        paper_i = 0
         for i, row in enumerate(rows):
             xs = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(table["columns"]))]
             ys = [row["values"].get(c, 0.0) or 0.0 for c in table["columns"]]
             if row["kind"] == "run":
-                style = {"color": colors[run_i % len(colors)]}
-                run_i += 1
+                style = {"color": colors[run_labels.index(row["label"]) % len(colors)]}
             elif row["kind"] == "baseline":
                 style = {"color": "0.6"}
             else:
-                style = {"color": "white", "edgecolor": colors[(i - run_i) % len(colors)], "hatch": "//"}
+                style = {"color": "white", "hatch": "//",
+                         "edgecolor": colors[(len(run_labels) + paper_i) % len(colors)]}
+                paper_i += 1
             ax.bar(xs, ys, width=width, label=row["label"], **style)
         ax.set_xticks(range(len(table["columns"])))
         ax.set_xticklabels(table["columns"])

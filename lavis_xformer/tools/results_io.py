@@ -185,15 +185,17 @@ def run_config(job_dir):
 
 
 def _earlier_config(pretrained, job_dir):
-    """The config of the job that wrote checkpoint ``pretrained`` (searched as given, from the
-    current directory, and from the parents of ``job_dir``), or None."""
+    """The config of the job that wrote checkpoint ``pretrained`` (its folder's log.txt,
+    searched as given, from the current directory, and from the parents of ``job_dir``), or
+    None."""
     if not pretrained or "://" in str(pretrained):
         return None
     candidates = [pretrained] if os.path.isabs(pretrained) else [pretrained] + [
         os.path.join(base, pretrained) for base in _parents(job_dir)]
-    for path in candidates:
-        if os.path.isfile(path):
-            return run_config(os.path.dirname(os.path.realpath(path)))
+    for path in candidates:  # the job folder's log.txt is enough (checkpoints may be gone)
+        job = os.path.dirname(os.path.realpath(path))
+        if os.path.isfile(os.path.join(job, "log.txt")):
+            return run_config(job)
     return None
 
 
