@@ -329,3 +329,18 @@ def test_a_training_run_folder_names_its_model(tmp_path):
     torch.save({"model": {}}, tmp_path / "foreign.pth")
     with pytest.raises(ToolError, match="has no stored run configuration"):
         loading.model_config(str(tmp_path / "foreign.pth"))
+
+
+def test_compare_follows_pretrained_back_to_the_stage1_ablation(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _job(tmp_path, "s1", {"arch": "xformer", "model_type": "tiny", "fusion": "xformer",
+                          "loss_weights": {"itc": 1, "itm": 0, "lm": 1, "rec": 1}})
+    _job(tmp_path, "s2", {"arch": "xformer_opt", "model_type": "tiny", "fusion": "xformer",
+                          "pretrained": "s1/latest/checkpoint_0.pth", "loss_weights": {"lm": 1, "rec": 0.5}})
+    ev = _job(tmp_path, "ev", {"arch": "xformer_opt", "model_type": "tiny", "fusion": "xformer",
+                               "pretrained": "s2/latest/checkpoint_0.pth", "loss_weights": {"lm": 1, "rec": 0.5}},
+              {"test_vqa_metrics.json": {"split": "test", "accuracy": 10.0}}, datasets={"easyvqa_vqa": {}})
+    (result,) = load_run(str(ev))
+    assert (result.variant, result.model, result.benchmark) == ("rec_both+no_itm", "xformer_opt:tiny", "easyvqa_vqa")
+    monkeypatch.chdir("/")  # elsewhere: found from the job folder's parents
+    assert load_run(str(ev))[0].variant == "rec_both+no_itm"
