@@ -12,7 +12,11 @@ from lavis_xformer.runners import launch
 
 
 def _evaluate(cfg, job_id):
-    return launch.build_runner(cfg, job_id).evaluate(skip_reload=True)
+    runner = launch.build_runner(cfg, job_id)
+    # the run's configuration at the top of <job>/log.txt, as a training run has it, so that
+    # the results can be told apart later (python -m lavis_xformer.tools.compare reads it)
+    runner.log_config()
+    return runner.evaluate(skip_reload=True)
 
 def main(argv=None):
     return launch.run_main(_evaluate, argv, "Evaluate a LAVIS model (X-Former plugin included).")

@@ -1,0 +1,1 @@
+"""Analysis commands: query diversity, reconstruction pictures, comparison of evaluation runs."""
