@@ -76,7 +76,7 @@ def _my_rows(n):
 def compute_sim_matrix(model, data_loader, k_test=128, itm_batch=128, log_freq=10):
     """(score_i2t (I, T), score_t2i (T, I)) as numpy arrays, for a LAVIS retrieval eval
     dataset behind ``data_loader`` (``dataset.text``: the processed captions)."""
-    texts = data_loader.dataset.text
+    texts = getattr(data_loader, "loader", data_loader).dataset.text  # PrefetchLoader on CUDA
     text_feats, ids, masks = text_features(model, texts)
     image_feats, prefixes, contexts = image_features(model, data_loader, log_freq)
     sim = itc_similarity(image_feats, text_feats)  # (I, T)

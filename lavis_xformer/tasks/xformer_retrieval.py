@@ -74,7 +74,8 @@ class XFormerRetrievalTask(BaseTask):
                    model_info=model_info(cfg.model_cfg))
 
     def evaluation(self, model, data_loader, **kwargs):
-        dataset = data_loader.dataset
+        inner = getattr(data_loader, "loader", data_loader)  # PrefetchLoader on CUDA
+        dataset = inner.dataset
         for attr in ("text", "img2txt", "txt2img"):
             if not hasattr(dataset, attr):
                 raise TypeError("xformer_retrieval needs a LAVIS retrieval eval dataset (with "
@@ -83,7 +84,7 @@ class XFormerRetrievalTask(BaseTask):
         if not hasattr(model, "compute_sim_matrix"):
             raise TypeError("model %s has no compute_sim_matrix; retrieval needs a stage-1 model "
                             "(arch xformer)" % type(model).__name__)
-        if len(data_loader.dataset) != len(getattr(data_loader, "sampler", dataset) or dataset):
+        if len(dataset) != len(getattr(inner, "sampler", None) or dataset):
             raise ValueError("every process must see all images: set run.use_dist_eval_sampler: False")
         score_i2t, score_t2i = model.compute_sim_matrix(data_loader, task_cfg={"k_test": self.k_test})
         self._loader_dataset = dataset
