@@ -485,3 +485,46 @@ def test_every_benchmark_has_a_blip2_twin_with_the_same_protocol():
         else:
             assert twin.model.arch == "blip2_opt_twin" and ours.model.arch == "xformer_opt"
             assert ours.run.prompt == ("a photo of" if "caption" in ours.run.task else "Question: {} Short Answer:")
+
+
+def test_missing_benchmark_data_stops_at_launch_naming_the_keys(tmp_path, monkeypatch):
+    from lavis_xformer.datasets.checks import ConfigError
+    from lavis_xformer.runners import launch
+
+    monkeypatch.chdir(tmp_path)
+    args = launch.parse_args(["--cfg-path", str(EVAL / "vqav2_blip2.yaml"), "--options",
+                              "run.device=cpu", "datasets.vqav2_eval.build_info.images.storage=%s" % tmp_path])
+    with pytest.raises(ConfigError) as error:
+        launch.load_config(args)
+    message = str(error.value)
+    assert "dataset 'vqav2_eval', split 'val': annotation file not found" in message
+    assert "v2_mscoco_val2014_annotations.json" in message
+    assert "datasets.vqav2_eval.build_info.annotations.val.storage" in message
+
+
+def test_retrieval_under_torchrun_equals_one_process(data, tmp_path):
+    """Two gloo processes split the ITM re-ranking; the merged matrices give the same
+    metrics and predictions as one process."""
+    cfg = _tiny_project(EVAL / "flickr30k_retrieval_blip2.yaml", tmp_path / "flickr.yaml", {
+        "datasets.flickr30k_eval.build_info.annotations.test.storage": str(data / "flickr" / "test.json"),
+        "datasets.flickr30k_eval.build_info.images.storage": str(data / "flickr"),
+        "run.k_test": 3})
+    one = tmp_path / "one"
+    one.mkdir()
+    _evaluate(cfg, one)
+    two = tmp_path / "two"
+    two.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "lavis.evaluate", "--cfg-path", str(cfg), "--options", "run.output_dir=out"],
+        cwd=two, env=_env(), capture_output=True, text=True, timeout=600)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-6000:]
+    assert "distributed init (rank 1, world 2, backend gloo)" in output
+    assert output.count("Zero-shot retrieval, split 'test'") == 1
+    m1, m2 = (_result(d, "test_retrieval_metrics.json") for d in (one, two))
+    assert m1["model"]["fusion"] == "blip2"
+    for key in ("txt_r1", "txt_r5", "img_r1", "img_r5", "r_mean"):
+        assert m1[key] == m2[key], key
+    p1, p2 = (_result(d, "test_retrieval_predictions.json") for d in (one, two))
+    assert p1 == p2

@@ -196,10 +196,10 @@ class XFormerCaptionTask(BaseTask):
 
 
 def caption_table(metrics, title):
-    header = ["images", "subset", "BLEU-4", "CIDEr"] + (["SPICE"] if "spice" in metrics else [])
-    rows = [[metrics["num_images"], "all", "%.2f" % metrics["bleu4"], "%.2f" % metrics["cider"]]
+    header = ["subset", "images", "BLEU-4", "CIDEr"] + (["SPICE"] if "spice" in metrics else [])
+    rows = [["all", metrics["num_images"], "%.2f" % metrics["bleu4"], "%.2f" % metrics["cider"]]
             + (["%.2f" % metrics["spice"]] if "spice" in metrics else [])]
     for name, row in metrics.get("per_question_type", {}).items():
-        rows.append([row["num_images"], name, "%.2f" % row["bleu4"], "%.2f" % row["cider"]]
+        rows.append([name, row["num_images"], "%.2f" % row["bleu4"], "%.2f" % row["cider"]]
                     + ([""] if "spice" in metrics else []))
     return title + "\n" + format_table(header, rows)
