@@ -346,7 +346,7 @@ def _tiny_project(src, dst, data_options):
     the file's model.model_type, so --options cannot switch it) and the fixture's paths."""
     cfg = OmegaConf.load(src)
     cfg.model.model_type = "tiny"
-    cfg.model.pretrained = None
+    cfg.model.pretrained = None  # random tiny weights, unless data_options name a checkpoint
     for key, value in data_options.items():
         OmegaConf.update(cfg, key, value, merge=False)
     for name in cfg.datasets:
@@ -504,8 +504,12 @@ def test_missing_benchmark_data_stops_at_launch_naming_the_keys(tmp_path, monkey
 
 def test_retrieval_under_torchrun_equals_one_process(data, tmp_path):
     """Two gloo processes split the ITM re-ranking; the merged matrices give the same
-    metrics and predictions as one process."""
+    metrics and predictions as one process. The trainable weights come from one checkpoint
+    (otherwise each process would draw its own: LAVIS seeds seed + rank)."""
+    model = _build("xformer", fusion="blip2", seed=4)
+    torch.save({"model": model.state_dict()}, tmp_path / "stage1.pth")
     cfg = _tiny_project(EVAL / "flickr30k_retrieval_blip2.yaml", tmp_path / "flickr.yaml", {
+        "model.pretrained": str(tmp_path / "stage1.pth"),
         "datasets.flickr30k_eval.build_info.annotations.test.storage": str(data / "flickr" / "test.json"),
         "datasets.flickr30k_eval.build_info.images.storage": str(data / "flickr"),
         "run.k_test": 3})
