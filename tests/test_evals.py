@@ -532,3 +532,20 @@ def test_retrieval_under_torchrun_equals_one_process(data, tmp_path):
         assert m1[key] == m2[key], key
     p1, p2 = (_result(d, "test_retrieval_predictions.json") for d in (one, two))
     assert p1 == p2
+
+
+def test_model_type_option_selects_that_types_defaults(tmp_path, monkeypatch):
+    """LAVIS's Config ignores --options model.model_type when picking the model's default yaml;
+    the plugin's launcher rebuilds the model section from the chosen type."""
+    from lavis_xformer.runners import launch
+
+    monkeypatch.chdir(tmp_path)
+    args = launch.parse_args(["--cfg-path", str(EVAL / "okvqa_blip2.yaml"), "--options",
+                              "model.model_type=pretrain_opt6.7b", "model.llm_precision=fp32"])
+    monkeypatch.setattr(launch, "check_datasets", lambda *a: None)
+    monkeypatch.setattr(launch.torch.cuda, "is_available", lambda: True)
+    cfg = launch.load_config(args)
+    assert cfg.model_cfg.model_type == "pretrain_opt6.7b"
+    assert cfg.model_cfg.llm_weights == "facebook/opt-6.7b" and cfg.model_cfg.llm.hidden_size == 4096
+    assert cfg.model_cfg.pretrained.endswith("blip2_pretrained_opt6.7b.pth")
+    assert cfg.model_cfg.llm_precision == "fp32"  # the other options still apply
