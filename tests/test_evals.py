@@ -549,3 +549,19 @@ def test_model_type_option_selects_that_types_defaults(tmp_path, monkeypatch):
     assert cfg.model_cfg.llm_weights == "facebook/opt-6.7b" and cfg.model_cfg.llm.hidden_size == 4096
     assert cfg.model_cfg.pretrained.endswith("blip2_pretrained_opt6.7b.pth")
     assert cfg.model_cfg.llm_precision == "fp32"  # the other options still apply
+
+
+def test_caption_task_captions_with_stage2_prompt_and_with_a_stage1_model():
+    from lavis_xformer.tasks.xformer_caption import XFormerCaptionTask
+
+    task = XFormerCaptionTask(num_beams=2, max_len=4, min_len=1, prompt="a photo of")
+    samples = {"image": torch.randn(2, 3, 64, 64), "image_id": torch.tensor([7, 3])}
+    stage2 = _build("xformer_opt")
+    records = task.valid_step(stage2, samples)
+    assert [r["image_id"] for r in records] == [7, 3]
+    assert [r["prediction"] for r in records] == stage2.generate(
+        {"image": samples["image"], "prompt": ["a photo of"] * 2}, num_beams=2, max_length=4,
+        min_length=1, length_penalty=1.0)
+    stage1 = _build("xformer")
+    records = task.valid_step(stage1, samples)
+    assert len(records) == 2 and all(isinstance(r["prediction"], str) for r in records)

@@ -8,7 +8,8 @@ models on first use, which needs a network (``run.spice: True`` tries it anyway)
 Decoding (run-config keys): ``prompt`` (default "a photo of", as LAVIS's BLIP-2 OPT
 captioning configs), ``num_beams`` 5, ``max_len`` 30, ``min_len`` 8, ``length_penalty`` 1.0;
 the model's ``generate`` is called with ``samples["prompt"]`` set, so ``xformer_opt`` and the
-BLIP-2 twin decode alike. The caption is what follows the prompt.
+BLIP-2 twin decode alike. The caption is what follows the prompt. A stage-1 ``xformer`` model
+captions too (its Q-Former decodes; it takes no prompt and no length penalty).
 
 Per split, in the run's ``result/`` folder: ``<split>_caption_predictions.json`` (one record per
 image: image_id, prediction, references, domain where given) and ``<split>_caption_metrics.json``
@@ -16,6 +17,7 @@ image: image_id, prediction, references, domain where given) and ``<split>_capti
 table is printed at the end and a progress line every ``log_freq`` batches; under torchrun
 each process captions its share and the results are merged (results.py).
 """
+import inspect
 import json
 import logging
 import os
@@ -110,9 +112,12 @@ class XFormerCaptionTask(BaseTask):
     def valid_step(self, model, samples):
         image = samples["image"]
         samples = dict(samples, prompt=[self.prompt or ""] * image.shape[0])
-        captions = model.generate(samples, use_nucleus_sampling=False, num_beams=self.num_beams,
-                                  max_length=self.max_len, min_length=self.min_len,
-                                  length_penalty=self.length_penalty)
+        options = dict(use_nucleus_sampling=False, num_beams=self.num_beams,
+                       max_length=self.max_len, min_length=self.min_len)
+        # stage-1 models (the Q-Former decodes; no prompt, no length penalty) caption too
+        if "length_penalty" in inspect.signature(model.generate).parameters:
+            options["length_penalty"] = self.length_penalty
+        captions = model.generate(samples, **options)
         ids = samples["image_id"]
         ids = ids.tolist() if torch.is_tensor(ids) else list(ids)
         return [OrderedDict(image_id=i, prediction=c) for i, c in zip(ids, captions)]
