@@ -565,3 +565,27 @@ def test_caption_task_captions_with_stage2_prompt_and_with_a_stage1_model():
     stage1 = _build("xformer")
     records = task.valid_step(stage1, samples)
     assert len(records) == 2 and all(isinstance(r["prediction"], str) for r in records)
+
+
+def test_gqa_string_ids_keep_leading_zeros_and_find_their_ground_truth(data):
+    from lavis_xformer.tasks.xformer_vqa import XFormerVQATask
+
+    class Dataset:
+        annotation = [{"question_id": "0201", "answer": "yes", "question_type": ["structural/verify"]},
+                      {"question_id": "202", "answer": "circle", "question_type": ["structural/query"]}]
+
+    class Model:
+        def before_evaluation(self, **kwargs):
+            pass
+
+        def predict_answers(self, samples, **kwargs):
+            return ["Yes", "square"]
+
+    task = XFormerVQATask(metric="exact_match")
+    task.before_evaluation(Model(), Dataset())
+    records = task.valid_step(Model(), {"question_id": ["0201", "202"], "text_input": ["q1", "q2"],
+                                        "image": torch.zeros(2, 3, 4, 4)})
+    assert [r["question_id"] for r in records] == ["0201", "202"]
+    assert [r["answer"] for r in records] == ["yes", "circle"]
+    assert [r["correct"] for r in records] == [True, False]
+    assert records[0]["question_type"] == ["structural/verify"]

@@ -144,11 +144,11 @@ def metrics_table(metrics, title):
 
 
 def _question_id(value):
-    """question ids stay ints where they are (sorting, JSON), else strings (GQA's)."""
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return str(value)
+    """Question ids as the data give them: numbers become ints (tensors from the collate
+    too), strings stay strings (GQA's ids may have leading zeros)."""
+    if isinstance(value, str):
+        return value
+    return int(value)
 
 
 def _as_list(value):
