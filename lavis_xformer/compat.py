@@ -198,3 +198,31 @@ def with_generation_cache(base):
         "__module__": __name__,
         "__doc__": f"{base.__module__}.{base.__name__} with the generation cache passed on.",
     })
+
+
+# --- Defect: lavis.common.config.Config.build_model_config looks the chosen model type up as
+# kwargs.get("model.model_type"), but Config hands it the --options as a nested config
+# ({"model": {"model_type": ...}}), so `--options model.model_type=X` never selects X's default
+# model yaml: the run keeps the defaults of the run file's model type with only the name
+# changed (e.g. OPT-2.7B sizes under the name pretrain_opt6.7b). This rebuilds the model and
+# preprocess sections as LAVIS means to: X's defaults, then the run file's model section,
+# then the options.
+
+def apply_model_type_option(cfg, options):
+    """Fix up a built ``lavis.common.config.Config`` when ``options`` (a DictConfig of the
+    --options) choose another model type than the run file."""
+    from lavis.common.registry import registry
+    from omegaconf import OmegaConf
+
+    model_type = OmegaConf.select(options, "model.model_type")
+    file_model = OmegaConf.load(cfg.args.cfg_path).get("model", None) or {}
+    if not model_type or model_type == file_model.get("model_type", None):
+        return cfg
+    model_cls = registry.get_model_class(cfg.config.model.arch)
+    defaults = OmegaConf.load(model_cls.default_config_path(model_type))
+    user = {key: options[key] for key in ("model", "preprocess") if key in options}
+    rebuilt = OmegaConf.merge(defaults, {"model": file_model}, user)
+    cfg.config.model = rebuilt.model
+    if "preprocess" in rebuilt:
+        cfg.config.preprocess = rebuilt.preprocess
+    return cfg

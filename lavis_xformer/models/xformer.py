@@ -316,3 +316,10 @@ class XFormer(XFormerBase):
             encoder_attention_mask=self.ones(image_embeds),
         )
         return self.tokenizer.batch_decode(outputs, skip_special_tokens=True)
+
+    def compute_sim_matrix(self, data_loader, task_cfg):
+        """The call LAVIS's retrieval tasks make: ITC top-``k_test`` then ITM re-ranking
+        (models/retrieval.py)."""
+        from lavis_xformer.models.retrieval import compute_sim_matrix
+
+        return compute_sim_matrix(self, data_loader, k_test=int(task_cfg.get("k_test", 128)))

@@ -29,12 +29,12 @@ from lavis.common.registry import registry
 from lavis_xformer import PACKAGE_DIR
 from lavis_xformer.models import llm as llm_builders
 from lavis_xformer.models.base import XFormerBase
+from lavis_xformer.models.generation import VQA_PROMPT, LLMDecodingMixin, opt_generate  # noqa: F401
 
-VQA_PROMPT = "Question: {} Short Answer:"
 
-
-class XFormerLLMBase(XFormerBase):
-    """Shared stage-2 parts: stripping the Q-Former, the projection, losses and decoding."""
+class XFormerLLMBase(LLMDecodingMixin, XFormerBase):
+    """Shared stage-2 parts: stripping the Q-Former, the projection, losses; ``generate`` and
+    ``predict_answers`` come from ``LLMDecodingMixin`` over each LLM's ``decode``."""
 
     LLM_KIND = None
 
@@ -124,63 +124,6 @@ class XFormerLLMBase(XFormerBase):
             out["loss"] = loss_lm + self.rec_weight * loss_rec
         return out
 
-    # ------------------------------------------------------------------ inference
-
-    @torch.no_grad()
-    def generate(
-        self,
-        samples,
-        use_nucleus_sampling=False,
-        num_beams=5,
-        max_length=30,
-        min_length=1,
-        top_p=0.9,
-        repetition_penalty=1.0,
-        length_penalty=1.0,
-        num_captions=1,
-        temperature=1.0,
-    ):
-        """Captions: ``B * num_captions`` strings, image-major. ``samples["prompt"]`` (a string
-        or one per image) overrides the model's ``prompt``."""
-        image = samples["image"]
-        prompt = samples.get("prompt", self.prompt)
-        prompts = [prompt] * image.shape[0] if isinstance(prompt, str) else list(prompt)
-        return self.decode(
-            image, prompts, use_nucleus_sampling=use_nucleus_sampling, num_beams=num_beams,
-            max_new_tokens=max_length, min_length=min_length, top_p=top_p,
-            repetition_penalty=repetition_penalty, length_penalty=length_penalty,
-            num_return_sequences=num_captions, temperature=temperature,
-        )
-
-    @torch.no_grad()
-    def predict_answers(
-        self,
-        samples,
-        num_beams=5,
-        inference_method="generate",
-        max_len=10,
-        min_len=1,
-        num_ans_candidates=None,
-        answer_list=None,
-        prompt=VQA_PROMPT,
-        length_penalty=0,
-        **kwargs,
-    ):
-        """Zero-shot open-ended answers (the call LAVIS's ``vqa``/``gqa`` tasks make)."""
-        if inference_method != "generate":
-            raise ValueError(
-                f"inference_method={inference_method!r} is not supported; X-Former answers by "
-                f"generation (inference_method='generate')"
-            )
-        questions = self.check_text(samples)
-        prompt = prompt or "{}"
-        prompts = [prompt.format(q) for q in questions] if "{}" in prompt else [prompt + q for q in questions]
-        answers = self.decode(
-            samples["image"], prompts, num_beams=num_beams, max_new_tokens=max_len,
-            min_length=min_len, length_penalty=length_penalty,
-        )
-        return [a.split("\n")[0].strip() for a in answers]
-
 
 @registry.register_model("xformer_opt")
 class XFormerOPT(XFormerLLMBase):
@@ -233,28 +176,15 @@ class XFormerOPT(XFormerLLMBase):
 
     def decode(self, image, prompts, num_return_sequences=1, use_nucleus_sampling=False,
                num_beams=5, **kwargs):
-        """Generate after [prefix; prompt]. Prompts are left-padded, so that every sequence
-        ends where generation starts; OPT's positions follow the attention mask, so padding
-        between the queries and a short prompt changes nothing."""
+        """Generate after [prefix; prompt] with ``generation.opt_generate``, the code path the
+        BLIP-2 twin (``blip2_opt_twin``) shares."""
         prefix, _ = self.visual_prefix(image, mask_ratio=0.0)
-        tokenizer = self.llm_tokenizer
-        tokenizer.padding_side = "left"
-        tokens = tokenizer(prompts, return_tensors="pt", padding="longest").to(image.device)
-        repeat = num_return_sequences if use_nucleus_sampling else num_beams
         with self.llm_autocast():
-            outputs = self.llm_model.generate(
-                input_ids=tokens.input_ids,
-                query_embeds=prefix.to(self.llm_model.dtype).repeat_interleave(repeat, dim=0),
-                attention_mask=torch.cat([self.ones(prefix), tokens.attention_mask], dim=1),
-                do_sample=use_nucleus_sampling,
-                num_beams=1 if use_nucleus_sampling else num_beams,
+            return opt_generate(
+                self.llm_model, self.llm_tokenizer, prefix, prompts, self.newline_id,
                 num_return_sequences=num_return_sequences,
-                eos_token_id=self.newline_id,
-                pad_token_id=tokenizer.pad_token_id,
-                **kwargs,
+                use_nucleus_sampling=use_nucleus_sampling, num_beams=num_beams, **kwargs,
             )
-        texts = tokenizer.batch_decode(outputs[:, tokens.input_ids.shape[1]:], skip_special_tokens=True)
-        return [t.strip() for t in texts]
 
 
 @registry.register_model("xformer_t5")

@@ -102,6 +102,7 @@ def load_config(args):
     except (yaml.YAMLError, OmegaConfBaseException, TypeError, ValueError) as e:
         # e.g. --options giving a single value where the builder's defaults hold a list
         raise ConfigError("could not build the configuration: %s" % " ".join(str(e).split())) from None
+    compat.apply_model_type_option(cfg, options)  # --options model.model_type=... (LAVIS defect)
     check_checkpoints(cfg.model_cfg, cfg.run_cfg)
     check_datasets(cfg.datasets_cfg)
     device = str(cfg.run_cfg.get("device", "cuda"))

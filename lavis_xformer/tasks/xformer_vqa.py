@@ -21,7 +21,15 @@ results are merged without duplicates or losses (see ``results.py``).
 Datasets need items with ``image``, ``text_input`` (the question) and ``question_id``; with an
 ``answer`` the task scores (``question_type`` adds the per-type rows), and a dataset attribute
 ``train_answer_counts`` (a Counter of the train split's answers) gives the baseline. A dataset
-without answers (e.g. a test server split) gets the predictions file only.
+without answers (e.g. a test server split) gets the predictions file only. Ground truth that
+does not fit in a batch (VQAv2's 10 human answers, GQA's two type labels) is looked up by
+``question_id`` in the dataset's ``annotation`` records (keys ``answer``, ``answers``,
+``question_type`` (a string or a list of them), ``n_obj_exist``).
+
+``run.metric`` says how answers are scored (see metrics.py): ``exact_match`` (default; GQA,
+easy-VQA), ``vqa_accuracy`` (VQAv2, OK-VQA), ``oc`` and ``mci`` (GVTBench). The metrics JSON
+also names the benchmark (``run.benchmark``, default: the dataset's name) and the model
+(arch, model_type, fusion), for comparison reports.
 """
 import json
 import logging
@@ -32,25 +40,14 @@ import torch
 from lavis.common.dist_utils import is_main_process
 from lavis.common.logger import MetricLogger, SmoothedValue
 from lavis.common.registry import registry
-from lavis.common.vqa_tools.vqa_eval import VQAEval
 from lavis.datasets.data_utils import prepare_sample
 from lavis.tasks.vqa import VQATask
 
 from lavis_xformer import compat
-from lavis_xformer.models.xformer_llm import VQA_PROMPT
+from lavis_xformer.models.generation import VQA_PROMPT
+from lavis_xformer.tasks import metrics as bench_metrics
+from lavis_xformer.tasks.metrics import normalize_answer  # noqa: F401  (re-exported)
 from lavis_xformer.tasks.results import format_table, gather_results, write_json
-
-_VQA_EVAL = VQAEval()  # only its answer normalisation (no annotations needed)
-
-
-def normalize_answer(text):
-    """VQA's answer normalisation (the official evaluation's, as LAVIS ships it): whitespace,
-    lowercase, punctuation (kept inside numbers such as 2.5 or 1,000), number words to digits,
-    articles (a, an, the) dropped, common contractions restored."""
-    text = " ".join(str(text).replace("\n", " ").replace("\t", " ").split())
-    text = _VQA_EVAL.processPunctuation(text)
-    text = _VQA_EVAL.processDigitArticle(text)
-    return " ".join(text.split())
 
 
 def is_correct(prediction, answer):
@@ -69,54 +66,89 @@ def majority_answer(answer_counts):
     return answer, count, sum(answer_counts.values())
 
 
-def score(records, answer_counts=None):
-    """Metrics of records carrying ``prediction`` and ``answer`` (and maybe
-    ``question_type``): accuracy (%), per question type, majority-answer baseline."""
-    majority = majority_answer(answer_counts)
+def _types_of(record):
+    qtype = record.get("question_type")
+    if qtype is None:
+        return []
+    return [qtype] if isinstance(qtype, str) else list(qtype)
+
+
+def _baseline_score(answer, record, metric):
+    if metric == "vqa_accuracy":
+        return bench_metrics.vqa_accuracy(answer, record["answers"])
+    return bench_metrics.exact_match(answer, record["answer"])
+
+
+def score(records, answer_counts=None, metric="exact_match"):
+    """Metrics of records carrying ``prediction`` and the ground truth (``answer``, or
+    ``answers`` for vqa_accuracy; maybe ``question_type``, a string or a list): accuracy (%)
+    and the metric's extra columns, per question type, and, for exact_match and vqa_accuracy
+    given the train split's answer counts, the majority-answer baseline."""
+    for record in records:
+        if "score" not in record:
+            bench_metrics.score_record(record, metric)
+    majority = majority_answer(answer_counts) if metric in ("exact_match", "vqa_accuracy") else None
     groups = OrderedDict([("all", records)])
-    for qtype in sorted({r["question_type"] for r in records if "question_type" in r}):
-        groups[qtype] = [r for r in records if r.get("question_type") == qtype]
+    for qtype in sorted({t for r in records for t in _types_of(r)}):
+        groups[qtype] = [r for r in records if qtype in _types_of(r)]
 
     per_type = OrderedDict()
     for name, group in groups.items():
-        row = {"num_questions": len(group),
-               "accuracy": _percent(sum(is_correct(r["prediction"], r["answer"]) for r in group),
-                                    len(group))}
+        row = bench_metrics.summarize(group, metric)
         if majority is not None:
             row["majority_baseline"] = _percent(
-                sum(is_correct(majority[0], r["answer"]) for r in group), len(group))
+                sum(_baseline_score(majority[0], r, metric) for r in group), len(group))
         per_type[name] = row
 
     metrics = OrderedDict()
-    metrics["num_questions"] = len(records)
-    metrics["accuracy"] = per_type["all"]["accuracy"]
+    overall = per_type.pop("all")
+    metrics["num_questions"] = overall.pop("num_questions")
+    metrics["accuracy"] = overall.pop("accuracy")
     metrics["agg_metrics"] = metrics["accuracy"]
+    baseline_accuracy = overall.pop("majority_baseline", None)
+    metrics.update(overall)  # mae, rmse, num_unparsed (oc); accuracy_strict (mci)
     if majority is not None:
         answer, count, total = majority
         metrics["majority_baseline"] = OrderedDict([
             ("answer", answer),
-            ("accuracy", per_type["all"]["majority_baseline"]),
+            ("accuracy", baseline_accuracy),
             ("source", "the most frequent answer of the train split (%d of %d questions)"
              % (count, total)),
         ])
-    del per_type["all"]
     if per_type:
         metrics["per_question_type"] = per_type
     return metrics
 
 
+_EXTRA_COLUMNS = (("accuracy_strict", "strict yes/no %"), ("mae", "MAE"), ("rmse", "RMSE"),
+                  ("num_unparsed", "no number"))
+
+
 def metrics_table(metrics, title):
     """The printed summary: one row for all questions, one per question type."""
     baseline = metrics.get("majority_baseline")
-    header = ["question type", "questions", "accuracy %"]
+    extras = [(k, label) for k, label in _EXTRA_COLUMNS if k in metrics]
+    header = ["question type", "questions", "accuracy %"] + [label for _, label in extras]
     if baseline:
         header.append('majority "%s" %%' % baseline["answer"])
-    rows = [["all", metrics["num_questions"], "%.2f" % metrics["accuracy"]]
-            + (["%.2f" % baseline["accuracy"]] if baseline else [])]
+
+    def cells(row, base):
+        out = ["%.2f" % row["accuracy"]]
+        out += [("%.2f" % row[k]) if isinstance(row[k], float) else str(row[k]) for k, _ in extras]
+        return out + (["%.2f" % base] if baseline else [])
+
+    rows = [["all", metrics["num_questions"]] + cells(metrics, baseline["accuracy"] if baseline else None)]
     for name, row in metrics.get("per_question_type", {}).items():
-        rows.append([name, row["num_questions"], "%.2f" % row["accuracy"]]
-                    + (["%.2f" % row["majority_baseline"]] if baseline else []))
+        rows.append([name, row["num_questions"]] + cells(row, row.get("majority_baseline")))
     return title + "\n" + format_table(header, rows)
+
+
+def _question_id(value):
+    """Question ids as the data give them: numbers become ints (tensors from the collate
+    too), strings stay strings (GQA's ids may have leading zeros)."""
+    if isinstance(value, str):
+        return value
+    return int(value)
 
 
 def _as_list(value):
@@ -132,13 +164,21 @@ class XFormerVQATask(VQATask):
 
     def __init__(self, num_beams=5, max_len=10, min_len=1, evaluate=True,
                  num_ans_candidates=128, inference_method="generate", prompt=VQA_PROMPT,
-                 length_penalty=0, log_freq=10):
+                 length_penalty=0, log_freq=10, metric="exact_match", benchmark=None,
+                 model_info=None):
+        if metric not in bench_metrics.METRICS:
+            raise ValueError("run.metric=%r is not known; available: %s" % (
+                metric, ", ".join(bench_metrics.METRICS)))
         super().__init__(num_beams=num_beams, max_len=max_len, min_len=min_len,
                          evaluate=evaluate, num_ans_candidates=num_ans_candidates,
                          inference_method=inference_method, prompt=prompt)
         self.length_penalty = length_penalty
         self.log_freq = max(1, int(log_freq))
+        self.metric = metric
+        self.benchmark = benchmark
+        self.model_info = model_info or OrderedDict()
         self._current_dataset = None
+        self._truth = {}
 
     @classmethod
     def setup_task(cls, cfg):
@@ -153,7 +193,13 @@ class XFormerVQATask(VQATask):
             prompt=run_cfg.get("prompt", VQA_PROMPT),
             length_penalty=float(run_cfg.get("length_penalty", 0)),
             log_freq=run_cfg.get("log_freq", 10),
+            metric=run_cfg.get("metric", "exact_match"),
+            benchmark=run_cfg.get("benchmark", None) or "+".join(cfg.datasets_cfg.keys()),
+            model_info=model_info(cfg.model_cfg),
         )
+
+    def _has_truth(self, record):
+        return "answers" in record if self.metric == "vqa_accuracy" else "answer" in record
 
     @property
     def protocol(self):
@@ -168,6 +214,9 @@ class XFormerVQATask(VQATask):
     def before_evaluation(self, model, dataset, **kwargs):
         super().before_evaluation(model, dataset, **kwargs)
         self._current_dataset = dataset
+        self._truth = {_question_id(a["question_id"]): a
+                       for a in getattr(dataset, "annotation", None) or []
+                       if isinstance(a, dict) and "question_id" in a}
 
     def valid_step(self, model, samples):
         answers = model.predict_answers(
@@ -182,24 +231,36 @@ class XFormerVQATask(VQATask):
             length_penalty=self.length_penalty,
         )
         n = len(answers)
-        question_ids = [int(q) for q in _as_list(samples["question_id"])]
+        question_ids = [_question_id(q) for q in _as_list(samples["question_id"])]
         image_ids = _as_list(samples["image_id"]) if "image_id" in samples else None
         types = _as_list(samples["question_type"]) if "question_type" in samples else None
         questions = _as_list(samples["text_input"])
         truths = _as_list(samples["answer"]) if "answer" in samples else None
         records = []
         for i in range(n):
+            ann = self._truth.get(question_ids[i], {})
             record = OrderedDict(question_id=question_ids[i])
             if image_ids is not None:
                 record["image_id"] = image_ids[i]
+            elif "image_id" in ann:
+                record["image_id"] = ann["image_id"]
             if types is not None:
                 record["question_type"] = types[i]
+            elif "question_type" in ann:
+                record["question_type"] = ann["question_type"]
+            if "n_obj_exist" in ann:
+                record["n_obj_exist"] = ann["n_obj_exist"]
             record["question"] = questions[i]
-            if truths is not None:
+            if "answers" in ann:
+                record["answers"] = list(ann["answers"])
+                record["answer"] = bench_metrics.majority(record["answers"])
+            if truths is not None and truths[i] is not None:
                 record["answer"] = truths[i]
+            elif "answer" in ann:
+                record["answer"] = ann["answer"]
             record["prediction"] = answers[i]
-            if truths is not None:
-                record["correct"] = is_correct(answers[i], truths[i])
+            if self._has_truth(record):
+                bench_metrics.score_record(record, self.metric)
             records.append(record)
         return records
 
@@ -218,7 +279,7 @@ class XFormerVQATask(VQATask):
             samples = prepare_sample(samples, cuda_enabled=cuda_enabled)
             records = self.valid_step(model=model, samples=samples)
             results.extend(records)
-            scored = [r["correct"] for r in records if "correct" in r]
+            scored = [r["score"] for r in records if "score" in r]
             if scored:
                 metric_logger.meters["acc"].update(_percent(sum(scored), len(scored)),
                                                    n=len(scored))
@@ -238,11 +299,13 @@ class XFormerVQATask(VQATask):
 
         result_dir = registry.get_path("result_dir")
         predictions_file = os.path.join(result_dir, "%s_vqa_predictions.json" % split_name)
-        metrics = OrderedDict(split=split_name)
+        metrics = OrderedDict(benchmark=self.benchmark, split=split_name, metric=self.metric,
+                              model=self.model_info)
         if isinstance(epoch, int):  # evaluation-only runs pass "best"
             metrics["epoch"] = epoch
-        if records and all("answer" in r for r in records):
-            metrics.update(score(records, getattr(dataset, "train_answer_counts", None)))
+        if records and all(self._has_truth(r) for r in records):
+            metrics.update(score(records, getattr(dataset, "train_answer_counts", None),
+                                 self.metric))
         else:
             metrics["num_questions"] = len(records)
             logging.warning("split %r has no ground-truth answers: predictions only",
@@ -261,13 +324,25 @@ class XFormerVQATask(VQATask):
                 with open(os.path.join(registry.get_path("output_dir"), "evaluate.txt"), "a") as f:
                     f.write(json.dumps({k: metrics[k] for k in ("split", "epoch", "agg_metrics")
                                         if k in metrics}) + "\n")
-                title = "Zero-shot VQA, split %r: %d questions (%s, beams %d, length penalty %g)" % (
+                title = "[%s, %s] Zero-shot VQA, split %r: %d questions (%s, beams %d, length penalty %g)" % (
+                    self.benchmark, self.metric,
                     split_name, metrics["num_questions"], _prompt_label(self.prompt),
                     self.num_beams, self.length_penalty)
                 print(metrics_table(metrics, title))
             print("predictions: %s\nmetrics: %s" % (predictions_file, metrics_file))
         compat.barrier()  # the files exist on every rank's return
         return dict(metrics)
+
+
+def model_info(model_cfg):
+    """What a comparison report needs to tell runs apart: arch, model_type, fusion (X-Former
+    models; "blip2" for the stock BLIP-2 twin), the checkpoint."""
+    arch = model_cfg.get("arch", None)
+    fusion = model_cfg.get("fusion", None)
+    if fusion is None and arch is not None and arch.startswith("blip2"):
+        fusion = "blip2"
+    return OrderedDict([("arch", arch), ("model_type", model_cfg.get("model_type", None)),
+                        ("fusion", fusion), ("pretrained", model_cfg.get("pretrained", None))])
 
 
 def _prompt_label(prompt):
