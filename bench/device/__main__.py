@@ -1,4 +1,5 @@
-"""``python -m bench.device ...``: ``python -m bench`` on a machine whose Python lacks two of
+"""``python -m bench.device ...``: ``python -m bench`` (or, with ``--module NAME``, another
+entry point of this project) on a machine whose Python lacks two of
 the packages LAVIS 1.0.2 imports at start-up (see prepare.sh), and may carry a newer
 ``tokenizers`` than transformers 4.26 accepts.
 
@@ -54,6 +55,15 @@ def relax_tokenizers_pin():
 if __name__ == "__main__":
     install_stand_ins()
     relax_tokenizers_pin()
-    from bench.__main__ import main
+    if len(sys.argv) > 2 and sys.argv[1] == "--module":
+        # `python -m bench.device --module lavis_xformer.train --cfg-path ...`: another entry
+        # point of this project in the same environment (e.g. a GPU check of the tiny runs).
+        import runpy
 
-    main()
+        module = sys.argv[2]
+        sys.argv = [module] + sys.argv[3:]
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    else:
+        from bench.__main__ import main
+
+        main()

