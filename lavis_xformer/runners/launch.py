@@ -157,7 +157,8 @@ def finish():
 
 def run_main(body, argv, description):
     """Parse, load and check the config, then hand over to body(cfg, job_id). A ConfigError
-    ends the process with its message and exit status 2, without a traceback."""
+    ends the process with its message and exit status 2, a NaN/inf training loss
+    (NonFiniteLossError) with its message and exit status 3, both without a traceback."""
     from lavis.common.utils import now
 
     # progress lines should show up at once, also when stdout is a pipe or a file
@@ -171,6 +172,15 @@ def run_main(body, argv, description):
         print("error: %s" % e, file=sys.stderr)
         raise SystemExit(2)
     job_id = init_distributed(cfg, job_id)
-    result = body(cfg, job_id)
+    from lavis_xformer.tasks.xformer_pretrain import NonFiniteLossError
+
+    try:
+        result = body(cfg, job_id)
+    except NonFiniteLossError as e:
+        # every process raises it at the same step (the check is all-reduced): end cleanly
+        print("error: %s" % e, file=sys.stderr, flush=True)
+        if compat.dist_ready():
+            torch.distributed.destroy_process_group()
+        raise SystemExit(3)
     finish()
     return result

@@ -14,6 +14,29 @@ from lavis.datasets.data_utils import prepare_sample
 from lavis.tasks.image_text_pretrain import ImageTextPretrainTask
 
 from lavis_xformer import compat
+from lavis_xformer.datasets.skipping import pop_skipped
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the step's update was not applied."""
+
+
+def check_finite(loss, parts, epoch, step, iters_per_epoch):
+    """Raise NonFiniteLossError when ``loss`` is NaN or inf in any process (all processes
+    raise together, so none is left waiting in the gradient all-reduce). One host sync."""
+    bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+    if compat.dist_ready():
+        torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+    if not bad.item():
+        return
+    here = "" if torch.isfinite(loss.detach()).all() else " (in this process: %s)" % ", ".join(
+        "%s=%s" % (k, v) for k, v in parts.items())
+    raise NonFiniteLossError(
+        "the training loss is not finite at epoch %d, iteration %d of %d (global step %d)%s; "
+        "this step's update was not applied. Lower run.init_lr, check the data, or switch "
+        "off run.amp, then resume from the last checkpoint with "
+        "run.resume_ckpt_path=<its path or job directory>" % (
+            epoch, step, iters_per_epoch, epoch * iters_per_epoch + step, here))
 
 
 def loss_parts(output):
@@ -42,12 +65,31 @@ class XFormerPretrainTask(ImageTextPretrainTask):
     def train_step(self, model, samples):
         return self.forward_step(model, samples)[0]
 
+    def train_epoch(self, epoch, model, data_loader, optimizer, lr_scheduler, scaler=None,
+                    cuda_enabled=False, log_freq=50, accum_grad_iters=1, start_iter=0,
+                    after_step=None, check_finite_loss=True):
+        """BaseTask.train_epoch plus what resuming within an epoch needs (``start_iter``,
+        ``after_step``) and the NaN/inf guard; see _train_inner_loop."""
+        return self._train_inner_loop(
+            epoch=epoch, iters_per_epoch=len(data_loader), model=model, data_loader=data_loader,
+            optimizer=optimizer, lr_scheduler=lr_scheduler, scaler=scaler, log_freq=log_freq,
+            cuda_enabled=cuda_enabled, accum_grad_iters=accum_grad_iters,
+            start_iter=start_iter, after_step=after_step, check_finite_loss=check_finite_loss)
+
     def _train_inner_loop(self, epoch, iters_per_epoch, model, data_loader, optimizer,
                           lr_scheduler, scaler=None, start_iters=None, log_freq=50,
-                          cuda_enabled=False, accum_grad_iters=1):
+                          cuda_enabled=False, accum_grad_iters=1, start_iter=0,
+                          after_step=None, check_finite_loss=True):
         """BaseTask's loop (epoch- and iteration-based runners), logging all loss parts.
         It also fixes two LAVIS 1.0.2 defects: autocast is torch.cuda.amp's even on a CPU run,
-        and the end-of-epoch statistics are all-reduced on "cuda" whatever the backend."""
+        and the end-of-epoch statistics are all-reduced on "cuda" whatever the backend.
+
+        Additions: the loop starts at iteration ``start_iter`` (a run resumed within the
+        epoch) and calls ``after_step(epoch, iterations done)`` at the end of every iteration
+        (the runner's mid-epoch checkpoints); a NaN/inf loss raises NonFiniteLossError before
+        its backward pass (``check_finite_loss``); batches from SkippingCollater have their
+        unreadable samples counted (``skipped_samples`` in the returned stats, summed over
+        processes) and a batch without any readable sample is replaced by the next one."""
         if iters_per_epoch == 0:
             raise ValueError(
                 "the train split has fewer samples than one batch per process "
@@ -70,14 +112,28 @@ class XFormerPretrainTask(ImageTextPretrainTask):
             header += "; inner epoch [{}]".format(inner_epoch)
         device_type = "cuda" if cuda_enabled else "cpu"
 
-        for i in metric_logger.log_every(range(iters_per_epoch), log_freq, header):
-            samples = prepare_sample(next(data_loader), cuda_enabled=cuda_enabled)
+        skipped = 0
+        for i in metric_logger.log_every(range(start_iter, iters_per_epoch), log_freq, header):
+            samples, skipped_paths = pop_skipped(next(data_loader))
+            skipped += len(skipped_paths)
+            empty = 0
+            while samples is None:  # every sample of the batch unreadable: take the next
+                empty += 1
+                if empty > len(data_loader):
+                    raise RuntimeError("no readable training sample in %d batches in a row "
+                                       "(a whole pass); see the warnings above for the paths"
+                                       % empty)
+                samples, skipped_paths = pop_skipped(next(data_loader))
+                skipped += len(skipped_paths)
+            samples = prepare_sample(samples, cuda_enabled=cuda_enabled)
             samples.update({"epoch": inner_epoch, "num_iters_per_epoch": iters_per_epoch,
                             "iters": i})
             lr_scheduler.step(cur_epoch=inner_epoch, cur_step=i)
 
             with torch.autocast(device_type=device_type, enabled=use_amp):
                 loss, parts = self.forward_step(model=model, samples=samples)
+            if check_finite_loss:
+                check_finite(loss, parts, epoch, i, iters_per_epoch)
 
             if use_amp:
                 scaler.scale(loss).backward()
@@ -97,7 +153,15 @@ class XFormerPretrainTask(ImageTextPretrainTask):
                     metric_logger.add_meter(name, SmoothedValue(window_size=1, fmt="{value:.4f}"))
             metric_logger.update(**parts)
             metric_logger.update(lr=optimizer.param_groups[0]["lr"])
+            if after_step is not None:
+                after_step(epoch, i + 1)
 
         compat.synchronize_metric_logger(metric_logger)
         logging.info("Averaged stats: " + metric_logger.global_avg())
-        return {k: "{:.3f}".format(meter.global_avg) for k, meter in metric_logger.meters.items()}
+        stats = {k: "{:.3f}".format(meter.global_avg) for k, meter in metric_logger.meters.items()}
+        skipped = compat.all_reduce_sum(skipped)
+        if skipped:
+            logging.warning("epoch %d: skipped %d unreadable training samples (paths in the "
+                            "warnings above)", epoch, skipped)
+        stats["skipped_samples"] = skipped
+        return stats
