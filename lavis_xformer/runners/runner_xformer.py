@@ -233,8 +233,8 @@ class RunnerXFormer(RunnerBase):
             os.remove(previous)  # keep only the newest mid-epoch checkpoint
         self._mid_epoch_checkpoint = save_to if iters_done is not None else None
         self._last_checkpoint = save_to
-        logging.info("Saved checkpoint %s", save_to)
         point_latest(self.output_dir)
+        logging.info("Saved checkpoint %s", save_to)  # all done: a kill from here on loses nothing
         return save_to
 
     def _after_step(self, epoch, iters_done):
