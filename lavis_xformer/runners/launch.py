@@ -17,7 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from lavis_xformer import compat
 from lavis_xformer.datasets.checks import (
-    ConfigError, check_checkpoints, check_dataset_names, check_datasets)
+    ConfigError, check_checkpoints, check_dataset_names, check_datasets, check_resume)
 
 
 def parse_args(argv=None, description="LAVIS run"):
@@ -81,6 +81,10 @@ def _pre_check(config, path):
     if not config.run.get("evaluate", False) and registry.get_lr_scheduler_class(lr_sched) is None:
         raise ConfigError("run.lr_sched: unknown schedule %r. Registered schedules: %s" % (
             lr_sched, ", ".join(registry.list_lr_schedulers())))
+    every = config.run.get("checkpoint_every_iters", None)
+    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 0):
+        raise ConfigError("run.checkpoint_every_iters: %r is not a number of iterations; give a "
+                          "positive integer, or 0/null for checkpoints at epoch ends only" % (every,))
     runner = config.run.get("runner", "runner_base")
     if registry.get_runner_class(runner) is None:
         raise ConfigError("run.runner: unknown runner %r. Registered runners: %s" % (
@@ -103,6 +107,7 @@ def load_config(args):
         # e.g. --options giving a single value where the builder's defaults hold a list
         raise ConfigError("could not build the configuration: %s" % " ".join(str(e).split())) from None
     check_checkpoints(cfg.model_cfg, cfg.run_cfg)
+    check_resume(cfg.run_cfg)
     check_datasets(cfg.datasets_cfg)
     device = str(cfg.run_cfg.get("device", "cuda"))
     if device.startswith("cuda") and not torch.cuda.is_available():

@@ -6,6 +6,7 @@ prints every loss the model returns (``loss`` and its parts ``loss_itc``, ``loss
 """
 import logging
 import numbers
+import re
 
 import torch
 from lavis.common.logger import MetricLogger, SmoothedValue
@@ -18,25 +19,51 @@ from lavis_xformer.datasets.skipping import pop_skipped
 
 
 class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite; the step's update was not applied."""
+    """Training produced NaN or infinite values; the step's update was not applied."""
 
 
-def check_finite(loss, parts, epoch, step, iters_per_epoch):
-    """Raise NonFiniteLossError when ``loss`` is NaN or inf in any process (all processes
-    raise together, so none is left waiting in the gradient all-reduce). One host sync."""
-    bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+_ADVICE = ("this step's update was not applied. Lower run.init_lr, check the data, or switch "
+           "off run.amp, then resume from the last checkpoint with "
+           "run.resume_ckpt_path=<its path or job directory>")
+
+# torch's errors about NaN/inf operands, e.g. torch.multinomial's "probability tensor
+# contains either `inf`, `nan` or element < 0" (ITM's negative mining after a diverged step)
+_NON_FINITE_ERROR = re.compile(r"\b(nan|inf)\b", re.IGNORECASE)
+
+
+def _where(epoch, step, iters_per_epoch):
+    return "epoch %d, iteration %d of %d (global step %d)" % (
+        epoch, step, iters_per_epoch, epoch * iters_per_epoch + step)
+
+
+def grads_finite(parameters):
+    """0-dim bool tensor: every gradient of ``parameters`` is finite (no host sync)."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.tensor(True)
+    norms = torch._foreach_norm(grads)
+    return torch.isfinite(torch.stack([n.float() for n in norms]).sum())
+
+
+def check_finite(loss, grads_ok, parts, epoch, step, iters_per_epoch):
+    """Raise NonFiniteLossError when ``loss`` (or, unless ``grads_ok`` is None, a gradient) is
+    NaN or inf in any process; all processes raise together, none is left waiting in a
+    collective. One host sync per call."""
+    flags = [~torch.isfinite(loss.detach().float())]
+    if grads_ok is not None:
+        flags.append(~grads_ok.to(loss.device))
+    bad = torch.stack([f.reshape(()) for f in flags]).float()
     if compat.dist_ready():
         torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
-    if not bad.item():
+    bad = bad.tolist()
+    if not any(bad):
         return
-    here = "" if torch.isfinite(loss.detach()).all() else " (in this process: %s)" % ", ".join(
-        "%s=%s" % (k, v) for k, v in parts.items())
-    raise NonFiniteLossError(
-        "the training loss is not finite at epoch %d, iteration %d of %d (global step %d)%s; "
-        "this step's update was not applied. Lower run.init_lr, check the data, or switch "
-        "off run.amp, then resume from the last checkpoint with "
-        "run.resume_ckpt_path=<its path or job directory>" % (
-            epoch, step, iters_per_epoch, epoch * iters_per_epoch + step, here))
+    what = "loss" if bad[0] else "gradient"
+    here = ""
+    if not torch.isfinite(loss.detach()).all():
+        here = " (in this process: %s)" % ", ".join("%s=%s" % (k, v) for k, v in parts.items())
+    raise NonFiniteLossError("the training %s is not finite at %s%s; %s" % (
+        what, _where(epoch, step, iters_per_epoch), here, _ADVICE))
 
 
 def loss_parts(output):
@@ -86,9 +113,10 @@ class XFormerPretrainTask(ImageTextPretrainTask):
 
         Additions: the loop starts at iteration ``start_iter`` (a run resumed within the
         epoch) and calls ``after_step(epoch, iterations done)`` at the end of every iteration
-        (the runner's mid-epoch checkpoints); a NaN/inf loss raises NonFiniteLossError before
-        its backward pass (``check_finite_loss``); batches from SkippingCollater have their
-        unreadable samples counted (``skipped_samples`` in the returned stats, summed over
+        (the runner's mid-epoch checkpoints); a NaN/inf loss or gradient (without amp), or a
+        forward pass that fails on NaN/inf values, raises NonFiniteLossError before the update
+        (``check_finite_loss``); batches from SkippingCollater have their unreadable samples
+        counted (``skipped_samples`` in the returned stats, summed over
         processes) and a batch without any readable sample is replaced by the next one."""
         if iters_per_epoch == 0:
             raise ValueError(
@@ -130,17 +158,26 @@ class XFormerPretrainTask(ImageTextPretrainTask):
                             "iters": i})
             lr_scheduler.step(cur_epoch=inner_epoch, cur_step=i)
 
-            with torch.autocast(device_type=device_type, enabled=use_amp):
-                loss, parts = self.forward_step(model=model, samples=samples)
-            if check_finite_loss:
-                check_finite(loss, parts, epoch, i, iters_per_epoch)
+            try:
+                with torch.autocast(device_type=device_type, enabled=use_amp):
+                    loss, parts = self.forward_step(model=model, samples=samples)
+            except RuntimeError as e:
+                if check_finite_loss and _NON_FINITE_ERROR.search(str(e)):
+                    raise NonFiniteLossError("the forward pass met NaN/inf values at %s (%s); %s"
+                                             % (_where(epoch, i, iters_per_epoch), e, _ADVICE)) from e
+                raise
 
             if use_amp:
                 scaler.scale(loss).backward()
             else:
                 loss.backward()
 
-            if (i + 1) % accum_grad_iters == 0:
+            steps = (i + 1) % accum_grad_iters == 0
+            if check_finite_loss:  # before the update; with amp the scaler skips inf gradients
+                grads_ok = grads_finite(model.parameters()) if steps and not use_amp else None
+                check_finite(loss, grads_ok, parts, epoch, i, iters_per_epoch)
+
+            if steps:
                 if use_amp:
                     scaler.step(optimizer)
                     scaler.update()
