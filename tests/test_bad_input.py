@@ -17,7 +17,7 @@ import lavis_xformer  # noqa: F401  (registers builders, models, tasks, runner)
 from lavis_xformer.datasets import easyvqa
 from lavis_xformer.datasets.checks import ConfigError
 from lavis_xformer.datasets.skipping import (
-    SKIPPED_KEY, SkipBadSamples, Skipped, SkippingCollater, pop_skipped)
+    SKIPPED_KEY, SkipBadSamples, SkippingCollater, pop_skipped)
 from lavis_xformer.runners import launch
 from lavis_xformer.tasks.xformer_pretrain import NonFiniteLossError, check_finite, grads_finite
 
@@ -51,7 +51,7 @@ def damaged_root(tmp_path):
     return tmp_path / "data"
 
 
-def test_unreadable_images_become_skipped_markers_with_their_path(damaged_root, caplog):
+def test_unreadable_images_are_replaced_by_the_next_and_recorded(damaged_root, caplog):
     from lavis.processors.blip_processors import BlipCaptionProcessor, BlipImageEvalProcessor
 
     dataset = easyvqa.EasyVQACaptionDataset(BlipImageEvalProcessor(64), BlipCaptionProcessor(),
@@ -64,22 +64,26 @@ def test_unreadable_images_become_skipped_markers_with_their_path(damaged_root, 
         assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # restored
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = False
-    bad = {i: item for i, item in enumerate(items) if isinstance(item, Skipped)}
-    assert sorted(bad) == [TRUNCATED, MISSING]
-    assert bad[TRUNCATED].path == str(damaged_root / "train" / "images" / "3.png")
-    assert "truncated" in bad[TRUNCATED].reason
-    assert "FileNotFoundError" in bad[MISSING].reason
-    assert "skipping unreadable training sample 5, %s" % (damaged_root / "train" / "images" / "5.png") \
+    truncated = str(damaged_root / "train" / "images" / "3.png")
+    missing = str(damaged_root / "train" / "images" / "5.png")
+    assert [item["image_id"] for item in items] == [0, 1, 2, 4, 4, 6, 6, 7]
+    assert [item.get(SKIPPED_KEY) for item in items] == [
+        None, None, None, [truncated], None, [missing], None, None]
+    assert "skipping unreadable training sample 3, %s (OSError: image file is truncated" % truncated \
         in caplog.text
+    assert "skipping unreadable training sample 5, %s (FileNotFoundError" % missing in caplog.text
 
     collate = SkippingCollater(dataset.collater)
-    batch = collate([items[2], items[3]])
-    assert batch["image"].shape == (1, 3, 64, 64) and batch["image_id"].tolist() == [2]
-    assert batch[SKIPPED_KEY] == [bad[TRUNCATED].path]
-    batch, skipped = pop_skipped(collate([items[3], items[5]]))  # no readable sample at all
-    assert batch is None and len(skipped) == 2
-    batch, skipped = pop_skipped(collate([items[0], items[1]]))
-    assert batch["image"].shape[0] == 2 and skipped == []
+    batch = collate([wrapped[2], wrapped[3], wrapped[5]])  # the batch keeps its size
+    assert batch["image"].shape == (3, 3, 64, 64) and batch["image_id"].tolist() == [2, 4, 6]
+    batch, skipped = pop_skipped(batch)
+    assert skipped == [truncated, missing] and SKIPPED_KEY not in batch
+
+    # a broken data set is an error, not an endless skip
+    wrapped.max_tries = 2
+    os.remove(damaged_root / "train" / "images" / "6.png")
+    with pytest.raises(RuntimeError, match="2 training samples in a row from index 5 are unreadable"):
+        wrapped[5]
 
 
 def test_training_skips_counts_and_logs_unreadable_images(damaged_root, tmp_path):
@@ -96,6 +100,7 @@ def test_training_skips_counts_and_logs_unreadable_images(damaged_root, tmp_path
     for i in (TRUNCATED, MISSING):
         assert "skipping unreadable training sample %d, %s" % (
             i, damaged_root / "train" / "images" / ("%d.png" % i)) in output
+    # the run's order (seed 42) draws each damaged image once in its one pass
     assert "epoch 0: skipped 2 unreadable training samples" in output
     assert len([l for l in output.splitlines() if l.startswith("Train: data epoch: [0]  [")]) == 4
     stats = [json.loads(l) for l in (out / "latest" / "log.txt").read_text().splitlines()

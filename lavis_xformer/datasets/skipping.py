@@ -6,12 +6,18 @@ truncated or not images at all. LAVIS 1.0.2 either dies on them in a DataLoader 
 grey (``coco_caption_datasets`` sets PIL's global ``ImageFile.LOAD_TRUNCATED_IMAGES = True``
 on import). Here every training dataset the runner builds is wrapped in ``SkipBadSamples``:
 
-* an item whose loading raises a file or decoding error (``BAD_SAMPLE_ERRORS``) becomes a
-  ``Skipped`` marker, and a warning names its index, path and the error;
+* an item whose loading raises a file or decoding error (``BAD_SAMPLE_ERRORS``) is skipped
+  with a warning naming its index, path and the error, and the next item of the dataset
+  (index + 1, + 2, ...) takes its place. Replacing rather than dropping keeps every batch at
+  its size: under torchrun the ITC/ITM all-gathers need equal batches on every process, and
+  ITM's hard-negative mining needs at least two samples. The replacement is a fixed function
+  of the index, so a resumed run sees the same batches;
 * truncated images count as unreadable: the wrapper loads with ``LOAD_TRUNCATED_IMAGES`` off;
-* ``SkippingCollater`` collates the good items and records the skipped paths under
-  ``batch["skipped_samples"]``; a batch without any good item is ``{"skipped_samples": [...]}``
-  only, and the training loop takes the next batch instead.
+* the replacing item carries the skipped paths under ``SKIPPED_KEY``; ``SkippingCollater``
+  takes them off before collating and lists them under ``batch["skipped_samples"]``, which
+  the training loop counts (and removes);
+* ``SkipBadSamples.max_tries`` (100) unreadable items in a row stop the run with a clear
+  error: that is a broken data set, not a few bad files.
 
 Other errors (a bug in a processor, a wrong annotation key) still stop the run: hiding them
 would hide a broken data set.
@@ -29,18 +35,6 @@ SKIPPED_KEY = "skipped_samples"
 # file missing or unreadable (OSError: FileNotFoundError, PIL.UnidentifiedImageError, "image
 # file is truncated"), PIL's "broken PNG file" (SyntaxError), decompression bombs
 BAD_SAMPLE_ERRORS = (OSError, SyntaxError, Image.DecompressionBombError)
-
-
-class Skipped:
-    """Stands in for an item that could not be loaded."""
-
-    __slots__ = ("index", "path", "reason")
-
-    def __init__(self, index, path, reason):
-        self.index, self.path, self.reason = index, path, reason
-
-    def __repr__(self):
-        return "Skipped(%d, %r, %r)" % (self.index, self.path, self.reason)
 
 
 def sample_path(dataset, index):
@@ -64,8 +58,11 @@ def sample_path(dataset, index):
 
 
 class SkipBadSamples(Dataset):
-    """Map-style dataset wrapper: ``dataset[i]``, or ``Skipped`` when it cannot be read.
-    Other attributes are the wrapped dataset's."""
+    """Map-style dataset wrapper: ``dataset[i]``, or when that cannot be read the first
+    readable item after it (see the module's docstring). Other attributes are the wrapped
+    dataset's."""
+
+    max_tries = 100
 
     def __init__(self, dataset):
         self.dataset = dataset
@@ -78,31 +75,52 @@ class SkipBadSamples(Dataset):
             raise AttributeError(name)
         return getattr(self.dataset, name)
 
-    def __getitem__(self, index):
+    def _load(self, index):
         truncated = ImageFile.LOAD_TRUNCATED_IMAGES
         ImageFile.LOAD_TRUNCATED_IMAGES = False
         try:
             return self.dataset[index]
-        except BAD_SAMPLE_ERRORS as e:
-            path = sample_path(self.dataset, index)
-            reason = "%s: %s" % (type(e).__name__, e)
-            logging.warning("skipping unreadable training sample %d, %s (%s)", index, path, reason)
-            return Skipped(index, path, reason)
         finally:
             ImageFile.LOAD_TRUNCATED_IMAGES = truncated
 
+    def __getitem__(self, index):
+        skipped = []
+        for k in range(min(self.max_tries, len(self.dataset))):
+            j = (index + k) % len(self.dataset)
+            try:
+                item = self._load(j)
+            except BAD_SAMPLE_ERRORS as e:
+                path = sample_path(self.dataset, j)
+                logging.warning("skipping unreadable training sample %d, %s (%s: %s)", j, path,
+                                type(e).__name__, e)
+                skipped.append(path)
+                continue
+            if skipped:
+                if not isinstance(item, dict):
+                    raise TypeError("SkipBadSamples needs items that are dicts (LAVIS's), got %s"
+                                    % type(item).__name__)
+                item = dict(item)
+                item[SKIPPED_KEY] = skipped
+            return item
+        raise RuntimeError(
+            "%d training samples in a row from index %d are unreadable (the last: %s); the data "
+            "set looks broken: check its files and its datasets.<name>.build_info paths" % (
+                len(skipped), index, skipped[-1] if skipped else "?"))
+
 
 class SkippingCollater:
-    """Collate the good items with ``collate_fn`` (default: torch's default_collate) and
-    list the skipped items' paths under ``SKIPPED_KEY``."""
+    """Take the skipped paths off the items, collate them with ``collate_fn`` (default:
+    torch's default_collate) and list the paths under ``SKIPPED_KEY``."""
 
     def __init__(self, collate_fn=None):
         self.collate_fn = collate_fn or default_collate
 
     def __call__(self, samples):
-        good = [s for s in samples if not isinstance(s, Skipped)]
-        skipped = [s.path for s in samples if isinstance(s, Skipped)]
-        batch = self.collate_fn(good) if good else {}
+        skipped = []
+        for sample in samples:
+            if isinstance(sample, dict):
+                skipped.extend(sample.pop(SKIPPED_KEY, []))
+        batch = self.collate_fn(samples) if samples else {}
         if not isinstance(batch, dict):
             raise TypeError("SkippingCollater needs batches that are dicts (LAVIS's), got %s"
                             % type(batch).__name__)
@@ -111,8 +129,8 @@ class SkippingCollater:
 
 
 def pop_skipped(batch):
-    """(batch without the record, list of skipped paths); ``batch`` is None when it held no
-    good item. Batches of other loaders (no record, or not a dict) pass unchanged."""
+    """(batch without the record, list of skipped paths); ``batch`` is None when it holds
+    nothing else. Batches of other loaders (no record, or not a dict) pass unchanged."""
     if not isinstance(batch, dict):
         return batch, []
     skipped = batch.pop(SKIPPED_KEY, [])
