@@ -107,3 +107,4 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
     assert step_one.abs().max() > LR / 2  # the weights did move (Adam's first step ~ lr)
     assert (step_one - step_two).abs().max() < LR / 10
     assert torch.nn.functional.cosine_similarity(step_one, step_two, dim=0) > 1 - 1e-6
+

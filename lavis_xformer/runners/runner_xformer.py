@@ -451,6 +451,7 @@ class RunnerXFormer(RunnerBase):
             self.start_epoch, self._start_iter = epoch + 1, 0
 
         data = checkpoint.get("data") or []
+        self.train_loader  # noqa: B018  (builds the train loaders, filling _resumable_loaders)
         loaders = getattr(self, "_resumable_loaders", [])
         if data and len(data) == len(loaders):
             for loader, state in zip(loaders, data):
