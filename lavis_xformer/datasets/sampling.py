@@ -139,3 +139,9 @@ class ResumableIterLoader:
         self.sampler.set_epoch(self.pass_index)
         self.sampler.skip_next(self.batches_taken * self.batch_size)
         self._iterator = iter(self._dataloader)
+
+    def start_fresh_pass(self, pass_index: int):
+        """Make the next batch the first of pass ``pass_index`` (a resume whose data changed)."""
+        self.pass_index = int(pass_index)
+        self.batches_taken = 0
+        self._iterator = None

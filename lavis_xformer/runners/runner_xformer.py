@@ -458,7 +458,12 @@ class RunnerXFormer(RunnerBase):
                 try:
                     loader.load_state_dict(state)
                 except ValueError as e:
-                    raise RuntimeError("%s: %s" % (path, e)) from None
+                    if self._start_iter:  # within an epoch the position must be exact
+                        raise RuntimeError("%s: %s" % (path, e)) from None
+                    # at an epoch's end (LAVIS's resume) other data may follow: a fresh pass
+                    logging.warning("%s: the data changed since this checkpoint (%s); the "
+                                    "next epoch starts a fresh pass", path, e)
+                    loader.start_fresh_pass(int(state["pass"]) + 1)
         elif data:
             logging.warning("checkpoint %s: its data position does not fit this run's train "
                             "loaders; the data order restarts", path)
