@@ -202,7 +202,7 @@ class RunnerXFormer(RunnerBase):
             # additions (LAVIS reads none of them)
             "iters_done": iters_per_epoch if iters_done is None else iters_done,
             "iters_per_epoch": iters_per_epoch,
-            "data": [loader.state_dict() for loader in self._resumable_loaders],
+            "data": [loader.state_dict() for loader in getattr(self, "_resumable_loaders", [])],
             "rng": getattr(self, "_rng_states", None),
             "lr_sched": (self.lr_scheduler.state_dict()
                          if hasattr(self.lr_scheduler, "state_dict") else None),
