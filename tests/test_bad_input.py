@@ -179,3 +179,26 @@ def test_diverging_run_stops_naming_the_step_and_keeps_the_last_checkpoint(tmp_p
     state = torch.load(last, map_location="cpu")
     assert state["iters_done"] == 2
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_infinite_loss_stops_every_process_at_the_same_step(tmp_path):
+    """An infinite loss weight (model.loss_weights.lm: .inf) under torchrun: the check is
+    all-reduced, so the processes stop together at iteration 0 with exit status 3 (in the
+    runs seen here both did before torchrun tore the group down)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "lavis.train", "--cfg-path", str(TINY), "--options",
+         "run.output_dir=%s" % (tmp_path / "out"), "datasets.easyvqa_caption.build_info.splits=[train]",
+         "datasets.easyvqa_caption.build_info.max_images=8", "run.batch_size_train=2",
+         "run.max_epoch=1", "model.loss_weights.lm=.inf"],
+        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert ("error: the training loss is not finite at epoch 0, iteration 0 of 2 (global step 0) "
+            "(in this process: loss=inf") in output
+    assert "Last complete checkpoint: none written by this run" in output
+    # the clean exit (3) of each process; torchrun may end the slower one first (SIGTERM)
+    codes = [line.split(":")[1].split()[0] for line in output.splitlines()
+             if line.strip().startswith("exitcode  :")]
+    assert "3" in codes and set(codes) <= {"3", "-15"}, output[-4000:]
+    assert not (tmp_path / "out" / "latest").exists()
