@@ -153,6 +153,16 @@ def barrier():
 # all-reduce tensor with device="cuda", so BaseTask's end-of-epoch statistics crash under a
 # gloo (CPU) process group. This version reduces on the device the backend needs.
 
+def all_reduce_sum(value: int) -> int:
+    """Sum of an integer over all processes (itself without a process group)."""
+    if not dist_ready():
+        return int(value)
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([int(value)], dtype=torch.int64, device=device)
+    dist.all_reduce(t)
+    return int(t.item())
+
+
 def synchronize_metric_logger(metric_logger):
     if not dist_ready():
         return

@@ -158,3 +158,19 @@ def check_checkpoints(model_cfg, run_cfg):
         message += "; %s or point model.%s at its checkpoint (--options model.%s=/path/to/" \
                    "checkpoint.pth)" % (how, key, key)
         raise ConfigError(message)
+
+
+def check_resume(run_cfg):
+    """Raise ConfigError when ``run.resume_ckpt_path`` names a local file or job directory
+    that holds no checkpoint (LAVIS finds out only after building everything)."""
+    value = run_cfg.get("resume_ckpt_path", None)
+    if not value or run_cfg.get("evaluate", False) or _is_remote(str(value)):
+        return
+    from lavis_xformer.runners.checkpoints import resolve_resume_path
+
+    try:
+        resolve_resume_path(os.path.abspath(os.path.expanduser(str(value))))
+    except FileNotFoundError as e:
+        raise ConfigError("%s; a run's job directory (or its output_dir's `latest` link) "
+                          "resumes from its newest checkpoint" % e) from None
+

@@ -17,7 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from lavis_xformer import compat
 from lavis_xformer.datasets.checks import (
-    ConfigError, check_checkpoints, check_dataset_names, check_datasets)
+    ConfigError, check_checkpoints, check_dataset_names, check_datasets, check_resume)
 
 
 def parse_args(argv=None, description="LAVIS run"):
@@ -81,6 +81,10 @@ def _pre_check(config, path):
     if not config.run.get("evaluate", False) and registry.get_lr_scheduler_class(lr_sched) is None:
         raise ConfigError("run.lr_sched: unknown schedule %r. Registered schedules: %s" % (
             lr_sched, ", ".join(registry.list_lr_schedulers())))
+    every = config.run.get("checkpoint_every_iters", None)
+    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 0):
+        raise ConfigError("run.checkpoint_every_iters: %r is not a number of iterations; give a "
+                          "positive integer, or 0/null for checkpoints at epoch ends only" % (every,))
     runner = config.run.get("runner", "runner_base")
     if registry.get_runner_class(runner) is None:
         raise ConfigError("run.runner: unknown runner %r. Registered runners: %s" % (
@@ -104,6 +108,7 @@ def load_config(args):
         raise ConfigError("could not build the configuration: %s" % " ".join(str(e).split())) from None
     compat.apply_model_type_option(cfg, options)  # --options model.model_type=... (LAVIS defect)
     check_checkpoints(cfg.model_cfg, cfg.run_cfg)
+    check_resume(cfg.run_cfg)
     check_datasets(cfg.datasets_cfg)
     device = str(cfg.run_cfg.get("device", "cuda"))
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -158,7 +163,8 @@ def finish():
 
 def run_main(body, argv, description):
     """Parse, load and check the config, then hand over to body(cfg, job_id). A ConfigError
-    ends the process with its message and exit status 2, without a traceback."""
+    ends the process with its message and exit status 2, a NaN/inf training loss
+    (NonFiniteLossError) with its message and exit status 3, both without a traceback."""
     from lavis.common.utils import now
 
     # progress lines should show up at once, also when stdout is a pipe or a file
@@ -172,6 +178,15 @@ def run_main(body, argv, description):
         print("error: %s" % e, file=sys.stderr)
         raise SystemExit(2)
     job_id = init_distributed(cfg, job_id)
-    result = body(cfg, job_id)
+    from lavis_xformer.tasks.xformer_pretrain import NonFiniteLossError
+
+    try:
+        result = body(cfg, job_id)
+    except NonFiniteLossError as e:
+        # every process raises it at the same step (the check is all-reduced): end cleanly
+        print("error: %s" % e, file=sys.stderr, flush=True)
+        if compat.dist_ready():
+            torch.distributed.destroy_process_group()
+        raise SystemExit(3)
     finish()
     return result

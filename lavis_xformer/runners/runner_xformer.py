@@ -7,6 +7,22 @@ trainable weights), is LAVIS's own. One addition: ``<output_dir>/latest`` always
 newest job directory that holds a checkpoint (or, for an evaluation-only run, its results), so
 that a later stage's project file can name an earlier stage's output
 (``pretrained: output/xformer/stage1/latest/checkpoint_8.pth``).
+
+Robustness (a run of days on many GPUs must survive kills and bad data):
+
+* every checkpoint is written atomically (runners/checkpoints.py) and, besides LAVIS's
+  trainable weights, optimizer, scaler and epoch, holds the iterations done in its epoch, the
+  training data position and every process's random state; ``checkpoint_latest.pth`` in the
+  job directory names the newest complete one;
+* ``run.checkpoint_every_iters: N`` also saves every N iterations within an epoch
+  (``checkpoint_<epoch>_iter<n>.pth``; only the newest such file is kept), and
+  ``run.resume_ckpt_path`` (a file, or a job directory / ``latest`` link) continues from
+  there with the same batches and random draws as a run that was never stopped;
+* the training data order comes from ``run.seed`` and the pass number
+  (datasets/sampling.py), the same in one process and under torchrun;
+* unreadable training samples are skipped, logged and counted (datasets/skipping.py);
+* a NaN or infinite loss stops the run (all processes) before its update is applied,
+  naming the step and the last complete checkpoint (``run.check_finite_loss``, default on).
 """
 import datetime
 import inspect
@@ -21,13 +37,17 @@ import lavis.common.optims  # noqa: F401  (registers LAVIS's lr schedulers; `imp
 from lavis.common.dist_utils import download_cached_file, get_rank, get_world_size, is_main_process
 from lavis.common.registry import registry
 from lavis.common.utils import is_url
-from lavis.datasets.datasets.dataloader_utils import IterLoader, MultiIterLoader, PrefetchLoader
+from lavis.datasets.datasets.dataloader_utils import MultiIterLoader, PrefetchLoader
 from lavis.runners.runner_base import RunnerBase
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler
 from torch.utils.data.dataset import ChainDataset
 
 from lavis_xformer import compat
+from lavis_xformer.datasets.sampling import ResumableIterLoader, ResumableSampler
+from lavis_xformer.datasets.skipping import SkipBadSamples, SkippingCollater
+from lavis_xformer.runners import checkpoints
+from lavis_xformer.tasks.xformer_pretrain import NonFiniteLossError
 
 
 LATEST = "latest"
@@ -146,12 +166,84 @@ class RunnerXFormer(RunnerBase):
         self.result_dir = result_dir
         self.output_dir = output_dir
 
-    # Addition: after a checkpoint is written (LAVIS saves on the main process only), point
-    # `<output_dir>/latest` at this job's directory; see point_latest for why.
-    def _save_checkpoint(self, cur_epoch, is_best=False):
-        super()._save_checkpoint(cur_epoch, is_best=is_best)
-        if is_main_process():
-            point_latest(self.output_dir)
+    # --------------------------------------------------------------- checkpoints
+
+    @property
+    def checkpoint_every_iters(self):
+        every = self.config.run_cfg.get("checkpoint_every_iters", None)
+        if every in (None, 0, False):
+            return 0
+        if int(every) < 0:
+            raise ValueError("run.checkpoint_every_iters must be a positive number of "
+                             "iterations, or null/0 for none (got %s)" % every)
+        return int(every)
+
+    def _snapshot_rng(self):
+        """Every process's random state, gathered (all processes must call this)."""
+        state = checkpoints.rng_state()
+        if compat.dist_ready():
+            states = [None] * get_world_size()
+            torch.distributed.all_gather_object(states, state)
+            self._rng_states = states
+        else:
+            self._rng_states = [state]
+
+    def _checkpoint_state(self, cur_epoch, iters_done):
+        model_no_ddp = self.unwrap_dist_model(self.model)
+        frozen = {k for k, v in model_no_ddp.named_parameters() if not v.requires_grad}
+        state_dict = {k: v for k, v in model_no_ddp.state_dict().items() if k not in frozen}
+        iters_per_epoch = len(self.train_loader)
+        return {
+            "model": state_dict,
+            "optimizer": self.optimizer.state_dict(),
+            "config": self.config.to_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "epoch": cur_epoch,
+            # additions (LAVIS reads none of them)
+            "iters_done": iters_per_epoch if iters_done is None else iters_done,
+            "iters_per_epoch": iters_per_epoch,
+            "data": [loader.state_dict() for loader in getattr(self, "_resumable_loaders", [])],
+            "rng": getattr(self, "_rng_states", None),
+            "lr_sched": (self.lr_scheduler.state_dict()
+                         if hasattr(self.lr_scheduler, "state_dict") else None),
+        }
+
+    # Replaces RunnerBase._save_checkpoint (same file names and content, only trainable weights)
+    # with: an atomic write (a kill while saving never leaves a corrupt checkpoint), the state
+    # needed to resume within an epoch, `checkpoint_latest.pth` naming the newest complete
+    # checkpoint, and `<output_dir>/latest` pointing at this job's directory (see point_latest).
+    # Called by every process; only the main one writes (as LAVIS's @main_process).
+    def _save_checkpoint(self, cur_epoch, is_best=False, iters_done=None):
+        if not is_main_process():
+            return None
+        if is_best:
+            name = "checkpoint_best.pth"
+        elif iters_done is not None:
+            name = "checkpoint_%d_iter%d.pth" % (cur_epoch, iters_done)
+        else:
+            name = "checkpoint_%d.pth" % cur_epoch
+        save_to = os.path.join(str(self.output_dir), name)
+        logging.info("Saving checkpoint at epoch %s%s to %s.", cur_epoch,
+                     "" if iters_done is None else ", iteration %d" % iters_done, save_to)
+        checkpoints.atomic_save(self._checkpoint_state(cur_epoch, iters_done), save_to)
+        checkpoints.point_link(save_to, os.path.join(str(self.output_dir),
+                                                     checkpoints.CHECKPOINT_LATEST))
+        previous = getattr(self, "_mid_epoch_checkpoint", None)
+        if previous and previous != save_to and os.path.isfile(previous):
+            os.remove(previous)  # keep only the newest mid-epoch checkpoint
+        self._mid_epoch_checkpoint = save_to if iters_done is not None else None
+        self._last_checkpoint = save_to
+        point_latest(self.output_dir)
+        logging.info("Saved checkpoint %s", save_to)  # all done: a kill from here on loses nothing
+        return save_to
+
+    def _after_step(self, epoch, iters_done):
+        """Called by the task after every iteration: a mid-epoch checkpoint every
+        run.checkpoint_every_iters iterations (the epoch's end has its own)."""
+        every = self.checkpoint_every_iters
+        if every and iters_done % every == 0 and iters_done < len(self.train_loader):
+            self._snapshot_rng()
+            self._save_checkpoint(epoch, iters_done=iters_done)
 
     # Addition: an evaluation-only run writes no checkpoint; point `latest` at its directory
     # once its results are written, so `<output_dir>/latest/result/` holds the newest results.
@@ -184,6 +276,8 @@ class RunnerXFormer(RunnerBase):
             # webdataset pipelines bring their own sampling and collation
             return iter(DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
                                    pin_memory=pin_memory))
+        if is_train:
+            return self._create_train_loader(dataset, num_workers, batch_size, collate_fn)
         sampler = None
         if self.use_distributed and (is_train or self.use_dist_eval_sampler):
             sampler = DistributedSampler(dataset, shuffle=is_train,
@@ -200,8 +294,36 @@ class RunnerXFormer(RunnerBase):
         )
         if self.cuda_enabled:
             loader = PrefetchLoader(loader)
-        if is_train:
-            loader = IterLoader(loader, use_distributed=self.use_distributed)
+        return loader
+
+    # Replaces LAVIS's train loader (IterLoader over a shuffling DataLoader or a
+    # DistributedSampler): the order is a function of run.seed and the pass, a checkpoint can
+    # record the position and a resumed run continue from it without loading the skipped
+    # batches (datasets/sampling.py); unreadable samples are skipped and counted
+    # (datasets/skipping.py).
+    def _create_train_loader(self, dataset, num_workers, batch_size, collate_fn):
+        seed = int(self.config.run_cfg.get("seed", 42))
+        sampler = ResumableSampler(len(dataset), seed=seed, shuffle=True,
+                                   num_replicas=get_world_size() if self.use_distributed else 1,
+                                   rank=get_rank() if self.use_distributed else 0)
+        generator = torch.Generator()  # worker seeds; leaves the global generator alone
+        generator.manual_seed(seed + (get_rank() if self.use_distributed else 0))
+        loader = DataLoader(
+            SkipBadSamples(dataset),
+            batch_size=batch_size,
+            num_workers=num_workers,
+            pin_memory=self.cuda_enabled,
+            sampler=sampler,
+            collate_fn=SkippingCollater(collate_fn),
+            drop_last=True,
+            generator=generator,
+        )
+        if self.cuda_enabled:
+            loader = PrefetchLoader(loader)
+        loader = ResumableIterLoader(loader, sampler, batch_size)
+        if not hasattr(self, "_resumable_loaders"):
+            self._resumable_loaders = []
+        self._resumable_loaders.append(loader)
         return loader
 
     # Defect: RunnerBase.train calls dist.barrier() after every epoch, which fails without a
@@ -217,6 +339,9 @@ class RunnerXFormer(RunnerBase):
             self._load_checkpoint(self.resume_ckpt_path)
 
         last_epoch = max(self.start_epoch, 1) - 1
+        if self.start_epoch >= self.max_epoch and not self.evaluate_only:
+            logging.warning("the resumed checkpoint has finished all %d epochs (run.max_epoch)",
+                            self.max_epoch)
         for cur_epoch in range(self.start_epoch, self.max_epoch):
             last_epoch = cur_epoch
             if not self.evaluate_only:
@@ -241,6 +366,32 @@ class RunnerXFormer(RunnerBase):
         total = str(datetime.timedelta(seconds=int(time.time() - start_time)))
         logging.info("Training time {}".format(total))
 
+    # Replaces RunnerBase.train_epoch: tasks that take them get the iteration to start at (a run
+    # resumed within an epoch), the mid-epoch checkpoint hook and the NaN/inf guard.
+    def train_epoch(self, epoch):
+        self.model.train()
+        kwargs = dict(epoch=epoch, model=self.model, data_loader=self.train_loader,
+                      optimizer=self.optimizer, scaler=self.scaler,
+                      lr_scheduler=self.lr_scheduler, cuda_enabled=self.cuda_enabled,
+                      log_freq=self.log_freq, accum_grad_iters=self.accum_grad_iters)
+        start_iter, self._start_iter = getattr(self, "_start_iter", 0), 0
+        if "after_step" in inspect.signature(self.task.train_epoch).parameters:
+            kwargs.update(start_iter=start_iter, after_step=self._after_step,
+                          check_finite_loss=bool(self.config.run_cfg.get("check_finite_loss", True)))
+        elif start_iter or self.checkpoint_every_iters:
+            raise ValueError("task %s cannot resume within an epoch or save mid-epoch "
+                             "checkpoints (its train_epoch takes no start_iter/after_step); "
+                             "use run.task=xformer_pretrain or drop run.checkpoint_every_iters"
+                             % type(self.task).__name__)
+        try:
+            stats = self.task.train_epoch(**kwargs)
+        except NonFiniteLossError as e:
+            last = getattr(self, "_last_checkpoint", None)
+            raise NonFiniteLossError("%s. Last complete checkpoint: %s" % (
+                e, last or "none written by this run (see run.checkpoint_every_iters)")) from None
+        self._snapshot_rng()  # for the end-of-epoch checkpoint
+        return stats
+
     def _validate(self, split_name, cur_epoch):
         logging.info("Evaluating on {}.".format(split_name))
         val_log = self.eval_epoch(split_name=split_name, cur_epoch=cur_epoch)
@@ -257,13 +408,17 @@ class RunnerXFormer(RunnerBase):
     # _save_checkpoint leaves out frozen weights, so resuming any model with frozen parts
     # (BLIP-2 style) fails. Here the frozen parameters may be missing (they are rebuilt from
     # the model config); any other missing or unexpected key is still an error.
+    # Addition: run.resume_ckpt_path may name a job directory (its checkpoint_latest.pth); a
+    # checkpoint written within an epoch resumes at its iteration, with the data position and
+    # random states it recorded.
     def _load_checkpoint(self, url_or_filename):
         if is_url(url_or_filename):
             path = download_cached_file(url_or_filename, check_hash=False, progress=True)
-        elif os.path.isfile(url_or_filename):
-            path = url_or_filename
         else:
-            raise RuntimeError("run.resume_ckpt_path: no checkpoint at %s" % url_or_filename)
+            try:
+                path = checkpoints.resolve_resume_path(url_or_filename)
+            except FileNotFoundError as e:
+                raise RuntimeError(str(e)) from None
         checkpoint = torch.load(path, map_location=self.device)
 
         model = self.unwrap_dist_model(self.model)
@@ -278,6 +433,48 @@ class RunnerXFormer(RunnerBase):
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         if self.scaler and checkpoint.get("scaler"):
             self.scaler.load_state_dict(checkpoint["scaler"])
-        self.start_epoch = checkpoint["epoch"] + 1
-        logging.info("Resume checkpoint from {} (epoch {} done)".format(
-            url_or_filename, checkpoint["epoch"]))
+        if checkpoint.get("lr_sched") and hasattr(self.lr_scheduler, "load_state_dict"):
+            self.lr_scheduler.load_state_dict(checkpoint["lr_sched"])
+
+        epoch = int(checkpoint["epoch"])
+        iters_done = checkpoint.get("iters_done", None)
+        total = checkpoint.get("iters_per_epoch", None)
+        if iters_done is not None and total is not None and iters_done < total:
+            if total != len(self.train_loader):
+                raise RuntimeError(
+                    "checkpoint %s was written at iteration %d of %d in epoch %d, but this run "
+                    "has %d iterations per epoch: resume with the same data, "
+                    "run.batch_size_train and number of processes" % (
+                        path, iters_done, total, epoch, len(self.train_loader)))
+            self.start_epoch, self._start_iter = epoch, int(iters_done)
+        else:
+            self.start_epoch, self._start_iter = epoch + 1, 0
+
+        data = checkpoint.get("data") or []
+        self.train_loader  # noqa: B018  (builds the train loaders, filling _resumable_loaders)
+        loaders = getattr(self, "_resumable_loaders", [])
+        if data and len(data) == len(loaders):
+            for loader, state in zip(loaders, data):
+                try:
+                    loader.load_state_dict(state)
+                except ValueError as e:
+                    if self._start_iter:  # within an epoch the position must be exact
+                        raise RuntimeError("%s: %s" % (path, e)) from None
+                    # at an epoch's end (LAVIS's resume) other data may follow: a fresh pass
+                    logging.warning("%s: the data changed since this checkpoint (%s); the "
+                                    "next epoch starts a fresh pass", path, e)
+                    loader.start_fresh_pass(int(state["pass"]) + 1)
+        elif data:
+            logging.warning("checkpoint %s: its data position does not fit this run's train "
+                            "loaders; the data order restarts", path)
+        rng = checkpoint.get("rng")
+        if rng and len(rng) == get_world_size():
+            checkpoints.set_rng_state(rng[get_rank()])
+        elif rng:
+            logging.warning("checkpoint %s holds random states of %d processes, this run has "
+                            "%d: random draws differ from the interrupted run", path, len(rng),
+                            get_world_size())
+        self._last_checkpoint = path
+        logging.info("Resume checkpoint from %s (epoch %d, %s)", path, epoch,
+                     "iteration %d of %d" % (iters_done, total)
+                     if self._start_iter else "epoch done")

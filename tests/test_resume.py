@@ -1,0 +1,224 @@
+"""Resume: the data position and random states a checkpoint records, atomic checkpoint
+writes, and a tiny stage-1 run that is SIGKILLed mid-epoch and resumed ending with exactly
+the weights of a run that was never stopped."""
+import glob
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from lavis_xformer.datasets.sampling import ResumableIterLoader, ResumableSampler, pass_order
+from lavis_xformer.runners import checkpoints
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "projects" / "xformer" / "tiny" / "stage1.yaml"
+
+
+def _loader(n, batch_size, seed=3, replicas=1, rank=0):
+    sampler = ResumableSampler(n, seed=seed, num_replicas=replicas, rank=rank)
+    dataloader = DataLoader(list(range(n)), batch_size=batch_size, sampler=sampler, drop_last=True)
+    return ResumableIterLoader(dataloader, sampler, batch_size)
+
+
+# --- data order ----------------------------------------------------------------------------
+
+def test_pass_order_depends_on_seed_and_pass_only():
+    assert pass_order(10, 1, 0) == pass_order(10, 1, 0)
+    assert sorted(pass_order(10, 1, 0)) == list(range(10))
+    assert pass_order(10, 1, 0) != pass_order(10, 1, 1)
+    assert pass_order(10, 1, 1) == pass_order(10, 2, 0)  # seed + pass, as DistributedSampler
+    assert pass_order(5, 1, 0, shuffle=False) == [0, 1, 2, 3, 4]
+
+
+def test_two_processes_see_the_global_batches_of_one_process():
+    n, global_batch = 24, 4
+    one = _loader(n, global_batch)
+    ranks = [_loader(n, global_batch // 2, replicas=2, rank=r) for r in range(2)]
+    for _ in range(2 * n // global_batch):  # two passes
+        expected = sorted(next(one).tolist())
+        got = sorted(next(ranks[0]).tolist() + next(ranks[1]).tolist())
+        assert got == expected
+
+
+def test_sampler_pads_like_distributed_sampler():
+    shares = [list(ResumableSampler(5, seed=0, num_replicas=2, rank=r)) for r in range(2)]
+    assert [len(s) for s in shares] == [3, 3]
+    assert set(shares[0] + shares[1]) == set(range(5))  # one index repeated as padding
+
+
+def test_loader_state_round_trip_continues_with_the_same_batches():
+    n, batch = 10, 3  # 3 batches per pass (drop_last), 1 item left out
+    reference = _loader(n, batch)
+    batches = [next(reference).tolist() for _ in range(8)]  # crosses two pass boundaries
+    for k in range(8):
+        run = _loader(n, batch)
+        for _ in range(k):
+            next(run)
+        state = run.state_dict()
+        resumed = _loader(n, batch)
+        resumed.load_state_dict(state)
+        assert [next(resumed).tolist() for _ in range(8 - k)] == batches[k:], k
+        assert resumed.state_dict() == reference.state_dict()
+
+
+def test_resuming_does_not_load_the_consumed_batches():
+    loaded = []
+
+    class Recording(list):
+        def __getitem__(self, i):
+            loaded.append(i)
+            return i
+
+    sampler = ResumableSampler(12, seed=0)
+    loader = ResumableIterLoader(DataLoader(Recording(range(12)), batch_size=2, sampler=sampler),
+                                 sampler, 2)
+    loader.load_state_dict({"pass": 0, "batches": 4})
+    batch = next(loader).tolist()
+    assert loaded == batch == pass_order(12, 0, 0)[8:10]
+
+
+def test_changed_batch_size_is_refused_with_what_changed():
+    state = _loader(10, 2).state_dict()
+    with pytest.raises(ValueError, match=r"batch_size changed \(batch_size 2 -> 5\)"):
+        _loader(10, 5).load_state_dict(state)
+
+
+# --- atomic checkpoint files ---------------------------------------------------------------
+
+def test_a_failing_save_leaves_the_previous_checkpoint_and_latest_intact(tmp_path):
+    first = checkpoints.atomic_save({"step": torch.tensor(1)}, tmp_path / "checkpoint_0_iter2.pth")
+    checkpoints.point_link(first, tmp_path / checkpoints.CHECKPOINT_LATEST)
+
+    def dies_half_way(obj, f):  # a kill or a full disk in the middle of torch.save
+        f.write(b"PK\x03\x04 half a zip")
+        raise OSError("No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        checkpoints.atomic_save({"step": torch.tensor(2)}, tmp_path / "checkpoint_0_iter4.pth",
+                                save=dies_half_way)
+    with pytest.raises(OSError, match="No space left"):  # overwriting an existing file
+        checkpoints.atomic_save({"step": torch.tensor(2)}, first, save=dies_half_way)
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint_0_iter2.pth", "checkpoint_latest.pth"]
+    latest = checkpoints.resolve_resume_path(tmp_path)
+    assert latest == os.path.realpath(first)
+    assert torch.load(latest)["step"] == 1
+
+
+def test_latest_link_is_relative_and_replaced(tmp_path):
+    for i in (2, 4):
+        path = checkpoints.atomic_save({"i": i}, tmp_path / ("checkpoint_0_iter%d.pth" % i))
+        checkpoints.point_link(path, tmp_path / checkpoints.CHECKPOINT_LATEST)
+    assert os.readlink(tmp_path / checkpoints.CHECKPOINT_LATEST) == "checkpoint_0_iter4.pth"
+    assert torch.load(tmp_path / checkpoints.CHECKPOINT_LATEST)["i"] == 4
+
+
+def test_resume_path_errors_say_what_is_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint at .*nope.pth"):
+        checkpoints.resolve_resume_path(tmp_path / "nope.pth")
+    with pytest.raises(FileNotFoundError, match="directory without checkpoint_latest.pth"):
+        checkpoints.resolve_resume_path(tmp_path)
+
+
+def test_rng_state_round_trip_and_weights_only_load(tmp_path):
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(0)
+    state = checkpoints.rng_state()
+    expected = (random.random(), np.random.rand(), torch.rand(3))
+    torch.save({"rng": state}, tmp_path / "c.pth")
+    loaded = torch.load(tmp_path / "c.pth", weights_only=True)["rng"]  # torch's default load
+    checkpoints.set_rng_state(loaded)
+    got = (random.random(), np.random.rand(), torch.rand(3))
+    assert got[0] == expected[0] and got[1] == expected[1] and torch.equal(got[2], expected[2])
+
+
+# --- killed and resumed: the same weights as an uninterrupted run ---------------------------
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p])
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def _options(output_dir):
+    # 8 images, batch 2: 4 iterations; mid-epoch checkpoints every 2. Training augmentation,
+    # MAE masks, ITM negatives and dropout all draw random numbers.
+    return ["run.output_dir=%s" % output_dir, "datasets.easyvqa_caption.build_info.max_images=8",
+            "datasets.easyvqa_caption.build_info.splits=[train]", "run.batch_size_train=2",
+            "run.log_freq=1", "run.max_epoch=1", "run.checkpoint_every_iters=2"]
+
+
+def _trainable(path):
+    return torch.load(path, map_location="cpu")["model"]
+
+
+@pytest.fixture
+def one_thread():
+    """In-process runs on one thread, as the subprocesses (OMP_NUM_THREADS=1): the machine's
+    cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_killed_mid_epoch_run_resumes_to_the_same_weights(tmp_path, one_thread):
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "lavis.train", "--cfg-path", str(TINY), "--options",
+           *_options(killed)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        for line in proc.stdout:  # SIGKILL as soon as the first mid-epoch checkpoint is complete
+            lines.append(line)
+            if "Saved checkpoint" in line and "checkpoint_0_iter2.pth" in line:
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "".join(lines)[-4000:]
+    job = os.path.realpath(killed / "latest")
+    latest = checkpoints.resolve_resume_path(job)
+    assert os.path.basename(latest) == "checkpoint_0_iter2.pth", os.listdir(job)
+    state = torch.load(latest, map_location="cpu")
+    assert (state["epoch"], state["iters_done"], state["iters_per_epoch"]) == (0, 2, 4)
+    assert state["data"] == [{"pass": 0, "batches": 2, "batch_size": 2, "num_items": 8,
+                              "num_replicas": 1, "seed": 42}]
+    assert not glob.glob(os.path.join(job, "checkpoint_0.pth"))
+
+    from lavis_xformer import train
+
+    # resumed from the killed run's output folder (its `latest` job, checkpoint_latest.pth)
+    resumed = tmp_path / "resumed"
+    train.main(["--cfg-path", str(TINY), "--options", *_options(resumed),
+                "run.resume_ckpt_path=%s" % (killed / "latest")])
+    resumed_job = os.path.realpath(resumed / "latest")
+    assert sorted(f for f in os.listdir(resumed_job) if f.endswith(".pth")) == [
+        "checkpoint_0.pth", "checkpoint_latest.pth"]
+
+    uninterrupted = tmp_path / "uninterrupted"
+    train.main(["--cfg-path", str(TINY), "--options", *_options(uninterrupted)])
+    job = os.path.realpath(uninterrupted / "latest")
+    # the mid-epoch checkpoint is removed once the epoch's own is complete
+    assert sorted(f for f in os.listdir(job) if f.endswith(".pth")) == [
+        "checkpoint_0.pth", "checkpoint_latest.pth"]
+    assert os.readlink(os.path.join(job, "checkpoint_latest.pth")) == "checkpoint_0.pth"
+
+    want = _trainable(os.path.join(job, "checkpoint_0.pth"))
+    got = _trainable(os.path.join(resumed_job, "checkpoint_0.pth"))
+    assert set(want) == set(got)
+    different = [k for k in want if not torch.equal(want[k], got[k])]
+    assert not different, different[:5]
+    # and the run did train: the weights moved away from the killed run's iteration 2
+    at_kill = state["model"]
+    assert any(not torch.equal(at_kill[k], want[k]) for k in want)
