@@ -159,3 +159,19 @@ def test_bench_runs_both_models_side_by_side_and_writes_json(tmp_path):
                                           "mae_decoder + loss (fwd+bwd)", "xformer_block (fwd+bwd)",
                                           "qformer query pass (fwd+bwd)", "llm lm loss (fwd+bwd)"}
     assert "stage 1 training step" in result.stdout and "x" in result.stdout
+
+
+def test_loss_parts_reach_the_host_in_one_copy_with_the_nan_flags():
+    """The training loop logs every loss part without an .item() per part: the parts stay
+    device tensors until one joint copy, which also carries the NaN/inf flags."""
+    from lavis_xformer.tasks.xformer_pretrain import check_finite, loss_parts, to_host
+
+    output = {"loss": torch.tensor(3.5, requires_grad=True) * 1, "loss_itc": torch.tensor(1.25),
+              "loss_rec": 0.5, "logits": torch.ones(2, 2), "sims": torch.tensor(9.0)}
+    parts = loss_parts(output)
+    assert set(parts) == {"loss", "loss_itc", "loss_rec"}
+    assert all(torch.is_tensor(parts[k]) and not parts[k].requires_grad for k in ("loss", "loss_itc"))
+    values, flags = to_host(parts, torch.tensor([0.0, 1.0]))
+    assert values == {"loss": 3.5, "loss_itc": 1.25, "loss_rec": 0.5} and flags == [0.0, 1.0]
+    assert to_host(parts) == (values, [])
+    assert check_finite(output["loss"], torch.tensor(True), parts, 0, 0, 1) == values

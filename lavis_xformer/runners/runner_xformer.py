@@ -317,6 +317,8 @@ class RunnerXFormer(RunnerBase):
             collate_fn=SkippingCollater(collate_fn),
             drop_last=True,
             generator=generator,
+            # workers live across passes: no re-spawn (and dataset re-pickling) every epoch
+            persistent_workers=num_workers > 0,
         )
         if self.cuda_enabled:
             loader = PrefetchLoader(loader)

@@ -45,19 +45,26 @@ def grads_finite(parameters):
     return torch.isfinite(torch.stack([n.float() for n in norms]).sum())
 
 
-def check_finite(loss, grads_ok, parts, epoch, step, iters_per_epoch):
-    """Raise NonFiniteLossError when ``loss`` (or, unless ``grads_ok`` is None, a gradient) is
-    NaN or inf in any process; all processes raise together, none is left waiting in a
-    collective. One host sync per call."""
+def nonfinite_flags(loss, grads_ok):
+    """(k,) float tensor on the loss's device, 1 where the loss (and, unless ``grads_ok`` is
+    None, the gradients) is NaN/inf in any process; all-reduced so that every process stops
+    at the same step and none is left waiting in a collective. No host sync."""
     flags = [~torch.isfinite(loss.detach().float())]
     if grads_ok is not None:
         flags.append(~grads_ok.to(loss.device))
     bad = torch.stack([f.reshape(()) for f in flags]).float()
     if compat.dist_ready():
         torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
-    bad = bad.tolist()
+    return bad
+
+
+def check_finite(loss, grads_ok, parts, epoch, step, iters_per_epoch):
+    """Raise NonFiniteLossError when ``loss`` (or, unless ``grads_ok`` is None, a gradient) is
+    NaN or inf in any process. Returns the loss ``parts`` as floats: flags and parts reach
+    the host in one synchronisation."""
+    parts, bad = to_host(parts, nonfinite_flags(loss, grads_ok))
     if not any(bad):
-        return
+        return parts
     what = "loss" if bad[0] else "gradient"
     here = ""
     if not torch.isfinite(loss.detach()).all():
@@ -67,7 +74,8 @@ def check_finite(loss, grads_ok, parts, epoch, step, iters_per_epoch):
 
 
 def loss_parts(output):
-    """{name: float} of every scalar entry of a model output whose name starts with "loss"."""
+    """{name: detached 0-dim tensor or float} of every scalar entry of a model output whose
+    name starts with "loss". Tensors stay on the device: ``to_host`` copies them all at once."""
     parts = {}
     for name, value in output.items():
         if not name.startswith("loss") or value is None:
@@ -75,10 +83,23 @@ def loss_parts(output):
         if isinstance(value, torch.Tensor):
             if value.numel() != 1:
                 continue
-            value = value.detach().float().item()
-        if isinstance(value, numbers.Number):
+            parts[name] = value.detach().float().reshape(())
+        elif isinstance(value, numbers.Number):
             parts[name] = float(value)
     return parts
+
+
+def to_host(parts, flags=None):
+    """Copy the loss parts (and the NaN/inf ``flags``) to the host in one transfer: one
+    host-device synchronisation per call, where an ``.item()`` per value costs one each.
+    Returns ({name: float}, [flag values])."""
+    tensors = [v for v in parts.values() if torch.is_tensor(v)]
+    if flags is not None:
+        tensors = [flags.to(tensors[0].device) if tensors else flags] + tensors
+    values = torch.cat([t.reshape(-1).float() for t in tensors]).tolist() if tensors else []
+    bad = values[:len(flags)] if flags is not None else []
+    values = iter(values[len(bad):])
+    return {k: next(values) if torch.is_tensor(v) else v for k, v in parts.items()}, bad
 
 
 @registry.register_task("xformer_pretrain")
@@ -173,9 +194,12 @@ class XFormerPretrainTask(ImageTextPretrainTask):
                 loss.backward()
 
             steps = (i + 1) % accum_grad_iters == 0
+            # The step's one host sync: loss parts for the log (and NaN/inf flags) together.
             if check_finite_loss:  # before the update; with amp the scaler skips inf gradients
                 grads_ok = grads_finite(model.parameters()) if steps and not use_amp else None
-                check_finite(loss, grads_ok, parts, epoch, i, iters_per_epoch)
+                parts = check_finite(loss, grads_ok, parts, epoch, i, iters_per_epoch)
+            else:
+                parts, _ = to_host(parts)
 
             if steps:
                 if use_amp:
