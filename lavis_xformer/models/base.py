@@ -41,7 +41,6 @@ from torch import nn
 
 from lavis.models.blip2_models.blip2 import Blip2Base, LayerNorm, disabled_train
 
-from lavis_xformer import compat
 from lavis_xformer.models import encoders, sources
 from lavis_xformer.models.early_ca import EarlyCAFusion
 from lavis_xformer.models.fused_attention import use_fused_attention
@@ -240,12 +239,7 @@ class XFormerBase(Blip2Base):
     def from_config(cls, cfg):
         """Build from a model config; ``pretrained`` (a checkpoint path) is then loaded
         non-strictly and what was loaded, missing and ignored is logged."""
-        model = cls(cfg)
-        if cfg.get("pretrained"):
-            path = sources.resolve("pretrained", cfg.get("pretrained"))
-            state_dict = sources.load_checkpoint_file("pretrained", path)
-            compat.load_state_dict_logged(model, state_dict, path)
-        return model
+        return sources.load_pretrained(cls(cfg), cfg)
 
     @staticmethod
     def ones(tokens):

@@ -28,7 +28,7 @@ from lavis.common.registry import registry
 from lavis.models.blip2_models.blip2 import Blip2Base, LayerNorm
 from lavis.models.blip2_models.blip2_opt import Blip2OPT
 
-from lavis_xformer import PACKAGE_DIR, compat
+from lavis_xformer import PACKAGE_DIR
 from lavis_xformer.models import encoders, sources
 from lavis_xformer.models import llm as llm_builders
 from lavis_xformer.models.base import freeze
@@ -96,12 +96,7 @@ class Blip2OPTTwin(LLMDecodingMixin, Blip2OPT):
     def from_config(cls, cfg):
         """Build, then load ``model.pretrained`` (a LAVIS BLIP-2 checkpoint: path or URL)
         non-strictly, logging what was loaded and missing (the frozen parts are not in it)."""
-        model = cls(cfg)
-        if cfg.get("pretrained"):
-            path = sources.resolve("pretrained", cfg.get("pretrained"))
-            state_dict = sources.load_checkpoint_file("pretrained", path)
-            compat.load_state_dict_logged(model, state_dict, path)
-        return model
+        return sources.load_pretrained(cls(cfg), cfg)
 
     # Blip2OPT sets these in __init__ from a hub tokenizer; here they load on first use
     @cached_property

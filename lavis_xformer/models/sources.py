@@ -107,3 +107,14 @@ def load_checkpoint_file(key: str, value: str) -> dict:
             raise IsADirectoryError(f"{value} is a directory, expected a checkpoint file")
         checkpoint = torch.load(value, map_location="cpu", weights_only=False)
     return checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else checkpoint
+
+
+def load_pretrained(model, cfg):
+    """Load ``model.pretrained`` (a checkpoint path or URL), if set, into ``model``
+    non-strictly, logging what was loaded, left as built and ignored. Returns ``model``."""
+    if cfg.get("pretrained"):
+        from lavis_xformer import compat
+
+        path = resolve("pretrained", cfg.get("pretrained"))
+        compat.load_state_dict_logged(model, load_checkpoint_file("pretrained", path), path)
+    return model

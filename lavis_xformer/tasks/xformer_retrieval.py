@@ -18,7 +18,6 @@ import os
 from collections import OrderedDict
 
 import numpy as np
-import torch
 from lavis.common.dist_utils import is_main_process
 from lavis.common.registry import registry
 from lavis.tasks.base_task import BaseTask
