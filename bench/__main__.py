@@ -57,8 +57,8 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5, help="timed steps per model and part")
     p.add_argument("--caption-length", type=int, default=20,
-                   help="caption tokens generated (min = max, so both models decode alike)")
-    p.add_argument("--answer-length", type=int, default=5, help="answer tokens generated (min = max)")
+                   help="caption tokens generated (max; min = max, counted with the prompt)")
+    p.add_argument("--answer-length", type=int, default=5, help="answer tokens generated (max; min = max, counted with the prompt)")
     p.add_argument("--no-amp", action="store_true", help="GPU: train in fp32 instead of fp16 autocast")
     p.add_argument("--tokenizer", default=None, help="BERT vocab (hub name or directory)")
     p.add_argument("--llm-tokenizer", default=None, help="OPT tokenizer (hub name or directory)")
