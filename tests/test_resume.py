@@ -82,6 +82,65 @@ def test_resuming_does_not_load_the_consumed_batches():
     assert loaded == batch == pass_order(12, 0, 0)[8:10]
 
 
+class RandomlyAugmented:
+    """A dataset whose items are random draws (as random crops and flips are): python's,
+    numpy's and torch's generators each contribute."""
+
+    def __len__(self):
+        return 12
+
+    def __getitem__(self, i):
+        import random
+
+        import numpy as np
+
+        return {"index": i, "draw": torch.tensor([random.random(), float(np.random.rand()),
+                                                  float(torch.rand(()))])}
+
+
+def _augmented_loader(num_workers, seed=3):
+    from lavis_xformer.datasets.sampling import SeededIndices
+    from lavis_xformer.datasets.skipping import SkipBadSamples, SkippingCollater
+    from torch.utils.data.dataloader import default_collate
+
+    sampler = ResumableSampler(12, seed=seed)
+    dataloader = DataLoader(SkipBadSamples(RandomlyAugmented()), batch_size=2,
+                            sampler=SeededIndices(sampler), num_workers=num_workers,
+                            collate_fn=SkippingCollater(default_collate), drop_last=True,
+                            generator=torch.Generator())  # as the runner's (worker seeds)
+    return ResumableIterLoader(dataloader, sampler, 2)
+
+
+def test_augmentation_depends_on_seed_pass_and_item_only():
+    """Each item's random augmentation comes from (run.seed, pass, index): loader workers and
+    resuming mid-pass with workers change nothing, and the main process's own random
+    stream is left where it was."""
+    torch.manual_seed(0)
+    reference = _augmented_loader(0)
+    batches = [next(reference) for _ in range(9)]  # crosses a pass boundary
+    after = torch.rand(())
+    torch.manual_seed(0)
+    assert torch.rand(()) == after  # the loader's draws did not touch the global stream
+
+    with_workers = _augmented_loader(2)
+    for expected in batches:
+        got = next(with_workers)
+        assert got["index"].tolist() == expected["index"].tolist()
+        assert torch.equal(got["draw"], expected["draw"])
+
+    resumed = _augmented_loader(2)
+    resumed.load_state_dict({"pass": 0, "batches": 4})
+    for expected in batches[4:]:
+        assert torch.equal(next(resumed)["draw"], expected["draw"])
+
+    # the same item draws differently in another pass and under another seed
+    first = {int(i): d for b in batches[:6] for i, d in zip(b["index"], b["draw"])}
+    second = {int(i): d for b in batches[6:] for i, d in zip(b["index"], b["draw"])}
+    assert all(not torch.equal(first[i], second[i]) for i in second)
+    other_seed = next(_augmented_loader(0, seed=4))
+    assert not torch.equal(other_seed["draw"][0], batches[0]["draw"][0])
+
+
 def test_changed_batch_size_is_refused_with_what_changed():
     state = _loader(10, 2).state_dict()
     with pytest.raises(ValueError, match=r"batch_size changed \(batch_size 2 -> 5\)"):

@@ -11,6 +11,13 @@ With W processes and a per-process batch of B/W, global batch j of a pass holds 
 samples that batch j of a one-process run with batch B holds (rank r takes the permutation's
 indices r, r+W, r+2W, ...), so a two-process run sees the same data per step as one process
 with the same global batch.
+
+The random augmentation of each item (crops, flips) is made a function of ``(run.seed, pass,
+item index)`` too (``SeededIndices``, ``sample_seed``): the sampler hands each item its seed
+and the dataset wrapper (``SkipBadSamples``) draws the item's augmentation from it. So loader
+workers (whose random streams depend on which worker got which batch and on what it drew
+before) change nothing, and a run resumed mid-pass with workers draws what the uninterrupted
+run drew.
 """
 import math
 
@@ -70,6 +77,33 @@ class ResumableSampler(Sampler):
 
     def __len__(self):
         return self.num_samples
+
+
+_MASK = (1 << 63) - 1
+
+
+def sample_seed(seed: int, pass_index: int, index: int) -> int:
+    """The random seed for item ``index`` in pass ``pass_index`` of a run seeded ``seed``: a
+    fixed mix of the three (splitmix64's finaliser), the same in every process and worker."""
+    x = (int(seed) * 0x9E3779B97F4A7C15 + int(pass_index) * 0xBF58476D1CE4E5B9 + int(index)) & _MASK
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
+    return x ^ (x >> 31)
+
+
+class SeededIndices(Sampler):
+    """``(index, sample_seed)`` for every index a ``ResumableSampler`` yields, for a dataset
+    that seeds each item's augmentation (``SkipBadSamples``)."""
+
+    def __init__(self, sampler: ResumableSampler):
+        self.sampler = sampler
+
+    def __iter__(self):
+        seed, pass_index = self.sampler.seed, self.sampler.epoch
+        return ((i, sample_seed(seed, pass_index, i)) for i in self.sampler)
+
+    def __len__(self):
+        return len(self.sampler)
 
 
 class ResumableIterLoader:

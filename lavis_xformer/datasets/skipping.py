@@ -12,6 +12,8 @@ on import). Here every training dataset the runner builds is wrapped in ``SkipBa
   its size: under torchrun the ITC/ITM all-gathers need equal batches on every process, and
   ITM's hard-negative mining needs at least two samples. The replacement is a fixed function
   of the index, so a resumed run sees the same batches;
+* each item's augmentation is drawn from its own seed when the sampler gives one
+  (``sampling.SeededIndices``), so that it does not depend on loader workers or resumption;
 * truncated images count as unreadable: the wrapper loads with ``LOAD_TRUNCATED_IMAGES`` off;
 * the replacing item carries the skipped paths under ``SKIPPED_KEY``; ``SkippingCollater``
   takes them off before collating and lists them under ``batch["skipped_samples"]``, which
@@ -25,6 +27,11 @@ would hide a broken data set.
 import bisect
 import logging
 import os
+import random
+from contextlib import contextmanager
+
+import numpy as np
+import torch
 
 from PIL import Image, ImageFile
 from torch.utils.data import Dataset
@@ -57,6 +64,22 @@ def sample_path(dataset, index):
     return "<item %d of %s>" % (index, type(dataset).__name__)
 
 
+@contextmanager
+def seeded_random_state(seed: int):
+    """Seed python's, numpy's and torch's (CPU) generators within the block; their previous
+    states come back after it (the training process's own random stream is untouched)."""
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+
+
 class SkipBadSamples(Dataset):
     """Map-style dataset wrapper: ``dataset[i]``, or when that cannot be read the first
     readable item after it (see the module's docstring). Other attributes are the wrapped
@@ -83,7 +106,17 @@ class SkipBadSamples(Dataset):
         finally:
             ImageFile.LOAD_TRUNCATED_IMAGES = truncated
 
-    def __getitem__(self, index):
+    def __getitem__(self, key):
+        """``key``: an index, or ``(index, seed)`` (``sampling.SeededIndices``): the item is
+        then loaded with python's, numpy's and torch's random generators seeded from ``seed``
+        and restored afterwards, so its augmentation depends on the seed alone."""
+        if isinstance(key, tuple):
+            index, seed = key
+            with seeded_random_state(seed):
+                return self._get(index)
+        return self._get(key)
+
+    def _get(self, index):
         skipped = []
         for k in range(min(self.max_tries, len(self.dataset))):
             j = (index + k) % len(self.dataset)

@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from torch.utils.data.dataset import ChainDataset
 
 from lavis_xformer import compat
-from lavis_xformer.datasets.sampling import ResumableIterLoader, ResumableSampler
+from lavis_xformer.datasets.sampling import ResumableIterLoader, ResumableSampler, SeededIndices
 from lavis_xformer.datasets.skipping import SkipBadSamples, SkippingCollater
 from lavis_xformer.runners import checkpoints
 from lavis_xformer.tasks.xformer_pretrain import NonFiniteLossError
@@ -313,7 +313,7 @@ class RunnerXFormer(RunnerBase):
             batch_size=batch_size,
             num_workers=num_workers,
             pin_memory=self.cuda_enabled,
-            sampler=sampler,
+            sampler=SeededIndices(sampler),  # each item's augmentation seeded (sampling.py)
             collate_fn=SkippingCollater(collate_fn),
             drop_last=True,
             generator=generator,
