@@ -112,6 +112,20 @@ def frozen_encoders_under_no_grad():
         _FROZEN_INFERENCE_MODE.pop()
 
 
+def build_clip(cfg, random_init: bool):
+    """The CLIP ViT (fp16 on GPU with ``vit_precision: fp16``, frozen unless
+    ``freeze_vit: false``) and the trained LayerNorm on its output, as BLIP-2 has them."""
+    vit = encoders.build_eva_vit(cfg, random_init)
+    if cfg.get("vit_precision", "fp32") == "fp16" and torch.cuda.is_available():
+        from lavis.models.eva_vit import convert_weights_to_fp16
+
+        convert_weights_to_fp16(vit)
+    ln_vision = LayerNorm(vit.num_features)
+    if cfg.get("freeze_vit", True):
+        vit = freeze(vit)
+    return vit, ln_vision
+
+
 def run_frozen(module: nn.Module, fn, *args):
     """``fn(*args)`` under ``torch.inference_mode`` (no autograd bookkeeping at all) when no
     parameter of the frozen ``module`` trains. Tensors in the result (also inside a
@@ -149,14 +163,7 @@ class XFormerBase(Blip2Base):
         self.image_size = cfg.get("image_size")
         self.mask_ratio = cfg.get("mask_ratio", 0.5)
 
-        self.visual_encoder = encoders.build_eva_vit(cfg, random_init)
-        if cfg.get("vit_precision", "fp32") == "fp16" and torch.cuda.is_available():
-            from lavis.models.eva_vit import convert_weights_to_fp16
-
-            convert_weights_to_fp16(self.visual_encoder)
-        self.ln_vision = LayerNorm(self.visual_encoder.num_features)
-        if cfg.get("freeze_vit", True):
-            self.visual_encoder = freeze(self.visual_encoder)
+        self.visual_encoder, self.ln_vision = build_clip(cfg, random_init)
 
         fusion = cfg.get("fusion", "xformer")
         if fusion not in FUSIONS:

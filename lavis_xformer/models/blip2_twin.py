@@ -25,13 +25,13 @@ import torch
 from torch import nn
 
 from lavis.common.registry import registry
-from lavis.models.blip2_models.blip2 import Blip2Base, LayerNorm
+from lavis.models.blip2_models.blip2 import Blip2Base
 from lavis.models.blip2_models.blip2_opt import Blip2OPT
 
 from lavis_xformer import PACKAGE_DIR
 from lavis_xformer.models import encoders, sources
 from lavis_xformer.models import llm as llm_builders
-from lavis_xformer.models.base import freeze
+from lavis_xformer.models.base import build_clip
 from lavis_xformer.models.generation import LLMDecodingMixin, opt_generate
 
 
@@ -59,14 +59,7 @@ class Blip2OPTTwin(LLMDecodingMixin, Blip2OPT):
         Blip2Base.__init__(self)  # not Blip2OPT.__init__: it downloads every part
         random_init = cfg.get("random_init", False)
         self.image_size = cfg.get("image_size")
-        self.visual_encoder = encoders.build_eva_vit(cfg, random_init)
-        if cfg.get("vit_precision", "fp32") == "fp16" and torch.cuda.is_available():
-            from lavis.models.eva_vit import convert_weights_to_fp16
-
-            convert_weights_to_fp16(self.visual_encoder)
-        self.ln_vision = LayerNorm(self.visual_encoder.num_features)
-        if cfg.get("freeze_vit", True):
-            self.visual_encoder = freeze(self.visual_encoder)
+        self.visual_encoder, self.ln_vision = build_clip(cfg, random_init)
         # the released BLIP-2 checkpoint holds the Q-Former: BERT is then not loaded
         self.Qformer, self.query_tokens = encoders.build_qformer(
             cfg, self.visual_encoder.num_features, random_init or bool(cfg.get("pretrained")))

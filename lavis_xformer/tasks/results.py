@@ -36,6 +36,14 @@ def gather_results(records, key):
     return [merged[k] for k in sorted(merged)]
 
 
+def append_evaluate_line(metrics, output_dir):
+    """One JSON line per evaluation in ``<output_dir>/evaluate.txt`` (split, epoch,
+    agg_metrics), the file LAVIS's own tasks keep and the comparison report falls back to."""
+    with open(os.path.join(output_dir, "evaluate.txt"), "a") as f:
+        f.write(json.dumps({k: metrics[k] for k in ("split", "epoch", "agg_metrics")
+                            if k in metrics}) + "\n")
+
+
 def write_json(obj, path):
     """Write JSON atomically (a temporary file renamed over the target)."""
     tmp = "%s.tmp%d" % (path, os.getpid())

@@ -18,7 +18,6 @@ table is printed at the end and a progress line every ``log_freq`` batches; unde
 each process captions its share and the results are merged (results.py).
 """
 import inspect
-import json
 import logging
 import os
 from collections import OrderedDict
@@ -31,7 +30,7 @@ from lavis.datasets.data_utils import prepare_sample
 from lavis.tasks.base_task import BaseTask
 
 from lavis_xformer import compat
-from lavis_xformer.tasks.results import format_table, gather_results, write_json
+from lavis_xformer.tasks.results import append_evaluate_line, format_table, gather_results, write_json
 from lavis_xformer.tasks.xformer_vqa import model_info
 
 SPICE_NOTE = ("SPICE skipped: pycocoevalcap's SPICE downloads Stanford CoreNLP models on first "
@@ -188,9 +187,7 @@ class XFormerCaptionTask(BaseTask):
             for note in notes:
                 print(note)
             if "cider" in metrics:
-                with open(os.path.join(registry.get_path("output_dir"), "evaluate.txt"), "a") as f:
-                    f.write(json.dumps({k: metrics[k] for k in ("split", "epoch", "agg_metrics")
-                                        if k in metrics}) + "\n")
+                append_evaluate_line(metrics, registry.get_path("output_dir"))
                 print(caption_table(metrics, "[%s] Zero-shot captioning, split %r: %d images "
                                     "(prompt %r, beams %d)" % (self.benchmark, split_name,
                                                                metrics["num_images"], self.prompt,

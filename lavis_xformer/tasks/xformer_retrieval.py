@@ -13,7 +13,6 @@ text: its image, the top-10 image ids, the rank) and ``<split>_retrieval_metrics
 every process all images (``run.use_dist_eval_sampler: False``); under torchrun the
 re-ranking is split between processes.
 """
-import json
 import os
 from collections import OrderedDict
 
@@ -23,7 +22,7 @@ from lavis.common.registry import registry
 from lavis.tasks.base_task import BaseTask
 
 from lavis_xformer import compat
-from lavis_xformer.tasks.results import format_table, write_json
+from lavis_xformer.tasks.results import append_evaluate_line, format_table, write_json
 from lavis_xformer.tasks.xformer_vqa import model_info
 
 TOP = 10
@@ -121,9 +120,7 @@ class XFormerRetrievalTask(BaseTask):
             write_json(predictions, predictions_file)
             metrics_file = os.path.join(result_dir, "%s_retrieval_metrics.json" % split_name)
             write_json(metrics, metrics_file)
-            with open(os.path.join(registry.get_path("output_dir"), "evaluate.txt"), "a") as f:
-                f.write(json.dumps({k: metrics[k] for k in ("split", "epoch", "agg_metrics")
-                                    if k in metrics}) + "\n")
+            append_evaluate_line(metrics, registry.get_path("output_dir"))
             print(retrieval_table(metrics, "[%s] Zero-shot retrieval, split %r: %d images, %d "
                                   "texts (ITC top-%d, ITM re-ranking)" % (
                                       self.benchmark, split_name, metrics["num_images"],

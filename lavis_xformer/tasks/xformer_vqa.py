@@ -31,7 +31,6 @@ easy-VQA), ``vqa_accuracy`` (VQAv2, OK-VQA), ``oc`` and ``mci`` (GVTBench). The 
 also names the benchmark (``run.benchmark``, default: the dataset's name) and the model
 (arch, model_type, fusion), for comparison reports.
 """
-import json
 import logging
 import os
 from collections import Counter, OrderedDict
@@ -47,7 +46,7 @@ from lavis_xformer import compat
 from lavis_xformer.models.generation import VQA_PROMPT
 from lavis_xformer.tasks import metrics as bench_metrics
 from lavis_xformer.tasks.metrics import normalize_answer  # noqa: F401  (re-exported)
-from lavis_xformer.tasks.results import format_table, gather_results, write_json
+from lavis_xformer.tasks.results import append_evaluate_line, format_table, gather_results, write_json
 
 
 def is_correct(prediction, answer):
@@ -320,10 +319,7 @@ class XFormerVQATask(VQATask):
             metrics_file = os.path.join(result_dir, "%s_vqa_metrics.json" % split_name)
             write_json(metrics, metrics_file)
             if "accuracy" in metrics:
-                # one line per evaluation, as LAVIS's VQA task keeps
-                with open(os.path.join(registry.get_path("output_dir"), "evaluate.txt"), "a") as f:
-                    f.write(json.dumps({k: metrics[k] for k in ("split", "epoch", "agg_metrics")
-                                        if k in metrics}) + "\n")
+                append_evaluate_line(metrics, registry.get_path("output_dir"))
                 title = "[%s, %s] Zero-shot VQA, split %r: %d questions (%s, beams %d, length penalty %g)" % (
                     self.benchmark, self.metric,
                     split_name, metrics["num_questions"], _prompt_label(self.prompt),
