@@ -107,7 +107,7 @@ def test_reconstruction_loss_matches_direct_computation_and_reaches_tokens(branc
     tokens = enc.tokens.clone().requires_grad_(True)
     loss = branch.reconstruction_loss(tokens, enc)
     pred = branch.mae.decoder(tokens, enc.ids_restore).logits
-    target = patchify(enc.pixels, 8)
+    target = branch.mae.patchify(enc.pixels)  # transformers' own ViTMAEForPreTraining.patchify
     direct = ((pred - target) ** 2).mean(-1)[enc.mask.bool()].mean()
     torch.testing.assert_close(loss, direct)
     loss.backward()
@@ -115,6 +115,7 @@ def test_reconstruction_loss_matches_direct_computation_and_reaches_tokens(branc
     assert all(p.grad is None for p in branch.parameters())  # decoder frozen
 
 
-def test_patchify_round_trip():
+def test_patchify_round_trip_and_matches_transformers(branch):
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(unpatchify(patchify(x, 8), 8), x)
+    torch.testing.assert_close(patchify(x, 8), branch.mae.patchify(x))
