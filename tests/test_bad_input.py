@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from _testlib import subprocess_env
 import torch
 from PIL import ImageFile
 
@@ -28,10 +30,7 @@ TRUNCATED, MISSING = 3, 5  # image ids
 
 
 def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p])
-    env["OMP_NUM_THREADS"] = "1"
-    return env
+    return subprocess_env(threads=1)
 
 
 @pytest.fixture

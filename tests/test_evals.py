@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from _testlib import subprocess_env
 import torch
 from omegaconf import OmegaConf
 from PIL import Image
@@ -360,10 +362,7 @@ def _tiny_project(src, dst, data_options):
 
 
 def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p])
-    env["OMP_NUM_THREADS"] = "1"
-    return env
+    return subprocess_env(threads=1)
 
 
 def _evaluate(cfg_path, cwd, *options):

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from _testlib import subprocess_env
 from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,10 +44,7 @@ DETERMINISTIC = [
 
 
 def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p])
-    env["OMP_NUM_THREADS"] = "1"
-    return env
+    return subprocess_env(threads=1)
 
 
 def _train(tmp_path, name, processes, batch_size):

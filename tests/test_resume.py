@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from _testlib import subprocess_env
 import torch
 from torch.utils.data import DataLoader
 
@@ -201,10 +203,7 @@ def test_rng_state_round_trip_and_weights_only_load(tmp_path):
 # --- killed and resumed: the same weights as an uninterrupted run ---------------------------
 
 def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p])
-    env["OMP_NUM_THREADS"] = "1"
-    return env
+    return subprocess_env(threads=1)
 
 
 def _options(output_dir):

@@ -6,15 +6,14 @@ from pathlib import Path
 
 import torch
 
+from _testlib import subprocess_env
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "projects" / "xformer" / "tiny" / "stage1.yaml"
 
 
 def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p])
-    env["OMP_NUM_THREADS"] = "1"
-    return env
+    return subprocess_env(threads=1)
 
 
 def test_resume_under_torchrun_restores_every_process_random_state(tmp_path):

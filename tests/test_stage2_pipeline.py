@@ -10,6 +10,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+
+from _testlib import subprocess_env
 import torch
 
 import lavis_xformer  # noqa: F401  (registers builders, models, tasks, runner)
@@ -33,10 +35,7 @@ def _args(cfg_path, *options):
 
 
 def _env(**extra):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p])
-    env.update(extra)
-    return env
+    return subprocess_env(**extra)
 
 
 def _train_options(output_dir, pretrained=None):

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import torch
+
+from _testlib import subprocess_env
 from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parents[1]
@@ -16,9 +18,7 @@ LOSSES = ("loss", "loss_itc", "loss_itm", "loss_lm", "loss_rec")
 
 
 def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p])
-    return env
+    return subprocess_env()
 
 
 def _options(output_dir, images, batch_size):

@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from _testlib import subprocess_env
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,10 +31,7 @@ QUESTIONS = 4  # the first 4 test questions cover yes/no, color and shape
 
 
 def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p])
-    env.setdefault("OMP_NUM_THREADS", "1")  # it runs beside this process's stage 2
-    return env
+    return subprocess_env(threads=os.environ.get("OMP_NUM_THREADS", 1))  # it runs beside this process's stage 2
 
 
 def _train_options(output_dir, fusion, pretrained=None):
