@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _testlib import subprocess_env
+from _testlib import build_model, subprocess_env
 import torch
 from omegaconf import OmegaConf
 from PIL import Image
@@ -288,12 +288,7 @@ def test_missing_image_names_the_key_to_set(data):
 # ----------------------------------------------------------------------------- BLIP-2 twin
 
 def _build(name, seed=0, **overrides):
-    cls = registry.get_model_class(name)
-    cfg = OmegaConf.load(cls.default_config_path("tiny")).model
-    for key, value in overrides.items():
-        OmegaConf.update(cfg, key, value)
-    torch.manual_seed(seed)
-    return cls.from_config(cfg).eval()
+    return build_model(name, "tiny", seed, **overrides).eval()
 
 
 def test_blip2_twin_answers_as_xformer_opt_with_blip2_fusion_for_the_same_weights():

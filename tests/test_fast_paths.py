@@ -8,10 +8,10 @@ import sys
 
 import pytest
 import torch
-from omegaconf import OmegaConf
+
+from _testlib import build_model
 
 import lavis_xformer  # noqa: F401  (registers the plugin)
-from lavis.common.registry import registry
 from lavis_xformer.models.fused_attention import EAGER, FUSED, use_eager_attention, use_fused_attention
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,12 +19,7 @@ TEXTS = ["a blue circle", "a red rectangle on the left of a green triangle"]
 
 
 def build(name="xformer", **overrides):
-    cls = registry.get_model_class(name)
-    cfg = OmegaConf.load(cls.default_config_path("tiny")).model
-    for key, value in overrides.items():
-        OmegaConf.update(cfg, key, value)
-    torch.manual_seed(0)
-    return cls.from_config(cfg)
+    return build_model(name, "tiny", 0, **overrides)
 
 
 def attention_kinds(model):

@@ -6,6 +6,8 @@ import sys
 
 import pytest
 import torch
+
+from _testlib import model_config
 from omegaconf import OmegaConf
 
 import lavis_xformer  # noqa: F401  (registers the plugin)
@@ -17,11 +19,7 @@ TEXTS = ["a blue circle", "a red rectangle on the left", "a green triangle", "a 
 
 
 def tiny_cfg(**overrides):
-    cls = registry.get_model_class("xformer")
-    cfg = OmegaConf.load(cls.default_config_path("tiny")).model
-    for key, value in overrides.items():
-        OmegaConf.update(cfg, key, value)
-    return cfg
+    return model_config("xformer", "tiny", **overrides)
 
 
 @pytest.fixture(scope="module")

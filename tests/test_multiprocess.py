@@ -17,7 +17,6 @@ ITC gradient lacks the terms of the other processes' rows, while in one process 
 the identity and every term flows (measured with ITC on: 98.3% of the update's signs agree).
 """
 import json
-import os
 import random
 import subprocess
 import sys

@@ -1,5 +1,4 @@
 """Resume under torchrun: every process's random state and the data position come back."""
-import os
 import subprocess
 import sys
 from pathlib import Path

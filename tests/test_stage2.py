@@ -1,6 +1,8 @@
 """Stage 2: `xformer_opt` and `xformer_t5` losses, labels, checkpoints, decoding and size."""
 import pytest
 import torch
+
+from _testlib import build_model
 from omegaconf import OmegaConf
 
 import lavis_xformer  # noqa: F401
@@ -11,12 +13,7 @@ CAPTIONS = ["a blue circle", "a red rectangle on the left of the image", "a gree
 
 
 def build(name, model_type="tiny", **overrides):
-    cls = registry.get_model_class(name)
-    cfg = OmegaConf.load(cls.default_config_path(model_type)).model
-    for key, value in overrides.items():
-        OmegaConf.update(cfg, key, value)
-    torch.manual_seed(0)
-    return cls.from_config(cfg)
+    return build_model(name, model_type, 0, **overrides)
 
 
 @pytest.fixture(scope="module")

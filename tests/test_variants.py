@@ -10,6 +10,8 @@ import os
 
 import pytest
 import torch
+
+from _testlib import build_model
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
@@ -22,12 +24,7 @@ VARIANTS = ("xformer", "blip2", "concat", "early_ca")
 
 
 def build(name="xformer", model_type="tiny", seed=0, **overrides):
-    cls = registry.get_model_class(name)
-    cfg = OmegaConf.load(cls.default_config_path(model_type)).model
-    for key, value in overrides.items():
-        OmegaConf.update(cfg, key, value)
-    torch.manual_seed(seed)
-    return cls.from_config(cfg)
+    return build_model(name, model_type, seed, **overrides)
 
 
 def trainable(model):
