@@ -266,9 +266,12 @@ def score_vqa_records(records):
     return overall, per_type
 
 
-def _percent(hits, total):
-    """100 * the fraction, as the references compute it (hits / total first)."""
-    return hits / total * 100 if total else 0.0
+def _percent(hits, total, metric=None):
+    """100 * hits / total. For exact_match in LAVIS's GQATask's order of operations
+    (sum / len * 100), so that the float is the very one LAVIS stores."""
+    if not total:
+        return 0.0
+    return hits / total * 100 if metric == "exact_match" else 100.0 * hits / total
 
 
 def _errors_stats(errors):
@@ -282,7 +285,7 @@ def summarize(records, metric):
     """One row of metrics over scored records: num_questions, accuracy (%), and the metric's
     other columns (see the module docstring). Full precision."""
     n = len(records)
-    row = OrderedDict(num_questions=n, accuracy=_percent(sum(r["score"] for r in records), n))
+    row = OrderedDict(num_questions=n, accuracy=_percent(sum(r["score"] for r in records), n, metric))
     if metric == "exact_match":
         row["accuracy_normalised"] = _percent(sum(r["correct_normalised"] for r in records), n)
     elif metric == "vqa_accuracy":
