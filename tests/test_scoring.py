@@ -11,10 +11,9 @@
 
 and GVTBench's published rows load, and `python -m lavis_xformer.tools.score` re-scores them.
 """
-import itertools
 import json
-import math
 import random
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -42,7 +41,6 @@ def gvt_extract_digit(text):
              "seven": 7, "eight": 8, "nive": 9}
     for word in table:
         text = text.replace(word, str(table[word]))
-    import re
     found = re.findall(r"\d+", text)
     return int(found[0]) if len(found) else 0
 
@@ -410,7 +408,6 @@ def test_score_tool_bad_input_gets_one_clear_line(tmp_path, capsys, predictions,
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and len(err.splitlines()) == 1
-    import re
     assert re.search(message, err), err
 
 
