@@ -54,10 +54,13 @@ def test_vqa_accuracy_equals_the_official_formula(prediction, answers):
     assert M.vqa_accuracy(prediction, answers) == pytest.approx(direct_vqa_accuracy(prediction, answers))
 
 
-def test_vqa_accuracy_normalises_as_the_official_code():
+def test_vqa_accuracy_normalises_as_lavis_vqaeval():
     assert M.vqa_accuracy("Two.", ["2"] * 4 + ["3"] * 6) == 1.0  # prediction normalised
-    assert M.vqa_accuracy("2", ["two"] * 2 + ["3"] * 8) == pytest.approx(0.6)  # answers differ: normalised
-    # all human answers identical: the official code leaves them as they are
+    # answers differ: LAVIS 1.0.2 strips their punctuation only ("two" stays a word) ...
+    assert M.vqa_accuracy("2", ["two"] * 2 + ["3"] * 8) == 0.0
+    # ... the VQA authors' current code normalises them fully (the second column)
+    assert M.official_vqa_accuracy("2", ["two"] * 2 + ["3"] * 8) == pytest.approx(0.6)
+    # all human answers identical: both leave them as they are
     assert M.vqa_accuracy("2", ["two"] * 10) == 0.0
     with pytest.raises(ValueError, match="no human answers"):
         M.vqa_accuracy("2", [])
@@ -82,13 +85,16 @@ def test_object_counting_accuracy_mae_rmse_against_a_direct_computation():
     errors = [c - int(t) for c, t in zip(counts, truths)]
     metrics = score(records, metric="oc")
     assert metrics["accuracy"] == 40.0
-    assert metrics["mae"] == pytest.approx(sum(abs(e) for e in errors) / 5, abs=1e-4)
-    assert metrics["rmse"] == pytest.approx(math.sqrt(sum(e * e for e in errors) / 5), abs=1e-4)
+    assert metrics["mae"] == sum(abs(e) for e in errors) / 5
+    assert metrics["rmse"] == math.sqrt(sum(e * e for e in errors) / 5)
     assert metrics["num_unparsed"] == 1
-    assert metrics["per_question_type"]["n_obj_exist 10-19"]["accuracy"] == 100.0
+    # GVTBench's count.py bins by the true count in steps of 3, not by n_obj_exist
+    assert list(metrics["per_question_type"]) == ["count 0-2", "count 3-5", "count 9-11"]
+    assert metrics["per_question_type"]["count 9-11"]["accuracy"] == 0.0
+    assert metrics["per_question_type"]["count 3-5"]["num_questions"] == 2
     table = metrics_table(metrics, "t")
     assert "MAE" in table and "RMSE" in table
-    with pytest.raises(ValueError, match="holds no number"):
+    with pytest.raises(ValueError, match="not an integer"):
         M.score_record({"answer": "some", "prediction": "2"}, "oc")
 
 
@@ -108,6 +114,8 @@ def test_mci_uses_gvtbench_substring_rule_and_reports_a_strict_one():
 
 def test_gvtbench_bins_follow_its_evaluation():
     assert [M.n_obj_bin(n) for n in (1, 9, 10, 19, 20, 35)] == ["1-9", "1-9", "10-19", "10-19", ">=20", ">=20"]
+    assert [M.count_bin(n) for n in (0, 2, 3, 11, 12)] == ["count 0-2", "count 0-2", "count 3-5",
+                                                           "count 9-11", "count 12-14"]
 
 
 def test_vqa_metric_groups_by_answer_type_and_gqa_by_two_types():
@@ -117,12 +125,13 @@ def test_vqa_metric_groups_by_answer_type_and_gqa_by_two_types():
         {"answers": ["cat"] * 10, "prediction": "dog", "question_type": "other"},
     ]
     metrics = score(records, metric="vqa_accuracy")
-    assert metrics["accuracy"] == round(100 * (1 + 0.6 + 0) / 3, 2)
+    assert metrics["accuracy"] == pytest.approx(100 * (1 + 0.6 + 0) / 3)
     assert metrics["per_question_type"]["number"]["accuracy"] == 60.0
     gqa = [{"answer": "left", "prediction": "left", "question_type": ["structural/choose", "semantic/rel"]},
            {"answer": "yes", "prediction": "no", "question_type": ["structural/verify", "semantic/rel"]}]
     metrics = score(gqa, metric="exact_match")
-    assert metrics["per_question_type"]["semantic/rel"] == {"num_questions": 2, "accuracy": 50.0}
+    assert metrics["per_question_type"]["semantic/rel"] == {"num_questions": 2, "accuracy": 50.0,
+                                                            "accuracy_normalised": 50.0}
     assert metrics["per_question_type"]["structural/choose"]["accuracy"] == 100.0
     with pytest.raises(ValueError, match="run.metric='bleu' is not known"):
         M.score_record({"answer": "a", "prediction": "a"}, "bleu")
@@ -138,10 +147,11 @@ def test_recall_at_k_against_a_crafted_similarity_matrix():
     score_t2i = np.array([[1, 0, 0], [0, 1, 0], [0, 1, 0], [1, 0, 0], [0, 0, 1], [0, 0, 1]], dtype=float)
     m, i2t_ranks, t2i_ranks = recall_metrics(score_i2t, score_t2i, img2txt, txt2img)
     assert list(i2t_ranks) == [0, 2, 4] and list(t2i_ranks) == [0, 1, 0, 1, 0, 0]
-    assert (m["txt_r1"], m["txt_r5"], m["txt_r10"]) == (33.33, 100.0, 100.0)
+    assert (m["txt_r1"], m["txt_r5"], m["txt_r10"]) == (100 / 3, 100.0, 100.0)
     # text 1 (image 0) ranks image 1 first; text 3 (image 1) ranks image 0 first
-    assert (m["img_r1"], m["img_r5"], m["img_r10"]) == (66.67, 100.0, 100.0)
-    assert m["r_mean"] == m["agg_metrics"] == round((m["txt_r_mean"] + m["img_r_mean"]) / 2, 2)
+    assert (m["img_r1"], m["img_r5"], m["img_r10"]) == (100 * 4 / 6, 100.0, 100.0)
+    assert m["r_mean"] == (m["txt_r_mean"] + m["img_r_mean"]) / 2
+    assert m["agg_metrics"] == m["txt_r_mean"]  # as LAVIS's RetrievalTask
 
 
 def test_caption_scores_equal_pycocoevalcap_run_directly():
@@ -157,8 +167,9 @@ def test_caption_scores_equal_pycocoevalcap_run_directly():
     tok = PTBTokenizer()
     gts = tok.tokenize({i: [{"caption": c} for c in r] for i, r in references.items()})
     res = tok.tokenize({i: [{"caption": p}] for i, p in predictions.items()})
-    assert scores["bleu4"] == round(100 * Bleu(4).compute_score(gts, res)[0][3], 2)
-    assert scores["cider"] == round(100 * Cider().compute_score(gts, res)[0], 2)
+    bleu4, cider = Bleu(4).compute_score(gts, res)[0][3], Cider().compute_score(gts, res)[0]
+    assert (scores["bleu4"], scores["cider"]) == (100 * bleu4, 100 * cider)
+    assert scores["agg_metrics"] == cider + bleu4  # LAVIS's CaptionTask: CIDEr + BLEU-4 as fractions
     assert scores["num_images"] == 3 and scores["cider"] > 0
     with pytest.raises(KeyError, match="no reference captions"):
         caption_scores(references, {9: "x"})
@@ -207,12 +218,12 @@ def data(tmp_path_factory):
                 "types": {"structural": "query", "semantic": "obj", "detailed": "y"}}}))
     # GVTBench: COCO ids (val2017 names) and VCR relative paths
     (root / "gvt").mkdir()
-    (root / "gvt" / "oc_coco.json").write_text(json.dumps([
+    (root / "gvt" / "coco_oc.json").write_text(json.dumps([
         {"image_id": i + 1, "text_in": "How many shapes are there in the image?", "text_out": "1",
          "n_obj_exist": n} for i, n in enumerate([1, 3, 12])]))
     for i, image in enumerate(images[:2]):
         _save(image, root / "vcr" / "movie_a" / ("shot_%d.jpg" % i))
-    (root / "gvt" / "mci_vcr.json").write_text(json.dumps([
+    (root / "gvt" / "vcr_mci.json").write_text(json.dumps([
         {"image_id": "movie_a/shot_%d.jpg" % i, "text_in": "Does person exist in the image?",
          "text_out": answer, "n_obj_exist": 2} for i, answer in enumerate(["Yes", "No"])]))
     # NoCaps: COCO format with domains
@@ -262,10 +273,10 @@ def test_gqa_gvtbench_and_caption_files(data):
     gqa = benchmarks.load_gqa(str(data / "gqa" / "testdev.json"))
     assert gqa[0]["question_type"] == ["structural/verify", "semantic/attr"]
     assert gqa[1]["image"] == "n1.jpg" and gqa[1]["question_id"] == "202"
-    oc = benchmarks.load_gvtbench(str(data / "gvt" / "oc_coco.json"))
+    oc = benchmarks.load_gvtbench(str(data / "gvt" / "coco_oc.json"))
     assert [r["image"] for r in oc] == ["%012d.jpg" % i for i in (1, 2, 3)]
     assert [r["question_type"] for r in oc] == ["n_obj_exist 1-9", "n_obj_exist 1-9", "n_obj_exist 10-19"]
-    mci = benchmarks.load_gvtbench(str(data / "gvt" / "mci_vcr.json"))
+    mci = benchmarks.load_gvtbench(str(data / "gvt" / "vcr_mci.json"))
     assert mci[1]["image"] == "movie_a/shot_1.jpg" and mci[1]["answer"] == "No"
     (data / "bad.json").write_text(json.dumps([{"image_id": 1, "text_in": "q"}]))
     with pytest.raises(ValueError, match=r"entry 0 lacks \['text_out'\]"):
@@ -279,7 +290,7 @@ def test_gqa_gvtbench_and_caption_files(data):
 
 
 def test_missing_image_names_the_key_to_set(data):
-    dataset = _builder("gvtbench", **{"annotations.test.storage": [str(data / "gvt" / "oc_coco.json")],
+    dataset = _builder("gvtbench", **{"annotations.test.storage": [str(data / "gvt" / "coco_oc.json")],
                                       "images.storage": str(data / "nowhere")}).build_datasets()["test"]
     with pytest.raises(FileNotFoundError, match="set build_info.images.storage"):
         dataset[0]
@@ -384,32 +395,51 @@ def test_vqav2_project_runs_with_lavis_evaluate(data, tmp_path):
     predictions = _result(tmp_path, "val_vqa_predictions.json")
     metrics = _result(tmp_path, "val_vqa_metrics.json")
     assert [p["question_id"] for p in predictions] == [11, 12, 13, 14, 15]
-    for p in predictions:
-        assert p["score"] == pytest.approx(round(direct_vqa_accuracy(M.normalize_answer(p["prediction"]), [
-            M.normalize_answer(a) if len(set(p["answers"])) > 1 else a for a in p["answers"]]), 4))
+    for p in predictions:  # LAVIS 1.0.2's VQAEval (tests/test_scoring.py), the official one beside it
+        assert p["score"] == pytest.approx(M.vqa_accuracy(p["prediction"], p["answers"]))
+        assert p["score_official"] == M.official_vqa_accuracy(p["prediction"], p["answers"])
     assert metrics["benchmark"] == "vqav2" and metrics["metric"] == "vqa_accuracy"
     assert metrics["model"]["arch"] == "xformer_opt" and metrics["model"]["fusion"] == "xformer"
-    assert metrics["accuracy"] == round(100 * sum(p["score"] for p in predictions) / 5, 2)
+    assert metrics["accuracy"] == pytest.approx(100 * sum(p["score"] for p in predictions) / 5)
+    _same_scores_from_the_score_tool(metrics, tmp_path, "val_vqa_predictions.json", "vqav2",
+                                     [str(ann / "q.json"), str(ann / "a.json")])
     assert set(metrics["per_question_type"]) == {"yes/no", "number", "other"}
     assert metrics["protocol"]["prompt"] == "Question: {} Short Answer:"
     assert "Evaluation  [0/3]" in output and "[vqav2, vqa_accuracy] Zero-shot VQA, split 'val'" in output
 
 
+def _same_scores_from_the_score_tool(metrics, run_dir, predictions_name, benchmark, annotations):
+    """`python -m lavis_xformer.tools.score` on the run's predictions file gives the run's
+    metrics JSON (all but the run's own book-keeping: model, protocol, files)."""
+    from lavis_xformer.tools import score as score_tool
+
+    predictions = Path(run_dir) / "out" / "latest" / "result" / predictions_name
+    rescored = score_tool.main(["--benchmark", benchmark, "--annotations", *annotations,
+                                "--predictions", str(predictions), "--name", metrics["benchmark"],
+                                "--split", metrics["split"]])
+    rescored = json.loads(json.dumps(rescored))
+    own = {"model", "protocol", "predictions_file", "epoch", "annotations"}
+    assert {k: v for k, v in rescored.items() if k not in own} == {
+        k: v for k, v in metrics.items() if k not in own}
+
+
 def test_oc_twin_project_runs_with_lavis_evaluate(data, tmp_path):
     cfg = _tiny_project(EVAL / "oc_coco_blip2.yaml", tmp_path / "oc.yaml", {
-        "datasets.gvtbench.build_info.annotations.test.storage": [str(data / "gvt" / "oc_coco.json")],
+        "datasets.gvtbench.build_info.annotations.test.storage": [str(data / "gvt" / "coco_oc.json")],
         "datasets.gvtbench.build_info.images.storage": str(data / "coco" / "images" / "val2017")})
     output = _evaluate(cfg, tmp_path)
     predictions = _result(tmp_path, "test_vqa_predictions.json")
     metrics = _result(tmp_path, "test_vqa_metrics.json")
     assert len(predictions) == 3 and metrics["model"]["arch"] == "blip2_opt_twin"
     assert metrics["model"]["fusion"] == "blip2" and metrics["metric"] == "oc"
-    counts = [M.parse_count(p["prediction"]) for p in predictions]
+    counts = [M.gvt_count(p["prediction"]) for p in predictions]  # GVTBench's count.py
     assert [p["predicted_count"] for p in predictions] == counts
-    errors = [(c or 0) - 1 for c in counts]
-    assert metrics["mae"] == pytest.approx(sum(abs(e) for e in errors) / 3, abs=1e-4)
-    assert metrics["rmse"] == pytest.approx(math.sqrt(sum(e * e for e in errors) / 3), abs=1e-4)
-    assert metrics["accuracy"] == round(100 * sum(c == 1 for c in counts) / 3, 2)
+    errors = [c - 1 for c in counts]
+    assert metrics["mae"] == pytest.approx(sum(abs(e) for e in errors) / 3)
+    assert metrics["rmse"] == pytest.approx(math.sqrt(sum(e * e for e in errors) / 3))
+    assert metrics["accuracy"] == pytest.approx(100 * sum(c == 1 for c in counts) / 3)
+    _same_scores_from_the_score_tool(metrics, tmp_path, "test_vqa_predictions.json", "oc",
+                                     [str(data / "gvt" / "coco_oc.json")])
     assert "MAE" in output and "RMSE" in output
 
 
@@ -433,7 +463,7 @@ def test_nocaps_captioning_in_process(data, tmp_path, monkeypatch, capsys):
     direct = caption_scores({p["image_id"]: p["references"] for p in predictions},
                             {p["image_id"]: p["prediction"] for p in predictions})
     assert (metrics["bleu4"], metrics["cider"]) == (direct["bleu4"], direct["cider"])
-    assert logs["val"]["agg_metrics"] == metrics["cider"]
+    assert logs["val"]["agg_metrics"] == metrics["agg_metrics"] == direct["agg_metrics"]
     assert set(metrics["per_question_type"]) == {"in-domain", "near-domain", "out-domain"}
     assert "SPICE skipped" in out and "SPICE skipped" in metrics["notes"][0]
     assert "Captioning  [0/2]" in out and "CIDEr" in out
@@ -456,10 +486,10 @@ def test_flickr_retrieval_in_process_reranks_with_itm(data, tmp_path, monkeypatc
     assert (metrics["num_images"], metrics["num_texts"]) == (3, 6)
     assert itm_calls == [2] * 3 + [2] * 6  # k_test candidates per image, then per text
     ranks = [p["rank"] for p in predictions["image_to_text"]]
-    assert metrics["txt_r1"] == round(100 * sum(r <= 1 for r in ranks) / 3, 2)
+    assert metrics["txt_r1"] == pytest.approx(100 * sum(r <= 1 for r in ranks) / 3)
     t_ranks = [p["rank"] for p in predictions["text_to_image"]]
-    assert metrics["img_r1"] == round(100 * sum(r <= 1 for r in t_ranks) / 6, 2)
-    assert logs["test"]["agg_metrics"] == metrics["r_mean"]
+    assert metrics["img_r1"] == pytest.approx(100 * sum(r <= 1 for r in t_ranks) / 6)
+    assert logs["test"]["agg_metrics"] == metrics["txt_r_mean"]
     assert "R@1" in out and "text retrieval" in out
 
 

@@ -84,12 +84,13 @@ def test_scores_per_question_type_with_majority_baseline():
     assert metrics["majority_baseline"]["accuracy"] == 25.0
     assert "5 of 10" in metrics["majority_baseline"]["source"]
     per_type = metrics["per_question_type"]
-    assert per_type["yes/no"] == {"num_questions": 2, "accuracy": 50.0, "majority_baseline": 50.0}
+    assert per_type["yes/no"] == {"num_questions": 2, "accuracy": 50.0, "accuracy_normalised": 50.0,
+                                  "majority_baseline": 50.0}
     assert per_type["color"]["accuracy"] == 100.0 and per_type["shape"]["accuracy"] == 0.0
     table = metrics_table(metrics, "title").splitlines()
-    assert table[1].split() == ["question", "type", "questions", "accuracy", "%", "majority",
-                                '"yes"', "%"]
-    assert table[3].split() == ["all", "4", "50.00", "25.00"]
+    assert table[1].split() == ["question", "type", "questions", "accuracy", "%", "both", "normalised",
+                                "%", "majority", '"yes"', "%"]
+    assert table[3].split() == ["all", "4", "50.00", "50.00", "25.00"]
     # without train answers there is no baseline, and the scores stay
     assert "majority_baseline" not in score(records) and score(records)["accuracy"] == 50.0
 

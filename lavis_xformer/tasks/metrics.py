@@ -1,22 +1,33 @@
-"""Per-question scores of the zero-shot benchmarks, as each benchmark's own evaluation computes
-them, and their summaries. Pure functions: no LAVIS run needed.
+"""Per-question scores of the zero-shot benchmarks and their summaries. Each headline number
+is the one the benchmark's reference code computes for the same predictions (docs/scoring.md);
+a variant goes beside it in a column of its own, never in its place. Pure functions: no
+LAVIS run needed.
 
 ``run.metric`` of the ``xformer_vqa`` task picks one:
 
-    exact_match   1 if the normalised prediction equals the normalised answer (GQA, easy-VQA).
-    vqa_accuracy  VQAv2 / OK-VQA: the official accuracy with the official answer
-                  normalisation: for each of the (10) human answers, min(#other humans who gave
-                  the prediction / 3, 1), averaged over the answers left out in turn.
-    oc            GVTBench object counting: the first integer in the prediction (number words
-                  mapped to digits) against the answer's; accuracy, MAE and RMSE of the counts.
-    mci           GVTBench multi-class identification (yes/no), scored with GVTBench's own rule:
-                  correct if the answer contains "Yes" and the lowercased prediction contains
-                  "yes", or the answer contains "No" and the prediction contains "no" (a
-                  substring test: "not", "know", "none" count as "no"). ``accuracy_strict``
-                  (the prediction's first word is the answer's yes/no) is reported beside it.
+    exact_match   GQA (and easy-VQA): LAVIS 1.0.2's ``GQATask``: the prediction normalised by
+                  LAVIS's VQA normalisation, the ground truth as written, compared for
+                  equality. ``accuracy_normalised``: both sides normalised (LAVIS's main
+                  branch since 2023-12).
+    vqa_accuracy  VQAv2 / OK-VQA: LAVIS 1.0.2's ``VQAEval``, called as ``VQATask`` calls it
+                  (the prediction normalised fully; the human answers, when they differ, by
+                  punctuation only). ``accuracy_official``: the VQA authors' current
+                  ``vqaEval.py``, where both sides are normalised fully when the human answers
+                  differ and neither is when they all agree.
+    oc            GVTBench object counting: its ``count.py``: number words replaced by digits
+                  as substrings ("someone" holds a 1), then the first run of digits, else 0;
+                  accuracy, MAE, RMSE, and bins of the true count in steps of 3.
+                  ``accuracy_parsed``, ``mae_parsed``, ``rmse_parsed``, ``num_unparsed``: this
+                  project's parser (whole words, any case, up to ninety-nine).
+    mci           GVTBench multi-class identification: its ``multiclass.py`` (substring yes/no
+                  rule), bins of ``n_obj_exist``. ``accuracy_strict``: the prediction's first
+                  word must be the answer's yes/no.
 
-Every scored record gets ``score`` in [0, 1]; accuracies are 100 * mean(score).
+Every scored record gets ``score`` in [0, 1]; accuracies are 100 * the reference's fraction,
+kept at full precision (tables round when printing).
 """
+import contextlib
+import io
 import math
 import re
 from collections import Counter, OrderedDict
@@ -25,38 +36,134 @@ from lavis.common.vqa_tools.vqa_eval import VQAEval
 
 METRICS = ("exact_match", "vqa_accuracy", "oc", "mci")
 _VQA_EVAL = VQAEval()  # only its answer normalisation (no annotations needed)
+# VQAEval rounds every accuracy to ``n`` decimals with round(); CPython's float round returns
+# its argument unchanged when ndigits exceeds 323 (NDIGITS_MAX), so this keeps full precision.
+# LAVIS's VQATask uses n=2: round(our value, 2) is its number.
+FULL_PRECISION = 400
+
+
+def _lavis_normalise(text):
+    """LAVIS's (and the VQA authors') answer normalisation, as its tasks apply it:
+    punctuation, then lowercase, number words zero..ten to digits, articles dropped,
+    contractions restored."""
+    return _VQA_EVAL.processDigitArticle(_VQA_EVAL.processPunctuation(text))
 
 
 def normalize_answer(text):
-    """VQA's answer normalisation (the official evaluation's, as LAVIS ships it): whitespace,
-    lowercase, punctuation (kept inside numbers such as 2.5 or 1,000), number words to digits,
-    articles (a, an, the) dropped, common contractions restored."""
+    """The VQA answer normalisation with whitespace (newlines, tabs, repeats) collapsed first;
+    used for the strict yes/no column."""
     text = " ".join(str(text).replace("\n", " ").replace("\t", " ").split())
-    text = _VQA_EVAL.processPunctuation(text)
-    text = _VQA_EVAL.processDigitArticle(text)
-    return " ".join(text.split())
+    return " ".join(_lavis_normalise(text).split())
+
+
+# ------------------------------------------------------------------ GQA (exact match)
+
+def lavis_gqa_correct(prediction, answer):
+    """LAVIS 1.0.2's ``GQATask._report_metrics`` with ``inference_method="generate"``: the
+    prediction normalised, the ground truth left as written."""
+    return float(_lavis_normalise(prediction) == answer)
 
 
 def exact_match(prediction, answer):
-    return float(normalize_answer(prediction) == normalize_answer(answer))
+    """Both sides normalised, as LAVIS's main branch (commit 71a2da9, 2023-12) scores GQA."""
+    return float(_lavis_normalise(prediction) == _lavis_normalise(answer))
+
+
+# ------------------------------------------------------------------ VQAv2 / OK-VQA
+
+class _VQAIndex:
+    """The two things ``VQAEval.evaluate`` reads from LAVIS's ``VQA`` objects."""
+
+    def __init__(self, qa):
+        self.qa = qa
+
+    def getQuesIds(self):  # noqa: N802 (LAVIS's name)
+        return list(self.qa)
+
+
+def lavis_vqa_eval(items):
+    """LAVIS 1.0.2's own ``VQAEval`` on ``items``: (question_id, prediction, human answers,
+    answer type) tuples. Returns (per-question accuracy in [0, 1] by question id, overall %,
+    {answer type: %}), the numbers ``VQATask._report_metrics`` reports (there rounded to 2
+    decimals).
+
+    Each human answer gets its position as ``answer_id``, as in the official annotation files:
+    ``VQAEval`` leaves an answer out by comparing whole answer dicts, so the ids make the
+    ten leave-one-out subsets."""
+    gts, res = OrderedDict(), OrderedDict()
+    for qid, prediction, answers, answer_type in items:
+        if not answers:
+            raise ValueError("VQA accuracy: question %r has no human answers to score against" % qid)
+        gts[qid] = {"question_id": qid, "question_type": answer_type, "answer_type": answer_type,
+                    "answers": [{"answer": a, "answer_id": i + 1} for i, a in enumerate(answers)]}
+        res[qid] = {"question_id": qid, "answer": prediction}
+    if not gts:
+        return {}, 0.0, {}
+    scorer = VQAEval(_VQAIndex(gts), _VQAIndex(res), n=FULL_PRECISION)
+    with contextlib.redirect_stdout(io.StringIO()):  # its progress bar
+        scorer.evaluate()
+    per_question = {qid: acc / 100.0 for qid, acc in scorer.evalQA.items()}
+    return (per_question, scorer.accuracy["overall"], dict(scorer.accuracy["perAnswerType"]))
 
 
 def vqa_accuracy(prediction, answers):
-    """The official VQA accuracy of one prediction against the human ``answers`` (a list of
-    strings, 10 in VQAv2 and OK-VQA), as ``vqaEval.py`` computes it: the prediction is
-    normalised; the human answers only when they differ among themselves (as the official
-    code does); then the mean over i of min(#{j != i: answer_j == prediction} / 3, 1)."""
-    answers = [" ".join(str(a).replace("\n", " ").replace("\t", " ").split()) for a in answers]
+    """One question's accuracy in [0, 1] by LAVIS 1.0.2's ``VQAEval``."""
+    return lavis_vqa_eval([(0, prediction, list(answers), "all")])[0][0]
+
+
+def official_vqa_accuracy(prediction, answers):
+    """One question's accuracy by the VQA authors' current ``vqaEval.py`` (GT-Vision-Lab/VQA,
+    commit a013f00, 2021): newlines and tabs become spaces and both sides are stripped; only
+    when the human answers differ are both sides normalised (punctuation, digits, articles);
+    then the mean over the answers left out in turn of min(#others equal to the prediction
+    / 3, 1)."""
+    answers = [str(a).replace("\n", " ").replace("\t", " ").strip() for a in answers]
     if not answers:
-        raise ValueError("vqa_accuracy: no human answers to score against")
-    prediction = normalize_answer(prediction)
+        raise ValueError("VQA accuracy: no human answers to score against")
+    prediction = str(prediction).replace("\n", " ").replace("\t", " ").strip()
     if len(set(answers)) > 1:
-        answers = [normalize_answer(a) for a in answers]
-    scores = []
+        answers = [_lavis_normalise(a) for a in answers]
+        prediction = _lavis_normalise(prediction)
+    total = 0.0
     for i in range(len(answers)):
-        matching = sum(1 for j, a in enumerate(answers) if j != i and a == prediction)
-        scores.append(min(1.0, matching / 3.0))
-    return sum(scores) / len(scores)
+        others = sum(1 for j, a in enumerate(answers) if j != i and a == prediction)
+        total += min(1, others / 3)
+    return total / len(answers)
+
+
+# ------------------------------------------------------------------ GVTBench OC
+
+# GVTBench's count.py replaces these words, in this order, wherever they occur (inside other
+# words too, case-sensitive) before taking the first run of digits. "nive" (sic) is its word
+# for 9, so "nine" stays a word; "none" goes first, so it reads 0 and not "n1".
+GVT_NUMBER_WORDS = (("none", "0"), ("one", "1"), ("two", "2"), ("three", "3"), ("four", "4"),
+                    ("five", "5"), ("six", "6"), ("seven", "7"), ("eight", "8"), ("nive", "9"))
+_DIGITS = re.compile(r"\d+")
+
+
+def gvt_count(prediction):
+    """The count GVTBench's ``extract_digit`` reads from a prediction: 0 when it finds none."""
+    text = str(prediction)
+    for word, digit in GVT_NUMBER_WORDS:
+        text = text.replace(word, digit)
+    found = _DIGITS.search(text)
+    return int(found.group()) if found else 0
+
+
+def gvt_true_count(answer, question_id=None):
+    """GVTBench's ground truth: ``int(text_out)``."""
+    try:
+        return int(answer)
+    except (TypeError, ValueError):
+        raise ValueError("object counting: the ground-truth answer %r of question %r is not an "
+                         "integer (GVTBench's count.py reads it with int()); use GVTBench's "
+                         "OC file" % (answer, question_id)) from None
+
+
+def count_bin(true_count):
+    """GVTBench's OC bins: true count // 3, printed as "count 0-2", "count 3-5", ..."""
+    low = 3 * (int(true_count) // 3)
+    return "count %d-%d" % (low, low + 2)
 
 
 _UNITS = {w: i for i, w in enumerate(
@@ -67,8 +174,9 @@ _TENS = {w: 10 * i for i, w in enumerate(
 
 
 def parse_count(text):
-    """The first integer in ``text``: digits ("3", "12 dogs", "2.5" -> 2) or number words
-    ("three", "twenty-one", "twenty one"), whichever comes first; None when there is none."""
+    """This project's parser (the ``*_parsed`` columns): the first integer in ``text``, as
+    digits ("3", "12 dogs", "2.5" -> 2) or whole number words in any case ("Three",
+    "twenty-one", "twenty one"), whichever comes first; None when there is none."""
     tokens = re.findall(r"\d+|[a-z]+", str(text).lower())
     for i, token in enumerate(tokens):
         if token.isdigit():
@@ -83,8 +191,12 @@ def parse_count(text):
     return None
 
 
+# ------------------------------------------------------------------ GVTBench MCI
+
 def gvt_yes_no(prediction, answer):
-    """GVTBench's multi-class identification rule (its evaluation code, unchanged)."""
+    """GVTBench's ``multiclass.py`` rule: right if the answer contains "Yes" and the lowercased
+    prediction "yes", or the answer "No" and the prediction "no" (substrings: "not", "know",
+    "nothing" count as "no")."""
     prediction = str(prediction).lower()
     return float(("Yes" in answer and "yes" in prediction) or ("No" in answer and "no" in prediction))
 
@@ -96,26 +208,36 @@ def strict_yes_no(prediction, answer):
     return float(bool(words) and bool(truth) and words[0] == truth[0] and words[0] in ("yes", "no"))
 
 
+def n_obj_bin(n_obj_exist):
+    """GVTBench's MCI bins of ``n_obj_exist``: "1-9", "10-19", ">=20"."""
+    n = int(n_obj_exist)
+    return "1-9" if n < 10 else ("10-19" if n < 20 else ">=20")
+
+
+# ------------------------------------------------------------------ records and summaries
+
 def score_record(record, metric):
     """Add the per-question score fields to ``record`` (which holds ``prediction`` and the
-    ground truth: ``answer``, or ``answers`` for vqa_accuracy); returns it."""
+    ground truth: ``answer``, or ``answers`` for vqa_accuracy); returns it. For vqa_accuracy
+    the headline ``score`` of a batch of records is set by ``score_vqa_records`` (one
+    ``VQAEval`` run); one record alone is scored here the same way."""
     prediction = record["prediction"]
     if metric == "exact_match":
-        record["correct"] = bool(exact_match(prediction, record["answer"]))
+        record["correct"] = bool(lavis_gqa_correct(prediction, record["answer"]))
         record["score"] = float(record["correct"])
+        record["correct_normalised"] = bool(exact_match(prediction, record["answer"]))
     elif metric == "vqa_accuracy":
-        answers = record["answers"]
-        record["score"] = round(vqa_accuracy(prediction, answers), 4)
+        answers = list(record["answers"])
+        record["score"] = vqa_accuracy(prediction, answers)
+        record["score_official"] = official_vqa_accuracy(prediction, answers)
     elif metric == "oc":
-        truth = parse_count(record["answer"])
-        if truth is None:
-            raise ValueError("object counting: the ground-truth answer %r of question %r holds no "
-                             "number" % (record["answer"], record.get("question_id")))
-        count = parse_count(prediction)
-        record["predicted_count"] = count
+        truth = gvt_true_count(record["answer"], record.get("question_id"))
         record["true_count"] = truth
-        record["correct"] = count == truth
+        record["predicted_count"] = gvt_count(prediction)
+        record["correct"] = record["predicted_count"] == truth
         record["score"] = float(record["correct"])
+        record["predicted_count_parsed"] = parse_count(prediction)
+        record["correct_parsed"] = record["predicted_count_parsed"] == truth
     elif metric == "mci":
         record["score"] = gvt_yes_no(prediction, record["answer"])
         record["correct"] = bool(record["score"])
@@ -125,30 +247,61 @@ def score_record(record, metric):
     return record
 
 
-def _percent(value, total):
-    return round(100.0 * value / total, 2) if total else 0.0
+def answer_type(record):
+    """The VQA answer type of a record ("yes/no", "number", "other"; the loaders keep it as
+    ``question_type``)."""
+    qtype = record.get("answer_type", record.get("question_type"))
+    return qtype if isinstance(qtype, str) else "all"
+
+
+def score_vqa_records(records):
+    """Score VQAv2/OK-VQA records in one ``VQAEval`` run: sets ``score`` (LAVIS 1.0.2) and
+    ``score_official`` on each; returns (overall %, {answer type: %}) as LAVIS reports them."""
+    keyed = [(i, r) for i, r in enumerate(records)]
+    per_question, overall, per_type = lavis_vqa_eval(
+        [(i, r["prediction"], list(r["answers"]), answer_type(r)) for i, r in keyed])
+    for i, r in keyed:
+        r["score"] = per_question[i]
+        r["score_official"] = official_vqa_accuracy(r["prediction"], r["answers"])
+    return overall, per_type
+
+
+def _percent(hits, total, metric=None):
+    """100 * hits / total. For exact_match in LAVIS's GQATask's order of operations
+    (sum / len * 100), so that the float is the very one LAVIS stores."""
+    if not total:
+        return 0.0
+    return hits / total * 100 if metric == "exact_match" else 100.0 * hits / total
+
+
+def _errors_stats(errors):
+    n = len(errors)
+    if not n:
+        return 0.0, 0.0
+    return sum(abs(e) for e in errors) / n, math.sqrt(sum(e * e for e in errors) / n)
 
 
 def summarize(records, metric):
-    """One row of metrics over scored records: num_questions, accuracy (%), plus for ``oc``
-    mae, rmse and num_unparsed (predictions without a number, counted as 0 for MAE/RMSE),
-    and for ``mci`` accuracy_strict."""
+    """One row of metrics over scored records: num_questions, accuracy (%), and the metric's
+    other columns (see the module docstring). Full precision."""
     n = len(records)
-    row = OrderedDict(num_questions=n, accuracy=_percent(sum(r["score"] for r in records), n))
-    if metric == "oc":
-        errors = [((r["predicted_count"] or 0) - r["true_count"]) for r in records]
-        row["mae"] = round(sum(abs(e) for e in errors) / n, 4) if n else 0.0
-        row["rmse"] = round(math.sqrt(sum(e * e for e in errors) / n), 4) if n else 0.0
-        row["num_unparsed"] = sum(r["predicted_count"] is None for r in records)
-    if metric == "mci":
+    row = OrderedDict(num_questions=n, accuracy=_percent(sum(r["score"] for r in records), n, metric))
+    if metric == "exact_match":
+        row["accuracy_normalised"] = _percent(sum(r["correct_normalised"] for r in records), n)
+    elif metric == "vqa_accuracy":
+        row["accuracy_official"] = _percent(sum(r["score_official"] for r in records), n)
+    elif metric == "oc":
+        mae, rmse = _errors_stats([r["true_count"] - r["predicted_count"] for r in records])
+        row["mae"], row["rmse"] = mae, rmse
+        row["accuracy_parsed"] = _percent(sum(r["correct_parsed"] for r in records), n)
+        # an answer without a number counts as 0 in the parsed MAE/RMSE
+        mae, rmse = _errors_stats([r["true_count"] - (r["predicted_count_parsed"] or 0)
+                                   for r in records])
+        row["mae_parsed"], row["rmse_parsed"] = mae, rmse
+        row["num_unparsed"] = sum(r["predicted_count_parsed"] is None for r in records)
+    elif metric == "mci":
         row["accuracy_strict"] = _percent(sum(r["correct_strict"] for r in records), n)
     return row
-
-
-def n_obj_bin(n_obj_exist):
-    """GVTBench's bins of ``n_obj_exist``: "1-9", "10-19", ">=20"."""
-    n = int(n_obj_exist)
-    return "1-9" if n < 10 else ("10-19" if n < 20 else ">=20")
 
 
 def majority(answers):

@@ -13,7 +13,8 @@ captions too (its Q-Former decodes; it takes no prompt and no length penalty).
 
 Per split, in the run's ``result/`` folder: ``<split>_caption_predictions.json`` (one record per
 image: image_id, prediction, references, domain where given) and ``<split>_caption_metrics.json``
-(BLEU-4 and CIDEr in %, per NoCaps domain where the data gives domains, the protocol). A short
+(BLEU-4 and CIDEr in %, per NoCaps domain where the data gives domains, the protocol;
+``agg_metrics`` = CIDEr + BLEU-4 as fractions, as LAVIS's CaptionTask). A short
 table is printed at the end and a progress line every ``log_freq`` batches; under torchrun
 each process captions its share and the results are merged (results.py).
 """
@@ -38,9 +39,10 @@ SPICE_NOTE = ("SPICE skipped: pycocoevalcap's SPICE downloads Stanford CoreNLP m
 
 
 def caption_scores(references, predictions):
-    """BLEU-4 and CIDEr (in %) of ``predictions`` {image_id: caption} against ``references``
-    {image_id: [captions]}, both PTB-tokenised, as the COCO caption evaluation computes them
-    (CIDEr's document frequencies come from the references given)."""
+    """BLEU-4 and CIDEr (in %, full precision) of ``predictions`` {image_id: caption} against
+    ``references`` {image_id: [captions]}, both PTB-tokenised, as the COCO caption evaluation
+    computes them (CIDEr's document frequencies come from the references given), and
+    ``agg_metrics``: CIDEr + BLEU-4 as fractions, as LAVIS's CaptionTask picks checkpoints."""
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
@@ -54,8 +56,8 @@ def caption_scores(references, predictions):
     res = tokenizer.tokenize({i: [{"caption": predictions[i]}] for i in ids})
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
     cider, _ = Cider().compute_score(gts, res)
-    return OrderedDict([("num_images", len(ids)), ("bleu4", round(100 * bleu[3], 2)),
-                        ("cider", round(100 * cider, 2))])
+    return OrderedDict([("num_images", len(ids)), ("bleu4", 100 * bleu[3]), ("cider", 100 * cider),
+                        ("agg_metrics", cider + bleu[3])])
 
 
 def spice_score(references, predictions):
@@ -68,7 +70,7 @@ def spice_score(references, predictions):
     gts = tokenizer.tokenize({i: [{"caption": c} for c in references[i]] for i in ids})
     res = tokenizer.tokenize({i: [{"caption": predictions[i]}] for i in ids})
     score, _ = Spice().compute_score(gts, res)
-    return round(100 * score, 2)
+    return 100 * score
 
 
 @registry.register_task("xformer_caption")
@@ -155,7 +157,6 @@ class XFormerCaptionTask(BaseTask):
             predictions = {r["image_id"]: r["prediction"] for r in records}
             overall = caption_scores(references, predictions)
             metrics.update(overall)
-            metrics["agg_metrics"] = overall["cider"]
             if self.spice:
                 try:
                     metrics["spice"] = spice_score(references, predictions)

@@ -9,7 +9,7 @@ counts as found at K when any of its captions is among the K best texts; for tex
 Per split, in the run's ``result/`` folder: ``<split>_retrieval_predictions.json``
 (per image: its captions' ids, the top-10 text ids, the rank of the first correct one; per
 text: its image, the top-10 image ids, the rank) and ``<split>_retrieval_metrics.json``
-(txt_r1/5/10, img_r1/5/10, their means, r_mean = agg_metrics). The data loader must give
+(txt_r1/5/10, img_r1/5/10, their means, r_mean; agg_metrics = txt_r_mean as in LAVIS). The data loader must give
 every process all images (``run.use_dist_eval_sampler: False``); under torchrun the
 re-ranking is split between processes.
 """
@@ -41,16 +41,18 @@ def ranks_of_truth(scores, truth):
 
 
 def recall_metrics(score_i2t, score_t2i, img2txt, txt2img):
-    """LAVIS's retrieval metrics (in %) from the two score matrices."""
+    """LAVIS's retrieval metrics (in %) from the two score matrices, with its formulas and
+    at full precision; ``agg_metrics`` is ``txt_r_mean``, as in LAVIS's RetrievalTask (it
+    picks the best checkpoint by text retrieval alone)."""
     i2t_ranks, _ = ranks_of_truth(score_i2t, [img2txt[i] for i in range(score_i2t.shape[0])])
     t2i_ranks, _ = ranks_of_truth(score_t2i, [txt2img[t] for t in range(score_t2i.shape[0])])
     m = OrderedDict()
     for name, ranks in (("txt", i2t_ranks), ("img", t2i_ranks)):
         for k in (1, 5, 10):
-            m["%s_r%d" % (name, k)] = round(100.0 * float(np.mean(ranks < k)), 2)
-        m["%s_r_mean" % name] = round((m[name + "_r1"] + m[name + "_r5"] + m[name + "_r10"]) / 3, 2)
-    m["r_mean"] = round((m["txt_r_mean"] + m["img_r_mean"]) / 2, 2)
-    m["agg_metrics"] = m["r_mean"]
+            m["%s_r%d" % (name, k)] = 100.0 * int(np.sum(ranks < k)) / len(ranks)
+        m["%s_r_mean" % name] = (m[name + "_r1"] + m[name + "_r5"] + m[name + "_r10"]) / 3
+    m["r_mean"] = (m["txt_r_mean"] + m["img_r_mean"]) / 2
+    m["agg_metrics"] = (m["txt_r1"] + m["txt_r5"] + m["txt_r10"]) / 3
     return m, i2t_ranks, t2i_ranks
 
 

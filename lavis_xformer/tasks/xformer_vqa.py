@@ -1,4 +1,4 @@
-"""``xformer_vqa``: zero-shot open-ended VQA by generation, scored by exact match.
+"""``xformer_vqa``: zero-shot open-ended VQA by generation, scored by ``run.metric``.
 
 The paper's protocol is the default (run-config keys in brackets): the model's
 ``predict_answers`` with prompt "Question: {} Short Answer:" [prompt], beam search with 5
@@ -10,9 +10,10 @@ Per evaluated split, in the run's ``result/`` folder:
 * ``<split>_vqa_predictions.json``: one record per question, sorted by question_id, with
   ``question_id``, ``question``, ``answer`` (the ground truth), ``prediction``, ``correct``,
   plus ``question_type`` and ``image_id`` where the dataset gives them;
-* ``<split>_vqa_metrics.json``: exact-match accuracy (%) after VQA's answer normalisation,
-  per question type, and the majority-answer baseline (always answering the most frequent
-  answer of the dataset's train split) next to each; ``agg_metrics`` = accuracy.
+* ``<split>_vqa_metrics.json``: the accuracy (%) of ``run.metric`` at full precision, as the
+  benchmark's reference code computes it (docs/scoring.md), its extra columns, per question
+  type, and the majority-answer baseline (always answering the most frequent answer of the
+  dataset's train split) next to each; ``agg_metrics`` = accuracy, as in LAVIS's VQA tasks.
 
 A short table is printed at the end, and a progress line (with the running accuracy of this
 process) every ``log_freq`` batches. Under torchrun every process answers its share and the
@@ -27,7 +28,8 @@ does not fit in a batch (VQAv2's 10 human answers, GQA's two type labels) is loo
 ``question_type`` (a string or a list of them), ``n_obj_exist``).
 
 ``run.metric`` says how answers are scored (see metrics.py): ``exact_match`` (default; GQA,
-easy-VQA), ``vqa_accuracy`` (VQAv2, OK-VQA), ``oc`` and ``mci`` (GVTBench). The metrics JSON
+easy-VQA; LAVIS 1.0.2's GQATask), ``vqa_accuracy`` (VQAv2, OK-VQA; LAVIS 1.0.2's VQAEval),
+``oc`` and ``mci`` (GVTBench's count.py and multiclass.py). The metrics JSON
 also names the benchmark (``run.benchmark``, default: the dataset's name) and the model
 (arch, model_type, fusion), for comparison reports.
 """
@@ -54,7 +56,7 @@ def is_correct(prediction, answer):
 
 
 def _percent(hits, total):
-    return round(100.0 * hits / total, 2) if total else 0.0
+    return hits / total * 100 if total else 0.0
 
 
 def majority_answer(answer_counts):
@@ -65,7 +67,9 @@ def majority_answer(answer_counts):
     return answer, count, sum(answer_counts.values())
 
 
-def _types_of(record):
+def _types_of(record, metric=None):
+    if metric == "oc":  # GVTBench's count.py bins by the true count, in steps of 3
+        return [bench_metrics.count_bin(record["true_count"])]
     qtype = record.get("question_type")
     if qtype is None:
         return []
@@ -75,25 +79,33 @@ def _types_of(record):
 def _baseline_score(answer, record, metric):
     if metric == "vqa_accuracy":
         return bench_metrics.vqa_accuracy(answer, record["answers"])
-    return bench_metrics.exact_match(answer, record["answer"])
+    return bench_metrics.lavis_gqa_correct(answer, record["answer"])
 
 
 def score(records, answer_counts=None, metric="exact_match"):
     """Metrics of records carrying ``prediction`` and the ground truth (``answer``, or
     ``answers`` for vqa_accuracy; maybe ``question_type``, a string or a list): accuracy (%)
-    and the metric's extra columns, per question type, and, for exact_match and vqa_accuracy
-    given the train split's answer counts, the majority-answer baseline."""
+    and the metric's extra columns (metrics.py), per question type (OC: per bin of the true
+    count), and, for exact_match and vqa_accuracy given the train split's answer counts, the
+    majority-answer baseline. Full precision; ``agg_metrics`` is the headline accuracy, as
+    LAVIS's VQATask and GQATask set it."""
+    lavis_vqa = None
+    if metric == "vqa_accuracy":  # one run of LAVIS's VQAEval gives the headline numbers
+        lavis_vqa = bench_metrics.score_vqa_records(records)
     for record in records:
         if "score" not in record:
             bench_metrics.score_record(record, metric)
     majority = majority_answer(answer_counts) if metric in ("exact_match", "vqa_accuracy") else None
     groups = OrderedDict([("all", records)])
-    for qtype in sorted({t for r in records for t in _types_of(r)}):
-        groups[qtype] = [r for r in records if qtype in _types_of(r)]
+    for qtype in sorted({t for r in records for t in _types_of(r, metric)},
+                        key=lambda t: (len(t), t) if metric == "oc" else (0, t)):
+        groups[qtype] = [r for r in records if qtype in _types_of(r, metric)]
 
     per_type = OrderedDict()
     for name, group in groups.items():
         row = bench_metrics.summarize(group, metric)
+        if lavis_vqa is not None:  # VQAEval's own overall and per-answer-type accuracy
+            row["accuracy"] = lavis_vqa[0] if name == "all" else lavis_vqa[1].get(name, row["accuracy"])
         if majority is not None:
             row["majority_baseline"] = _percent(
                 sum(_baseline_score(majority[0], r, metric) for r in group), len(group))
@@ -105,7 +117,7 @@ def score(records, answer_counts=None, metric="exact_match"):
     metrics["accuracy"] = overall.pop("accuracy")
     metrics["agg_metrics"] = metrics["accuracy"]
     baseline_accuracy = overall.pop("majority_baseline", None)
-    metrics.update(overall)  # mae, rmse, num_unparsed (oc); accuracy_strict (mci)
+    metrics.update(overall)  # the metric's other columns (metrics.summarize)
     if majority is not None:
         answer, count, total = majority
         metrics["majority_baseline"] = OrderedDict([
@@ -119,8 +131,10 @@ def score(records, answer_counts=None, metric="exact_match"):
     return metrics
 
 
-_EXTRA_COLUMNS = (("accuracy_strict", "strict yes/no %"), ("mae", "MAE"), ("rmse", "RMSE"),
-                  ("num_unparsed", "no number"))
+_EXTRA_COLUMNS = (("mae", "MAE"), ("rmse", "RMSE"), ("accuracy_strict", "strict yes/no %"),
+                  ("accuracy_normalised", "both normalised %"), ("accuracy_official", "official VQA %"),
+                  ("accuracy_parsed", "parsed %"), ("mae_parsed", "parsed MAE"),
+                  ("rmse_parsed", "parsed RMSE"), ("num_unparsed", "no number"))
 
 
 def metrics_table(metrics, title):
