@@ -166,11 +166,14 @@ def check_resume(run_cfg):
     value = run_cfg.get("resume_ckpt_path", None)
     if not value or run_cfg.get("evaluate", False) or _is_remote(str(value)):
         return
-    from lavis_xformer.runners.checkpoints import resolve_resume_path
+    from lavis_xformer.runners.checkpoints import damaged_resume_message, resolve_resume_path
 
     try:
-        resolve_resume_path(os.path.abspath(os.path.expanduser(str(value))))
+        path = resolve_resume_path(os.path.abspath(os.path.expanduser(str(value))))
     except FileNotFoundError as e:
         raise ConfigError("%s; a run's job directory (or its output_dir's `latest` link) "
                           "resumes from its newest checkpoint" % e) from None
+    damaged = damaged_resume_message(path)  # empty or truncated: a killed copy, a full disk
+    if damaged:
+        raise ConfigError(damaged)
 

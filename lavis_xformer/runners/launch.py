@@ -117,6 +117,21 @@ def load_config(args):
     return cfg
 
 
+def new_job_id():
+    """A job directory name of its own for every run and evaluation: the start time to the
+    second, then the process id and 4 random hex digits (e.g. ``20261201113519_4242_9f3a``).
+
+    Why: LAVIS's ``now()`` keeps the time to the ten minutes, so runs started within the same
+    ten minutes wrote into one folder and replaced each other's checkpoints and metrics. The
+    time still sorts the folders; the process id and random part separate runs started in the
+    same second, on one host or several. The runner creates the folder exclusively
+    (RunnerXFormer.setup_output_dir), so a clash is an error, never a shared folder."""
+    import secrets
+    import time
+
+    return "%s_%d_%s" % (time.strftime("%Y%m%d%H%M%S"), os.getpid(), secrets.token_hex(2))
+
+
 def init_distributed(cfg, job_id):
     """torchrun-aware set-up (gloo on CPU); all ranks then share rank 0's job id (output dir)."""
     compat.init_distributed_mode(cfg.run_cfg)
@@ -165,12 +180,10 @@ def run_main(body, argv, description):
     """Parse, load and check the config, then hand over to body(cfg, job_id). A ConfigError
     ends the process with its message and exit status 2, a NaN/inf training loss
     (NonFiniteLossError) with its message and exit status 3, both without a traceback."""
-    from lavis.common.utils import now
-
     # progress lines should show up at once, also when stdout is a pipe or a file
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)
-    job_id = now()  # taken before set-up, as LAVIS does; rank 0's wins under torchrun
+    job_id = new_job_id()  # rank 0's wins under torchrun (init_distributed)
     args = parse_args(argv, description)
     try:
         cfg = load_config(args)
@@ -180,8 +193,16 @@ def run_main(body, argv, description):
     job_id = init_distributed(cfg, job_id)
     from lavis_xformer.tasks.xformer_pretrain import NonFiniteLossError
 
+    from lavis_xformer.models.sources import WeightSourceError
+
     try:
         result = body(cfg, job_id)
+    except WeightSourceError as e:
+        # a weight file that is unsafe, damaged or does not fit: one line, no traceback
+        print("error: %s" % e, file=sys.stderr, flush=True)
+        if compat.dist_ready():
+            torch.distributed.destroy_process_group()
+        raise SystemExit(2)
     except NonFiniteLossError as e:
         # every process raises it at the same step (the check is all-reduced): end cleanly
         print("error: %s" % e, file=sys.stderr, flush=True)

@@ -70,7 +70,7 @@ def point_latest(job_dir, name=LATEST):
     """
     job_dir = Path(job_dir)
     link = job_dir.parent / name
-    tmp = job_dir.parent / (".%s.%d.tmp" % (name, os.getpid()))
+    tmp = job_dir.parent / checkpoints._tmp_name(name)
     try:
         if os.path.lexists(tmp):
             os.remove(tmp)
@@ -155,10 +155,24 @@ class RunnerXFormer(RunnerBase):
     # directory (inside site-packages) and registers the paths with register_path, which
     # refuses a second runner in the same process. Here a relative output_dir is taken from the
     # current directory, as a user expects.
+    # Addition: the job directory is created exclusively by the main process (its name is
+    # unique per run, launch.new_job_id, shared by all processes of a torchrun job), so two
+    # runs can never write into one folder; temporary files of saves killed half-way in the
+    # output folder's jobs are removed.
     def setup_output_dir(self):
-        output_dir = Path(os.path.expanduser(str(self.config.run_cfg.output_dir))).absolute()
-        output_dir = output_dir / self.job_id
+        base = Path(os.path.expanduser(str(self.config.run_cfg.output_dir))).absolute()
+        output_dir = base / self.job_id
         result_dir = output_dir / "result"
+        if is_main_process():
+            base.mkdir(parents=True, exist_ok=True)
+            try:
+                output_dir.mkdir(exist_ok=False)
+            except FileExistsError:
+                raise FileExistsError(
+                    "job directory %s exists already: another run uses this job id; start "
+                    "again (each start draws a new one)" % output_dir) from None
+            for job in [base] + [p for p in base.iterdir() if p.is_dir() and not p.is_symlink()]:
+                checkpoints.remove_stale_temporaries(job)
         output_dir.mkdir(parents=True, exist_ok=True)
         result_dir.mkdir(parents=True, exist_ok=True)
         registry.mapping["paths"]["result_dir"] = str(result_dir)
@@ -421,7 +435,8 @@ class RunnerXFormer(RunnerBase):
                 path = checkpoints.resolve_resume_path(url_or_filename)
             except FileNotFoundError as e:
                 raise RuntimeError(str(e)) from None
-        checkpoint = torch.load(path, map_location=self.device)
+        # safe load (no code from the file); a truncated file is one line naming the last good one
+        checkpoint = checkpoints.read_resume_checkpoint(path)
 
         model = self.unwrap_dist_model(self.model)
         result = model.load_state_dict(checkpoint["model"], strict=False)
