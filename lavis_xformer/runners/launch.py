@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lavis_xformer import compat
+from lavis_xformer.config_keys import ConfigKeyError, check_config
 from lavis_xformer.datasets.checks import (
     ConfigError, check_checkpoints, check_dataset_names, check_datasets, check_resume)
 
@@ -34,11 +35,19 @@ def parse_args(argv=None, description="LAVIS run"):
 def _dotlist(options):
     """LAVIS's --options forms: `a.b=1 c=2`, or `a.b 1 c 2`."""
     options = list(options or [])
-    if not options or "=" in options[0]:
+    if not options:
         return options
-    if len(options) % 2:
-        raise ConfigError("--options: expected key=value pairs, got %s" % " ".join(options))
-    return ["%s=%s" % (k, v) for k, v in zip(options[0::2], options[1::2])]
+    if "=" not in options[0]:
+        if len(options) % 2 or any("=" in k for k in options[0::2]):
+            raise ConfigError("--options %s: expected key=value, e.g. run.max_epoch=1"
+                              % " ".join(options))
+        options = ["%s=%s" % (k, v) for k, v in zip(options[0::2], options[1::2])]
+    for option in options:
+        key, sep, _ = option.partition("=")
+        if not sep or not key or not all(key.split(".")):
+            raise ConfigError("--options %s: expected key=value with a dotted key, e.g. "
+                              "run.max_epoch=1" % option)
+    return options
 
 
 def _load_yaml(path):
@@ -100,7 +109,12 @@ def load_config(args):
         merged = OmegaConf.merge(raw, options)
     except OmegaConfBaseException as e:
         raise ConfigError("--options: %s" % " ".join(str(e).split())) from None
+    option_keys = [o.partition("=")[0] for o in _dotlist(args.options)]
     _pre_check(merged, args.cfg_path)
+    try:  # every key is one that something reads, of the right type (config_keys.py)
+        check_config(merged, args.cfg_path, option_keys)
+    except ConfigKeyError as e:
+        raise ConfigError(str(e)) from None
     try:
         cfg = Config(args)
     except (yaml.YAMLError, OmegaConfBaseException, TypeError, ValueError) as e:
