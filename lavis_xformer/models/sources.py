@@ -78,6 +78,9 @@ def loading(key: str, value: str):
     except WeightSourceError:
         raise
     except Exception as e:  # noqa: BLE001 - re-raised with the config key attached
+        refused = _weights_only_refusal(e)
+        if refused is not None:  # e.g. transformers' from_pretrained met an unsafe .bin file
+            raise UnsafeCheckpointError(_unsafe_message("model.%s" % key, value, refused)) from None
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise _error(key, value, f"cannot load it ({type(e).__name__}: {reason})") from e
 
@@ -168,18 +171,37 @@ def read_checkpoint(path: str, key: str):
         if "weights only load failed" not in str(e).lower():
             raise CorruptCheckpointError("%s: %s is truncated or not a torch checkpoint (%s)" % (
                 key, path, _first_line(e))) from None
-        found = _GLOBAL.search(str(e))
-        what = "e.g. %s" % found.group(1) if found else "objects other than tensors"
-        raise UnsafeCheckpointError(
-            "%s: refused to load %s: it holds Python objects beyond tensors and plain "
-            "containers (%s), and building them while unpickling can run any code the file "
-            "contains. If you trust its origin, convert it once: %s %s %s --i-trust-this-file, "
-            "then point %s at the converted file" % (
-                key, path, what, CONVERT_COMMAND, shlex.quote(path),
-                shlex.quote(safe_name(path)), key)) from None
+        raise UnsafeCheckpointError(_unsafe_message(key, path, e)) from None
     except (EOFError, RuntimeError, zipfile.BadZipFile, ValueError) as e:
         raise CorruptCheckpointError("%s: %s (%d bytes) is truncated or not a torch checkpoint "
                                      "(%s)" % (key, path, size, _first_line(e))) from None
+
+
+def _weights_only_refusal(error):
+    """The UnpicklingError of torch's weights-only unpickler in ``error``'s chain, or None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, pickle.UnpicklingError) and "weights only load failed" in str(error).lower():
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _unsafe_message(key, path, error):
+    """Why the file is refused and the one explicit way out (never the unsafe flag)."""
+    found = _GLOBAL.search(str(error))
+    what = "e.g. %s" % found.group(1) if found else "objects other than tensors"
+    target = str(path)
+    if os.path.isdir(target):  # a from_pretrained folder: name its pickled weights file
+        pickled = sorted(n for n in os.listdir(target) if n.endswith((".bin", ".pth", ".pt")))
+        target = os.path.join(target, pickled[0]) if pickled else "<its weights file>"
+    return ("%s: refused to load %s: it holds Python objects beyond tensors and plain "
+            "containers (%s), and building them while unpickling can run any code the file "
+            "contains. If you trust its origin, convert it once: %s %s %s --i-trust-this-file, "
+            "then point %s at the converted file" % (
+                key, path, what, CONVERT_COMMAND, shlex.quote(str(target)),
+                shlex.quote(safe_name(str(target))), key))
 
 
 def _first_line(e):
