@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lavis_xformer import compat
+from lavis_xformer.runners import preemption
 from lavis_xformer.config_keys import ConfigKeyError, check_config
 from lavis_xformer.datasets.checks import (
     ConfigError, check_checkpoints, check_dataset_names, check_datasets, check_resume)
@@ -192,8 +193,10 @@ def finish():
 
 def run_main(body, argv, description):
     """Parse, load and check the config, then hand over to body(cfg, job_id). A ConfigError
-    ends the process with its message and exit status 2, a NaN/inf training loss
-    (NonFiniteLossError) with its message and exit status 3, both without a traceback."""
+    ends the process with its message and exit status 2 (so does a weight file that is unsafe,
+    damaged or does not fit), a NaN/inf training loss (NonFiniteLossError) with its message
+    and exit status 3, a stop on SIGTERM/SIGINT after its checkpoint with the resume command
+    and exit status 75 (preemption.py), all without a traceback."""
     # progress lines should show up at once, also when stdout is a pipe or a file
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)
@@ -217,6 +220,13 @@ def run_main(body, argv, description):
         if compat.dist_ready():
             torch.distributed.destroy_process_group()
         raise SystemExit(2)
+    except preemption.Preempted as e:
+        # every process stops after the same step, with the checkpoint complete
+        if get_rank() == 0:
+            print(str(e), file=sys.stderr, flush=True)
+        if compat.dist_ready():
+            torch.distributed.destroy_process_group()
+        raise SystemExit(preemption.EXIT_PREEMPTED)
     except NonFiniteLossError as e:
         # every process raises it at the same step (the check is all-reduced): end cleanly
         print("error: %s" % e, file=sys.stderr, flush=True)

@@ -46,7 +46,7 @@ from torch.utils.data.dataset import ChainDataset
 from lavis_xformer import compat
 from lavis_xformer.datasets.sampling import ResumableIterLoader, ResumableSampler, SeededIndices
 from lavis_xformer.datasets.skipping import SkipBadSamples, SkippingCollater
-from lavis_xformer.runners import checkpoints
+from lavis_xformer.runners import checkpoints, preemption
 from lavis_xformer.tasks.xformer_pretrain import NonFiniteLossError
 
 
@@ -173,8 +173,9 @@ class RunnerXFormer(RunnerBase):
                     "again (each start draws a new one)" % output_dir) from None
             for job in [base] + [p for p in base.iterdir() if p.is_dir() and not p.is_symlink()]:
                 checkpoints.remove_stale_temporaries(job)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        result_dir.mkdir(parents=True, exist_ok=True)
+            result_dir.mkdir()
+        compat.barrier()  # the other processes of this job use the folder rank 0 made
+        result_dir.mkdir(parents=True, exist_ok=True)  # (nodes without a shared file system)
         registry.mapping["paths"]["result_dir"] = str(result_dir)
         registry.mapping["paths"]["output_dir"] = str(output_dir)
         self.result_dir = result_dir
@@ -251,13 +252,39 @@ class RunnerXFormer(RunnerBase):
         logging.info("Saved checkpoint %s", save_to)  # all done: a kill from here on loses nothing
         return save_to
 
+    @property
+    def _stop_signals(self):
+        if getattr(self, "_signals", None) is None:
+            self._signals = preemption.StopSignals()
+        return self._signals
+
     def _after_step(self, epoch, iters_done):
         """Called by the task after every iteration: a mid-epoch checkpoint every
-        run.checkpoint_every_iters iterations (the epoch's end has its own)."""
+        run.checkpoint_every_iters iterations (the epoch's end has its own); on a stop request
+        in any process (preemption.py), a checkpoint now and Preempted."""
         every = self.checkpoint_every_iters
+        saved = None
         if every and iters_done % every == 0 and iters_done < len(self.train_loader):
             self._snapshot_rng()
-            self._save_checkpoint(epoch, iters_done=iters_done)
+            saved = self._save_checkpoint(epoch, iters_done=iters_done)
+        if preemption.agreed_stop(self._stop_signals.requested):
+            if saved is None:
+                self._snapshot_rng()
+                saved = self._save_checkpoint(epoch, iters_done=iters_done)
+            compat.barrier()  # the checkpoint is complete before any process leaves
+            where = "epoch %d, iteration %d of %d" % (epoch, iters_done, len(self.train_loader))
+            args = getattr(self.config, "args", None)
+            from lavis_xformer.runners.launch import _dotlist
+
+            command = preemption.resume_command(
+                getattr(args, "cfg_path", "<run file>"), _dotlist(getattr(args, "options", None)),
+                self.output_dir, get_world_size() if self.use_distributed else 1)
+            raise preemption.Preempted(
+                "stopped on request after %s; checkpoint %s is complete; resume with: %s" % (
+                    where, saved or self._last_checkpoint_path(), command))
+
+    def _last_checkpoint_path(self):
+        return os.path.join(str(self.output_dir), checkpoints.CHECKPOINT_LATEST)
 
     # Addition: an evaluation-only run writes no checkpoint; point `latest` at its directory
     # once its results are written, so `<output_dir>/latest/result/` holds the newest results.
@@ -333,6 +360,7 @@ class RunnerXFormer(RunnerBase):
             generator=generator,
             # workers live across passes: no re-spawn (and dataset re-pickling) every epoch
             persistent_workers=num_workers > 0,
+            worker_init_fn=preemption.ignore_interrupts_in_worker,  # Ctrl-C: the main process stops
         )
         if self.cuda_enabled:
             loader = PrefetchLoader(loader)
@@ -400,7 +428,8 @@ class RunnerXFormer(RunnerBase):
                              "use run.task=xformer_pretrain or drop run.checkpoint_every_iters"
                              % type(self.task).__name__)
         try:
-            stats = self.task.train_epoch(**kwargs)
+            with self._stop_signals:  # SIGTERM/SIGINT: finish the step, checkpoint, stop
+                stats = self.task.train_epoch(**kwargs)
         except NonFiniteLossError as e:
             last = getattr(self, "_last_checkpoint", None)
             raise NonFiniteLossError("%s. Last complete checkpoint: %s" % (
