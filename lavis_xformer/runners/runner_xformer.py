@@ -45,7 +45,8 @@ from torch.utils.data.dataset import ChainDataset
 
 from lavis_xformer import compat
 from lavis_xformer.datasets.sampling import ResumableIterLoader, ResumableSampler, SeededIndices
-from lavis_xformer.datasets.skipping import SkipBadSamples, SkippingCollater
+from lavis_xformer.datasets.skipping import (
+    EvalSkippingCollater, SkipBadSamples, SkipUnreadable, SkippingCollater)
 from lavis_xformer.runners import checkpoints, preemption
 from lavis_xformer.tasks.xformer_pretrain import NonFiniteLossError
 
@@ -286,6 +287,11 @@ class RunnerXFormer(RunnerBase):
     def _last_checkpoint_path(self):
         return os.path.join(str(self.output_dir), checkpoints.CHECKPOINT_LATEST)
 
+    # Addition: the task learns which split it evaluates (its per-split prediction files).
+    def eval_epoch(self, split_name, cur_epoch, skip_reload=False):
+        self.task.current_split = split_name
+        return super().eval_epoch(split_name, cur_epoch, skip_reload=skip_reload)
+
     # Addition: an evaluation-only run writes no checkpoint; point `latest` at its directory
     # once its results are written, so `<output_dir>/latest/result/` holds the newest results.
     def evaluate(self, cur_epoch="best", skip_reload=False):
@@ -319,6 +325,10 @@ class RunnerXFormer(RunnerBase):
                                    pin_memory=pin_memory))
         if is_train:
             return self._create_train_loader(dataset, num_workers, batch_size, collate_fn)
+        if getattr(self.task, "skips_unreadable_images", False):
+            # an unreadable image drops its question from the batch, recorded, never fatal
+            dataset = SkipUnreadable(dataset)
+            collate_fn = EvalSkippingCollater(collate_fn)
         sampler = None
         if self.use_distributed and (is_train or self.use_dist_eval_sampler):
             sampler = DistributedSampler(dataset, shuffle=is_train,
