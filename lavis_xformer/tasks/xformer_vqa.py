@@ -284,7 +284,6 @@ class XFormerVQATask(VQATask):
         if cuda_enabled is None:
             cuda_enabled = next(model.parameters()).is_cuda
         metric_logger = MetricLogger(delimiter="  ")
-        metric_logger.add_meter("acc", SmoothedValue(window_size=1, fmt="{global_avg:.2f}"))
         header = "Evaluation"
         log = PredictionLog(registry.get_path("result_dir"),
                             "%s_vqa_predictions" % getattr(self, "current_split", "eval"),
@@ -307,6 +306,9 @@ class XFormerVQATask(VQATask):
             results.extend(records)
             scored = [r["score"] for r in records if "score" in r]
             if scored:
+                if "acc" not in metric_logger.meters:  # made at the first score: an empty
+                    # meter cannot be printed (batches skipped or resumed come first)
+                    metric_logger.add_meter("acc", SmoothedValue(window_size=1, fmt="{global_avg:.2f}"))
                 metric_logger.meters["acc"].update(_percent(sum(scored), len(scored)),
                                                    n=len(scored))
         log.close()
