@@ -182,7 +182,25 @@ def build_runner(cfg, job_id):
     task = tasks.setup_task(cfg)
     datasets = task.build_datasets(cfg)
     model = task.build_model(cfg)
+    check_evaluated_weights(cfg, model)
     return get_runner_class(cfg)(cfg=cfg, job_id=job_id, task=task, model=model, datasets=datasets)
+
+
+def check_evaluated_weights(cfg, model):
+    """An evaluation-only run must not score weights that model.pretrained left untrained, not
+    even parts that a training run would start fresh (the stage-2 LLM projection): raise
+    WeightSourceError unless model.allow_partial_pretrained."""
+    from lavis_xformer.models.sources import WeightSourceError, _groups
+
+    lacking = getattr(model, "pretrained_lacks", None)
+    if not cfg.run_cfg.get("evaluate", False) or not lacking:
+        return
+    if cfg.model_cfg.get("allow_partial_pretrained", False):
+        return
+    raise WeightSourceError(
+        "model.pretrained=%r lacks %d trained tensors this evaluation would use untrained: %s; "
+        "point it at a checkpoint of this stage, or set model.allow_partial_pretrained: true"
+        % (cfg.model_cfg.get("pretrained"), len(lacking), _groups(lacking)))
 
 
 def finish():
