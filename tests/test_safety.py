@@ -241,6 +241,16 @@ def test_stage1_checkpoint_without_fusion_block_is_an_error_unless_allowed(tmp_p
     # a whole stage-1 checkpoint: stage 2's projection is new, nothing else lacks
     model = XFormerOPT.from_config(_model_cfg("xformer_opt", pretrained=str(tmp_path / "full.pth")))
     assert model.pretrained_lacks and all(k.startswith("llm_proj.") for k in model.pretrained_lacks)
+    # ... which stage-2 training starts fresh, but an evaluation must not score untrained
+    from types import SimpleNamespace
+
+    run = SimpleNamespace(run_cfg=OmegaConf.create({"evaluate": False}),
+                          model_cfg=OmegaConf.create({"pretrained": "full.pth"}))
+    launch.check_evaluated_weights(run, model)
+    run.run_cfg.evaluate = True
+    with pytest.raises(sources.WeightSourceError, match=r"lacks 2 trained tensors this "
+                       r"evaluation would use untrained: llm_proj.weight \(1\), llm_proj.bias \(1\)"):
+        launch.check_evaluated_weights(run, model)
     with pytest.raises(sources.WeightSourceError) as info:
         XFormerOPT.from_config(_model_cfg("xformer_opt", pretrained=str(tmp_path / "no_fusion.pth")))
     message = str(info.value)

@@ -164,6 +164,11 @@ def check_checkpoints(model_cfg, run_cfg):
 def check_resume(run_cfg):
     """Raise ConfigError when ``run.resume_ckpt_path`` names a local file or job directory
     that holds no checkpoint (LAVIS finds out only after building everything)."""
+    predictions = run_cfg.get("resume_predictions", None)
+    if predictions and not os.path.isdir(os.path.expanduser(str(predictions))):
+        raise ConfigError("run.resume_predictions: no folder %s; name the job directory of the "
+                          "interrupted evaluation (it holds result/<split>_*.rank<r>.jsonl)"
+                          % predictions)
     value = run_cfg.get("resume_ckpt_path", None)
     if not value or run_cfg.get("evaluate", False) or _is_remote(str(value)):
         return

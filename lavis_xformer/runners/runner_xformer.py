@@ -264,12 +264,12 @@ class RunnerXFormer(RunnerBase):
         run.checkpoint_every_iters iterations (the epoch's end has its own); on a stop request
         in any process (preemption.py), a checkpoint now and Preempted."""
         every = self.checkpoint_every_iters
-        saved = None
-        if every and iters_done % every == 0 and iters_done < len(self.train_loader):
-            self._snapshot_rng()
-            saved = self._save_checkpoint(epoch, iters_done=iters_done)
+        saved, due = None, bool(every and iters_done % every == 0 and iters_done < len(self.train_loader))
+        if due:
+            self._snapshot_rng()  # collective: every process calls it
+            saved = self._save_checkpoint(epoch, iters_done=iters_done)  # None but on rank 0
         if preemption.agreed_stop(self._stop_signals.requested):
-            if saved is None:
+            if not due:
                 self._snapshot_rng()
                 saved = self._save_checkpoint(epoch, iters_done=iters_done)
             compat.barrier()  # the checkpoint is complete before any process leaves

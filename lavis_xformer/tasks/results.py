@@ -99,7 +99,9 @@ class PredictionLog:
             logging.info("run.resume_predictions: %d predictions kept from %s; predicting the "
                          "rest", len(self.carried), folder)
         self.done = {r[key] for r in self.carried}
-        self._file = open(self.path, "a")
+        # a fresh file per evaluation (validation after each epoch writes it again); a run
+        # never shares its job folder, so nothing of another run is overwritten
+        self._file = open(self.path, "w")
         if self.carried and compat.get_rank() == 0:
             self.append(self.carried)
 
