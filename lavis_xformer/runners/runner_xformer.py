@@ -268,24 +268,28 @@ class RunnerXFormer(RunnerBase):
         if due:
             self._snapshot_rng()  # collective: every process calls it
             saved = self._save_checkpoint(epoch, iters_done=iters_done)  # None but on rank 0
+        if iters_done >= len(self.train_loader):
+            return  # the epoch's end: its own checkpoint comes next, then train() checks
         if preemption.agreed_stop(self._stop_signals.requested):
             if not due:
                 self._snapshot_rng()
                 saved = self._save_checkpoint(epoch, iters_done=iters_done)
-            compat.barrier()  # the checkpoint is complete before any process leaves
-            where = "epoch %d, iteration %d of %d" % (epoch, iters_done, len(self.train_loader))
-            args = getattr(self.config, "args", None)
-            from lavis_xformer.runners.launch import _dotlist
+            self._preempted("epoch %d, iteration %d of %d" % (
+                epoch, iters_done, len(self.train_loader)), saved)
 
-            command = preemption.resume_command(
-                getattr(args, "cfg_path", "<run file>"), _dotlist(getattr(args, "options", None)),
-                self.output_dir, get_world_size() if self.use_distributed else 1)
-            raise preemption.Preempted(
-                "stopped on request after %s; checkpoint %s is complete; resume with: %s" % (
-                    where, saved or self._last_checkpoint_path(), command))
+    def _preempted(self, where, saved):
+        """Raise Preempted with the line to show, once the checkpoint is complete everywhere."""
+        compat.barrier()  # the checkpoint is complete before any process leaves
+        args = getattr(self.config, "args", None)
+        from lavis_xformer.runners.launch import _dotlist
 
-    def _last_checkpoint_path(self):
-        return os.path.join(str(self.output_dir), checkpoints.CHECKPOINT_LATEST)
+        command = preemption.resume_command(
+            getattr(args, "cfg_path", "<run file>"), _dotlist(getattr(args, "options", None)),
+            self.output_dir, get_world_size() if self.use_distributed else 1)
+        raise preemption.Preempted(
+            "stopped on request after %s; checkpoint %s is complete; resume with: %s" % (
+                where, saved or os.path.join(str(self.output_dir), checkpoints.CHECKPOINT_LATEST),
+                command))
 
     # Addition: the task learns which split it evaluates (its per-split prediction files).
     def eval_epoch(self, split_name, cur_epoch, skip_reload=False):
@@ -413,6 +417,13 @@ class RunnerXFormer(RunnerBase):
             if self.evaluate_only:
                 break
             compat.barrier()
+            # a stop requested in the epoch's last step (preemption.py): the epoch is saved
+            if cur_epoch + 1 < self.max_epoch and preemption.agreed_stop(self._stop_signals.requested):
+                saved = None
+                if self.valid_splits:  # LAVIS saved only an improving epoch: save this one
+                    saved = self._save_checkpoint(cur_epoch, is_best=False)
+                self._preempted("epoch %d (complete)" % cur_epoch,
+                                saved or getattr(self, "_last_checkpoint", None))
 
         test_epoch = "best" if self.valid_splits else last_epoch
         self.evaluate(cur_epoch=test_epoch, skip_reload=self.evaluate_only)
