@@ -219,10 +219,8 @@ def model_keys(arch):
                 continue
             known[key] = _merge_spec(known.get(key), value)
     for key, spec in list(known.items()):
-        if spec == "null":
+        if spec == "null":  # null in every yaml: nothing says what it takes
             known[key] = ANY
-        elif "dict" in spec.split("|"):
-            known[key] = spec  # sections: their keys are checked one by one
     return known
 
 

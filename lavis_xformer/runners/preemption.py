@@ -16,7 +16,6 @@ person presses Ctrl-C (SIGINT). While a training epoch runs (RunnerXFormer.train
 
 Outside training epochs (building, evaluation) the signals keep their default effect.
 """
-import logging
 import os
 import shlex
 import signal
@@ -101,6 +100,3 @@ def resume_command(cfg_path, options, resume_from, world_size=1):
     return "%s -m lavis.train --cfg-path %s --options %s" % (
         launcher, shlex.quote(str(cfg_path)), " ".join(shlex.quote(o) for o in kept))
 
-
-def log_stop(signal_name, where):
-    logging.warning("stopping on %s after %s", signal_name, where)

@@ -89,8 +89,6 @@ def convert(source, target):
     obj = torch.load(source, map_location="cpu", weights_only=False)
     converted = plain(obj)
     if target.endswith(".safetensors"):
-        from safetensors.torch import save_file
-
         state = _state_dict(converted)
         atomic_save(state, target, save=lambda o, f: f.write(_safetensors_bytes(o)))
     else:
