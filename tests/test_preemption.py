@@ -29,9 +29,9 @@ def _env():
     return env
 
 
-def _options(out):
-    # 8 images, batch 2: 4 iterations per process
-    return ["run.output_dir=%s" % out, "datasets.easyvqa_caption.build_info.max_images=8",
+def _options(out, images=8):
+    # 8 images, batch 2: 4 iterations in one process
+    return ["run.output_dir=%s" % out, "datasets.easyvqa_caption.build_info.max_images=%d" % images,
             "datasets.easyvqa_caption.build_info.splits=[train]", "run.batch_size_train=2",
             "run.log_freq=1", "run.max_epoch=1"]
 
@@ -126,7 +126,7 @@ def test_second_signal_stops_at_once(tmp_path):
 def test_sigterm_to_torchrun_stops_every_process_after_one_checkpoint(tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "lavis.train", "--cfg-path", str(TINY), "--options", *_options(out)]
+           "-m", "lavis.train", "--cfg-path", str(TINY), "--options", *_options(out, images=16)]
     status, output = _signalled(cmd, tmp_path)
     assert status != 0  # torchrun itself reports the signal it got
     # torchrun passes SIGTERM to both workers; they agree on the step and rank 0 saves once
@@ -137,5 +137,5 @@ def test_sigterm_to_torchrun_stops_every_process_after_one_checkpoint(tmp_path):
     saved = checkpoints.resolve_resume_path(job)
     state = sources.read_checkpoint(saved, "checkpoint")
     assert len(state["rng"]) == 2 and state["data"][0]["num_replicas"] == 2
-    assert "iteration %d of 2" % state["iters_done"] in line
+    assert "iteration %d of 4" % state["iters_done"] in line  # 16 images, 2 processes, batch 2
     assert not [n for n in os.listdir(job) if n.endswith(".tmp")]
