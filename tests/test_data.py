@@ -160,7 +160,8 @@ def test_stage1_passes_the_checks_once_its_data_exist(tmp_path):
         splits = ("train", "val", "test") if name == "coco_caption" else ("train",)
         for split in splits:
             ann = tmp_path / name / ("%s.json" % split)
-            ann.write_text("[]")
+            # one entry with what every builder here reads (an empty list is an error now)
+            ann.write_text('[{"image": "a.jpg", "caption": "a cat", "image_id": 0}]')
             options.append("datasets.%s.build_info.annotations.%s.storage=[%s]" % (name, split, ann))
     cfg = launch.load_config(_args(STAGE1, *options))
     assert cfg.model_cfg.model_type == "pretrain" and cfg.model_cfg.mask_ratio == 0.5

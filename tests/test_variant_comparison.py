@@ -69,7 +69,7 @@ def test_every_variant_trains_both_stages_evaluates_and_is_compared(tmp_path, mo
             running = stage1(VARIANTS[i + 1])
         assert "Train: data epoch: [0]  [1/2]" in output, output[-3000:]
         checkpoint = tmp_path / "out" / ("%s_s1" % fusion) / "latest" / "checkpoint_0.pth"
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
         assert saved["config"]["model"]["fusion"] == fusion
         has_mae = any(k.startswith("fusion.") for k in saved["model"])
         assert has_mae == (fusion != "blip2"), fusion  # blip2 has no fusion weights at all

@@ -18,7 +18,7 @@ $R lavis_xformer.train $S1 run.output_dir=$W/killed run.resume_ckpt_path=$W/kill
 PYTHONPATH=/tmp/site:$PWD python3 - "$W" <<'PY'
 import glob, sys, torch
 full, resumed = (torch.load(sorted(glob.glob(f"{sys.argv[1]}/{run}/*/checkpoint_0.pth"))[-1],
-                            map_location="cpu", weights_only=False)["model"] for run in ("full", "killed"))
+                            map_location="cpu", weights_only=True)["model"] for run in ("full", "killed"))
 diff = max((full[k].float() - resumed[k].float()).abs().max().item() for k in full)
 print("resumed vs uninterrupted: %d tensors, identical: %s, max abs difference %.3g"
       % (len(full), all(torch.equal(full[k], resumed[k]) for k in full), diff))

@@ -106,6 +106,7 @@ def check_datasets(datasets_cfg):
             if not _exists(kind, path):
                 missing.append((name, split, kind, path, fix))
     if not missing:
+        check_annotations(datasets_cfg)
         return
     lines = ["data for this run is missing (nothing was downloaded, built or trained):"]
     for name, split, kind, path, fix in missing:
@@ -163,14 +164,128 @@ def check_checkpoints(model_cfg, run_cfg):
 def check_resume(run_cfg):
     """Raise ConfigError when ``run.resume_ckpt_path`` names a local file or job directory
     that holds no checkpoint (LAVIS finds out only after building everything)."""
+    predictions = run_cfg.get("resume_predictions", None)
+    if predictions and not os.path.isdir(os.path.expanduser(str(predictions))):
+        raise ConfigError("run.resume_predictions: no folder %s; name the job directory of the "
+                          "interrupted evaluation (it holds result/<split>_*.rank<r>.jsonl)"
+                          % predictions)
     value = run_cfg.get("resume_ckpt_path", None)
     if not value or run_cfg.get("evaluate", False) or _is_remote(str(value)):
         return
-    from lavis_xformer.runners.checkpoints import resolve_resume_path
+    from lavis_xformer.runners.checkpoints import damaged_resume_message, resolve_resume_path
 
     try:
-        resolve_resume_path(os.path.abspath(os.path.expanduser(str(value))))
+        path = resolve_resume_path(os.path.abspath(os.path.expanduser(str(value))))
     except FileNotFoundError as e:
         raise ConfigError("%s; a run's job directory (or its output_dir's `latest` link) "
                           "resumes from its newest checkpoint" % e) from None
+    damaged = damaged_resume_message(path)  # empty or truncated: a killed copy, a full disk
+    if damaged:
+        raise ConfigError(damaged)
 
+
+
+# --- Annotation content ------------------------------------------------------------------------
+#
+# LAVIS reads annotation files with a bare json.load and indexes entries as it goes, so a file
+# that is a dict, empty or truncated, or an entry without its caption, ends hours later in a
+# traceback that names nothing (or, for a null caption, in a DataLoader worker). Here each
+# annotation file of the run is read once before anything is built; a problem stops the run
+# with the file, the entry's index and the field.
+
+MAX_REPORTED = 5
+
+
+def _fields_of(dataset_cls):
+    """{field: (types, what)} that entries of ``dataset_cls``'s annotation must have."""
+    from lavis.datasets.datasets.caption_datasets import CaptionDataset, CaptionEvalDataset
+    from lavis.datasets.datasets.image_text_pair_datasets import ImageTextPairDataset
+
+    text, key = (str,), (str, int)
+    if dataset_cls is None:
+        return None
+    if issubclass(dataset_cls, CaptionDataset):
+        return {"image": (text, "a string path"), "caption": (text, "a string"),
+                "image_id": (key, "a string or integer id")}
+    if issubclass(dataset_cls, ImageTextPairDataset):
+        return {"image": (text, "a string path"), "caption": (text, "a string")}
+    if issubclass(dataset_cls, CaptionEvalDataset):
+        return {"image": (text, "a string path"), "image_id": (key, "a string or integer id")}
+    return None
+
+
+def read_annotation_file(path, what="annotation file"):
+    """The JSON list in ``path``; ConfigError naming the file when it is empty, truncated,
+    not JSON, not a list or a list without entries."""
+    import json
+
+    with open(path, "rb") as f:
+        raw = f.read()
+    if not raw.strip():
+        raise ConfigError("%s %s is empty (%d bytes); it must hold a JSON list of entries"
+                          % (what, path, len(raw)))
+    try:
+        data = json.loads(raw)
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise ConfigError("%s %s is not valid JSON (truncated or damaged? %s)" % (
+            what, path, " ".join(str(e).split()))) from None
+    if not isinstance(data, list):
+        raise ConfigError("%s %s holds a JSON %s; LAVIS reads a JSON list of entries "
+                          "([{...}, {...}])" % (what, path, type(data).__name__.replace(
+                              "dict", "object (a mapping)")))
+    if not data:
+        raise ConfigError("%s %s holds an empty list: no entries" % (what, path))
+    return data
+
+
+def entry_problems(data, fields, limit=MAX_REPORTED):
+    """['entry 3: field 'caption' is null, must be a string', ...] (at most ``limit``)."""
+    problems = []
+    for i, entry in enumerate(data):
+        if not isinstance(entry, dict):
+            problems.append("entry %d is a %s, not a mapping with %s" % (
+                i, type(entry).__name__, ", ".join(repr(f) for f in fields)))
+        else:
+            for field, (types, what) in fields.items():
+                if field not in entry:
+                    problems.append("entry %d has no field %r (%s)" % (i, field, what))
+                elif entry[field] is None:
+                    problems.append("entry %d: field %r is null, must be %s" % (i, field, what))
+                elif not isinstance(entry[field], types) or isinstance(entry[field], bool):
+                    problems.append("entry %d: field %r is %s %r, must be %s" % (
+                        i, field, type(entry[field]).__name__, entry[field], what))
+                elif isinstance(entry[field], str) and not entry[field].strip():
+                    problems.append("entry %d: field %r is an empty string" % (i, field))
+        if len(problems) >= limit:
+            break
+    return problems
+
+
+def check_annotations(datasets_cfg):
+    """Read every annotation file of the run's datasets and raise ConfigError at the first
+    file with bad content (see above). Builders may check their own format with a classmethod
+    ``annotation_problems(data, split)`` returning such lines; LAVIS's caption and image-text
+    builders are checked by the fields their dataset classes read."""
+    for name in datasets_cfg:
+        config = datasets_cfg[name]
+        builder_cls = registry.get_builder_class(name)
+        expected = getattr(builder_cls, "expected_data_paths", None)
+        paths = expected(name, config) if expected else lavis_expected_data_paths(name, config)
+        own = getattr(builder_cls, "annotation_problems", None)
+        for split, kind, path, _ in paths:
+            if kind != "annotation file" or not os.path.isfile(path):
+                continue
+            if own is None:
+                dataset_cls = getattr(builder_cls, "train_dataset_cls" if split == "train"
+                                      else "eval_dataset_cls", None)
+                fields = _fields_of(dataset_cls)
+                if fields is None:
+                    continue  # a format this check does not know: LAVIS reads it as it is
+            data = read_annotation_file(path, "annotation file (dataset '%s', split '%s')"
+                                        % (name, split))
+            problems = own(data, split) if own is not None else entry_problems(data, fields)
+            if problems:
+                more = " (first %d shown)" % MAX_REPORTED if len(problems) >= MAX_REPORTED else ""
+                raise ConfigError("annotation file %s (dataset '%s', split '%s'): %s%s; fix or "
+                                  "drop those entries" % (path, name, split, "; ".join(problems),
+                                                          more))

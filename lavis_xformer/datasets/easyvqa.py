@@ -290,6 +290,24 @@ class EasyVQABuilder(BaseDatasetBuilder):
             paths.append((split, "image directory", os.path.join(split_dir, "images"), fix))
         return paths
 
+    @classmethod
+    def annotation_problems(cls, data, split, limit=5):
+        """checks.check_annotations: questions.json entries are [question, answer, image_id]."""
+        problems = []
+        for i, entry in enumerate(data):
+            if not isinstance(entry, list) or len(entry) != 3:
+                problems.append("entry %d is %r, not [question, answer, image_id]" % (i, entry))
+            else:
+                for field, value, types, what in (("question", entry[0], str, "a string"),
+                                                  ("answer", entry[1], str, "a string"),
+                                                  ("image_id", entry[2], int, "an integer")):
+                    if value is None or not isinstance(value, types) or isinstance(value, bool):
+                        problems.append("entry %d: field %r is %r, must be %s" % (
+                            i, field, value, what))
+            if len(problems) >= limit:
+                break
+        return problems
+
     def _download_data(self):
         pass  # nothing to download: the data ships with the easy-vqa package
 

@@ -168,3 +168,69 @@ def pop_skipped(batch):
         return batch, []
     skipped = batch.pop(SKIPPED_KEY, [])
     return (batch if batch else None), skipped
+
+
+# --- Evaluation -------------------------------------------------------------------------------
+#
+# An evaluation must not die on one unreadable image either, but it must not replace it by
+# another (that would score a question twice): the item is dropped from its batch, and what
+# was dropped is recorded (index, path, error, the question or image id), so that the metrics
+# can say over how many questions they were computed and list what was left out.
+
+class SkipUnreadable(Dataset):
+    """Map-style dataset wrapper for evaluation: ``dataset[i]``, or, when its file cannot be
+    read, a record ``{SKIPPED_KEY: [{"index", "path", "error", <id fields>}]}`` that
+    ``EvalSkippingCollater`` takes out of the batch."""
+
+    ID_FIELDS = ("question_id", "image_id", "instance_id")
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getattr__(self, name):
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, index):
+        truncated = ImageFile.LOAD_TRUNCATED_IMAGES
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+        try:
+            return self.dataset[index]
+        except BAD_SAMPLE_ERRORS as e:
+            path = sample_path(self.dataset, index)
+            logging.warning("skipping unreadable evaluation sample %d, %s (%s: %s)", index, path,
+                            type(e).__name__, e)
+            record = {"index": int(index), "path": path, "error": "%s: %s" % (type(e).__name__, e)}
+            ann = getattr(self.dataset, "annotation", None)
+            try:
+                entry = ann[index] if ann is not None else None
+            except (IndexError, KeyError, TypeError):
+                entry = None
+            if isinstance(entry, dict):
+                record.update({k: entry[k] for k in self.ID_FIELDS if k in entry})
+            return {SKIPPED_KEY: [record]}
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = truncated
+
+
+class EvalSkippingCollater:
+    """Collate the readable items with ``collate_fn`` and list the skipped ones under
+    ``SKIPPED_KEY``; a batch of skipped items only is ``{SKIPPED_KEY: [...]}``."""
+
+    def __init__(self, collate_fn=None):
+        self.collate_fn = collate_fn or default_collate
+
+    def __call__(self, samples):
+        skipped, kept = [], []
+        for sample in samples:
+            if isinstance(sample, dict) and set(sample) == {SKIPPED_KEY}:
+                skipped.extend(sample[SKIPPED_KEY])
+            else:
+                kept.append(sample)
+        batch = self.collate_fn(kept) if kept else {}
+        batch[SKIPPED_KEY] = skipped
+        return batch

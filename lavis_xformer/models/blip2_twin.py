@@ -49,6 +49,9 @@ class Blip2OPTTwin(LLMDecodingMixin, Blip2OPT):
         >>> model = load_model("blip2_opt_twin", "tiny", is_eval=True)
     """
 
+    # new in stage 2: a stage-1 `pretrained` checkpoint cannot hold it (sources.check_pretrained_fit)
+    PRETRAINED_MAY_LACK = ("opt_proj.",)
+
     PRETRAINED_MODEL_CONFIG_DICT = {
         "pretrain_opt2.7b": os.path.join(PACKAGE_DIR, "configs/models/blip2_opt_twin_opt2.7b.yaml"),
         "pretrain_opt6.7b": os.path.join(PACKAGE_DIR, "configs/models/blip2_opt_twin_opt6.7b.yaml"),

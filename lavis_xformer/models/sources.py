@@ -15,6 +15,10 @@ import contextlib
 import importlib.util
 import logging
 import os
+import pickle
+import re
+import shlex
+import zipfile
 from typing import Optional
 
 PATH_HINTS = ("/", "./", "../", "~")
@@ -68,11 +72,15 @@ def resolve(key: str, value: Optional[str]) -> Optional[str]:
 def loading(key: str, value: str):
     """Wrap a load so that any failure becomes one WeightSourceError naming ``key``."""
     logging.info("Loading model.%s from %s", key, value)
+    _refuse_forced_unsafe_default()
     try:
         yield
     except WeightSourceError:
         raise
     except Exception as e:  # noqa: BLE001 - re-raised with the config key attached
+        refused = _weights_only_refusal(e)
+        if refused is not None:  # e.g. transformers' from_pretrained met an unsafe .bin file
+            raise UnsafeCheckpointError(_unsafe_message("model.%s" % key, value, refused)) from None
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise _error(key, value, f"cannot load it ({type(e).__name__}: {reason})") from e
 
@@ -94,27 +102,195 @@ def random_weights(cfg, part: str):
         yield
 
 
-def load_checkpoint_file(key: str, value: str) -> dict:
-    """Read a torch checkpoint from a path or URL; returns its (model) state dict."""
+# --- Reading checkpoint files -----------------------------------------------------------------
+#
+# Every checkpoint or weights file a user points the plugin at goes through read_checkpoint:
+# safetensors, or torch.load(weights_only=True), whose unpickler builds tensors and plain
+# containers only. A full unpickler (weights_only=False) runs whatever code the file names, so
+# a shared checkpoint could take over the machine; such a file is refused instead, and
+# tools/convert_checkpoint.py converts a trusted old file once, explicitly.
+
+CONVERT_COMMAND = "python -m lavis_xformer.tools.convert_checkpoint"
+# what torch's weights-only unpickler names when it meets a global it will not build
+_GLOBAL = re.compile(r"(?:unsupported GLOBAL|Unsupported global: GLOBAL|Unsupported class)\s+([\w.]+)")
+
+
+class UnsafeCheckpointError(WeightSourceError):
+    """The file needs a full unpickler (arbitrary code) to load; refused."""
+
+
+class CorruptCheckpointError(WeightSourceError):
+    """The file is empty, truncated or not a checkpoint at all."""
+
+
+def safe_name(path: str) -> str:
+    """Where convert_checkpoint writes the converted copy of ``path`` by default."""
+    root, _ = os.path.splitext(path)
+    return root + ".safe.pth"
+
+
+def _refuse_forced_unsafe_default():
+    # TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD turns torch.load's safe default off for every caller that
+    # does not pass weights_only, e.g. transformers' from_pretrained: never run under it.
+    if os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "0").lower() in ("1", "y", "yes", "true"):
+        raise WeightSourceError(
+            "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set: torch.load would then run code stored in "
+            "weight files; unset it (convert old files with %s)" % CONVERT_COMMAND)
+
+
+def read_checkpoint(path: str, key: str):
+    """The object stored in the checkpoint file ``path`` (which config key or option named it:
+    ``key``), read without running code from the file.
+
+    ``.safetensors`` files are read with safetensors, everything else with
+    ``torch.load(weights_only=True)``. Raises UnsafeCheckpointError for a file that holds other
+    Python objects, CorruptCheckpointError for an empty, truncated or foreign file; both name
+    ``key`` and ``path`` in one line.
+    """
     import torch
 
+    _refuse_forced_unsafe_default()
+    path = str(path)
+    if os.path.isdir(path):
+        raise CorruptCheckpointError("%s: %s is a directory, expected a checkpoint file" % (key, path))
+    size = os.path.getsize(path)
+    if size == 0:
+        raise CorruptCheckpointError("%s: %s is empty (0 bytes): its save was interrupted or "
+                                     "its copy failed" % (key, path))
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path, device="cpu")
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+            raise CorruptCheckpointError("%s: %s is not a readable safetensors file (%s)" % (
+                key, path, _first_line(e))) from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only load failed" not in str(e).lower():
+            raise CorruptCheckpointError("%s: %s is truncated or not a torch checkpoint (%s)" % (
+                key, path, _first_line(e))) from None
+        raise UnsafeCheckpointError(_unsafe_message(key, path, e)) from None
+    except (EOFError, RuntimeError, zipfile.BadZipFile, ValueError) as e:
+        raise CorruptCheckpointError("%s: %s (%d bytes) is truncated or not a torch checkpoint "
+                                     "(%s)" % (key, path, size, _first_line(e))) from None
+
+
+def _weights_only_refusal(error):
+    """The UnpicklingError of torch's weights-only unpickler in ``error``'s chain, or None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, pickle.UnpicklingError) and "weights only load failed" in str(error).lower():
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _unsafe_message(key, path, error):
+    """Why the file is refused and the one explicit way out (never the unsafe flag)."""
+    found = _GLOBAL.search(str(error))
+    what = "e.g. %s" % found.group(1) if found else "objects other than tensors"
+    target = str(path)
+    if os.path.isdir(target):  # a from_pretrained folder: name its pickled weights file
+        pickled = sorted(n for n in os.listdir(target) if n.endswith((".bin", ".pth", ".pt")))
+        target = os.path.join(target, pickled[0]) if pickled else "<its weights file>"
+    return ("%s: refused to load %s: it holds Python objects beyond tensors and plain "
+            "containers (%s), and building them while unpickling can run any code the file "
+            "contains. If you trust its origin, convert it once: %s %s %s --i-trust-this-file, "
+            "then point %s at the converted file" % (
+                key, path, what, CONVERT_COMMAND, shlex.quote(str(target)),
+                shlex.quote(safe_name(str(target))), key))
+
+
+def _first_line(e):
+    text = str(e).strip()
+    return "%s: %s" % (type(e).__name__, text.splitlines()[0]) if text else type(e).__name__
+
+
+def looks_complete(path: str) -> bool:
+    """Cheap test (no loading) that a torch checkpoint file was written to its end: not empty,
+    and a zip archive whose central directory (written last) is there. Safetensors files and
+    torch's legacy (non-zip) format pass when not empty."""
+    try:
+        if os.path.getsize(path) == 0:
+            return False
+    except OSError:
+        return False
+    if path.endswith(".safetensors"):
+        return True
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head != b"PK\x03\x04":  # torch's legacy format starts with a pickle
+        return head[:1] == b"\x80"
+    return zipfile.is_zipfile(path)
+
+
+def load_checkpoint_file(key: str, value: str) -> dict:
+    """Read a torch checkpoint from a path or URL; returns its (model) state dict."""
     with loading(key, value):
         if is_url(value):
             from lavis.common.dist_utils import download_cached_file
 
             value = download_cached_file(value, check_hash=False, progress=True)
-        if os.path.isdir(value):
-            raise IsADirectoryError(f"{value} is a directory, expected a checkpoint file")
-        checkpoint = torch.load(value, map_location="cpu", weights_only=False)
+        checkpoint = read_checkpoint(value, "model.%s" % key)
     return checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else checkpoint
 
 
 def load_pretrained(model, cfg):
     """Load ``model.pretrained`` (a checkpoint path or URL), if set, into ``model``
-    non-strictly, logging what was loaded, left as built and ignored. Returns ``model``."""
+    non-strictly, logging what was loaded, left as built and ignored, and checking that it
+    brought what the model needs from it (check_pretrained_fit). Returns ``model``."""
     if cfg.get("pretrained"):
         from lavis_xformer import compat
 
         path = resolve("pretrained", cfg.get("pretrained"))
-        compat.load_state_dict_logged(model, load_checkpoint_file("pretrained", path), path)
+        state_dict = load_checkpoint_file("pretrained", path)
+        result = compat.load_state_dict_logged(model, state_dict, path)
+        check_pretrained_fit(model, state_dict, result, path,
+                             bool(cfg.get("allow_partial_pretrained", False)))
     return model
+
+
+def _groups(keys, limit=6):
+    """'Qformer.bert (120), fusion.cross (20), ...': missing keys by their first two names."""
+    from collections import Counter
+
+    counts = Counter(".".join(k.split(".")[:2]) for k in keys)
+    text = ", ".join("%s (%d)" % item for item in counts.most_common(limit))
+    return text + (", ..." if len(counts) > limit else "")
+
+
+def check_pretrained_fit(model, state_dict, result, path, allow_partial=False):
+    """Raise WeightSourceError when ``model.pretrained`` fits the model badly.
+
+    * no tensor of the file fits the model at all: always an error (a wrong file);
+    * the file lacks trainable weights the model needs from it (e.g. a stage-2 model whose
+      stage-1 checkpoint has no Q-Former or no fusion block): an error listing them, unless
+      ``model.allow_partial_pretrained: true`` keeps those parts as built. Frozen parts come
+      from their own weight sources and are not needed; parts new in this stage (the class's
+      ``PRETRAINED_MAY_LACK`` prefixes, e.g. the LLM projection) are not needed either, but
+      are recorded in ``model.pretrained_lacks`` so that an evaluation can refuse to run with
+      them untrained.
+    """
+    loaded = len(state_dict) - len(result.unexpected_keys)
+    if state_dict and loaded == 0:
+        raise WeightSourceError(
+            "model.pretrained=%r: none of its %d tensors fits model %s (its keys look like %s); "
+            "point model.pretrained at a checkpoint of this model or of its previous stage"
+            % (path, len(state_dict), type(model).__name__, list(state_dict)[:3]))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    fresh = tuple(getattr(model, "PRETRAINED_MAY_LACK", ()))
+    lacking = [k for k in result.missing_keys if k in trainable]
+    needed = [k for k in lacking if not k.startswith(fresh)]
+    model.pretrained_lacks = lacking
+    if needed and not allow_partial:
+        raise WeightSourceError(
+            "model.pretrained=%r lacks %d tensors that %s needs from it: %s; point it at the "
+            "right checkpoint (e.g. the previous stage's), or set "
+            "model.allow_partial_pretrained: true to keep those parts as built"
+            % (path, len(needed), type(model).__name__, _groups(needed)))
+    if needed:
+        logging.warning("model.pretrained=%s lacks %d trainable tensors (%s); kept as built "
+                        "(model.allow_partial_pretrained)", path, len(needed), _groups(needed))

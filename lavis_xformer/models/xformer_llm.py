@@ -37,6 +37,8 @@ class XFormerLLMBase(LLMDecodingMixin, XFormerBase):
     ``predict_answers`` come from ``LLMDecodingMixin`` over each LLM's ``decode``."""
 
     LLM_KIND = None
+    # new in stage 2: a stage-1 `pretrained` checkpoint cannot hold it (sources.check_pretrained_fit)
+    PRETRAINED_MAY_LACK = ("llm_proj.",)
 
     def __init__(self, cfg):
         super().__init__(cfg)

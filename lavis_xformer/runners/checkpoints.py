@@ -14,11 +14,20 @@ exactly where the killed one stopped.
 import logging
 import os
 import random
+import re
+import socket
 
 import numpy as np
 import torch
 
 CHECKPOINT_LATEST = "checkpoint_latest.pth"
+# ".<file>.<host>.<pid>.tmp": a save in progress; remove_stale_temporaries removes those of
+# saves that were killed (their process is gone)
+_TMP = re.compile(r"^\.(?P<name>.+)\.(?P<host>[^.]+)\.(?P<pid>\d+)\.tmp$")
+
+
+def _tmp_name(name):
+    return ".%s.%s.%d.tmp" % (name, socket.gethostname().split(".")[0], os.getpid())
 
 
 def _fsync_dir(directory):
@@ -39,7 +48,7 @@ def atomic_save(obj, path, save=None):
     save = save or torch.save
     path = os.path.abspath(path)
     directory = os.path.dirname(path)
-    tmp = os.path.join(directory, ".%s.%d.tmp" % (os.path.basename(path), os.getpid()))
+    tmp = os.path.join(directory, _tmp_name(os.path.basename(path)))
     try:
         with open(tmp, "wb") as f:
             save(obj, f)
@@ -57,7 +66,7 @@ def atomic_save(obj, path, save=None):
 def point_link(target, link):
     """Make ``link`` a relative symlink to the file ``target`` (same directory), atomically."""
     link = os.path.abspath(link)
-    tmp = "%s.%d.tmp" % (link, os.getpid())
+    tmp = os.path.join(os.path.dirname(link), _tmp_name(os.path.basename(link)))
     if os.path.lexists(tmp):
         os.remove(tmp)
     os.symlink(os.path.relpath(os.path.abspath(target), os.path.dirname(link)), tmp)
@@ -80,6 +89,90 @@ def resolve_resume_path(path):
     if not os.path.isfile(path):
         raise FileNotFoundError("run.resume_ckpt_path: no checkpoint at %s" % path)
     return path
+
+
+def last_good_checkpoint(directory, besides=None):
+    """The newest ``checkpoint_*.pth`` in ``directory`` (other than ``besides``) that was
+    written to its end (a cheap check, nothing is loaded), or None."""
+    from lavis_xformer.models.sources import looks_complete
+
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return None
+    besides = os.path.realpath(besides) if besides else None
+    found = [os.path.join(directory, n) for n in names
+             if n.startswith("checkpoint_") and n.endswith(".pth") and n != CHECKPOINT_LATEST]
+    found = [f for f in found if os.path.realpath(f) != besides and not os.path.islink(f)]
+    for path in sorted(found, key=os.path.getmtime, reverse=True):
+        if looks_complete(path):
+            return path
+    return None
+
+
+def damaged_resume_message(path):
+    """One line for a resume file that is empty or truncated, or None when it looks whole."""
+    from lavis_xformer.models.sources import looks_complete
+
+    if looks_complete(path):
+        return None
+    size = os.path.getsize(path)
+    good = last_good_checkpoint(os.path.dirname(os.path.abspath(path)), besides=path)
+    return "run.resume_ckpt_path: %s is %s, not a complete checkpoint; the last good checkpoint " \
+           "there is %s" % (path, "empty (0 bytes)" if size == 0 else "truncated (%d bytes)" % size,
+                            ("%s: resume with run.resume_ckpt_path=%s" % (good, good)) if good
+                            else "none")
+
+
+def read_resume_checkpoint(path):
+    """The checkpoint at ``path`` for resuming, read safely (sources.read_checkpoint); an empty
+    or truncated file raises CorruptCheckpointError naming it and the last good checkpoint."""
+    from lavis_xformer.models.sources import CorruptCheckpointError, read_checkpoint
+
+    message = damaged_resume_message(path)
+    if message:
+        raise CorruptCheckpointError(message)
+    try:
+        return read_checkpoint(path, "run.resume_ckpt_path")
+    except CorruptCheckpointError as e:
+        good = last_good_checkpoint(os.path.dirname(os.path.abspath(path)), besides=path)
+        raise CorruptCheckpointError("%s; the last good checkpoint there is %s" % (
+            e, good or "none")) from None
+
+
+def remove_stale_temporaries(directory):
+    """Remove the temporary files of saves that were killed half-way (``atomic_save`` and
+    ``point_link`` name them after the host and process that wrote them): those of this
+    host whose process is gone. Returns the removed paths."""
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    host = socket.gethostname().split(".")[0]
+    for name in names:
+        match = _TMP.match(name)
+        if not match or match.group("host") != host or _alive(int(match.group("pid"))):
+            continue
+        path = os.path.join(directory, name)
+        try:
+            size = os.path.getsize(path) if not os.path.islink(path) else 0
+            os.remove(path)
+        except OSError:
+            continue
+        logging.warning("removed %s (%d bytes), left by a save that was killed", path, size)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def rng_state() -> dict:

@@ -16,6 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lavis_xformer import compat
+from lavis_xformer.runners import preemption
+from lavis_xformer.config_keys import ConfigKeyError, check_config
 from lavis_xformer.datasets.checks import (
     ConfigError, check_checkpoints, check_dataset_names, check_datasets, check_resume)
 
@@ -34,11 +36,19 @@ def parse_args(argv=None, description="LAVIS run"):
 def _dotlist(options):
     """LAVIS's --options forms: `a.b=1 c=2`, or `a.b 1 c 2`."""
     options = list(options or [])
-    if not options or "=" in options[0]:
+    if not options:
         return options
-    if len(options) % 2:
-        raise ConfigError("--options: expected key=value pairs, got %s" % " ".join(options))
-    return ["%s=%s" % (k, v) for k, v in zip(options[0::2], options[1::2])]
+    if "=" not in options[0]:
+        if len(options) % 2 or any("=" in k for k in options[0::2]):
+            raise ConfigError("--options %s: expected key=value, e.g. run.max_epoch=1"
+                              % " ".join(options))
+        options = ["%s=%s" % (k, v) for k, v in zip(options[0::2], options[1::2])]
+    for option in options:
+        key, sep, _ = option.partition("=")
+        if not sep or not key or not all(key.split(".")):
+            raise ConfigError("--options %s: expected key=value with a dotted key, e.g. "
+                              "run.max_epoch=1" % option)
+    return options
 
 
 def _load_yaml(path):
@@ -100,7 +110,12 @@ def load_config(args):
         merged = OmegaConf.merge(raw, options)
     except OmegaConfBaseException as e:
         raise ConfigError("--options: %s" % " ".join(str(e).split())) from None
+    option_keys = [o.partition("=")[0] for o in _dotlist(args.options)]
     _pre_check(merged, args.cfg_path)
+    try:  # every key is one that something reads, of the right type (config_keys.py)
+        check_config(merged, args.cfg_path, option_keys)
+    except ConfigKeyError as e:
+        raise ConfigError(str(e)) from None
     try:
         cfg = Config(args)
     except (yaml.YAMLError, OmegaConfBaseException, TypeError, ValueError) as e:
@@ -115,6 +130,21 @@ def load_config(args):
         raise ConfigError("run.device is %r but CUDA is not available here; set run.device=cpu "
                           "(e.g. --options run.device=cpu run.amp=False)" % device)
     return cfg
+
+
+def new_job_id():
+    """A job directory name of its own for every run and evaluation: the start time to the
+    second, then the process id and 4 random hex digits (e.g. ``20261201113519_4242_9f3a``).
+
+    Why: LAVIS's ``now()`` keeps the time to the ten minutes, so runs started within the same
+    ten minutes wrote into one folder and replaced each other's checkpoints and metrics. The
+    time still sorts the folders; the process id and random part separate runs started in the
+    same second, on one host or several. The runner creates the folder exclusively
+    (RunnerXFormer.setup_output_dir), so a clash is an error, never a shared folder."""
+    import secrets
+    import time
+
+    return "%s_%d_%s" % (time.strftime("%Y%m%d%H%M%S"), os.getpid(), secrets.token_hex(2))
 
 
 def init_distributed(cfg, job_id):
@@ -152,7 +182,25 @@ def build_runner(cfg, job_id):
     task = tasks.setup_task(cfg)
     datasets = task.build_datasets(cfg)
     model = task.build_model(cfg)
+    check_evaluated_weights(cfg, model)
     return get_runner_class(cfg)(cfg=cfg, job_id=job_id, task=task, model=model, datasets=datasets)
+
+
+def check_evaluated_weights(cfg, model):
+    """An evaluation-only run must not score weights that model.pretrained left untrained, not
+    even parts that a training run would start fresh (the stage-2 LLM projection): raise
+    WeightSourceError unless model.allow_partial_pretrained."""
+    from lavis_xformer.models.sources import WeightSourceError, _groups
+
+    lacking = getattr(model, "pretrained_lacks", None)
+    if not cfg.run_cfg.get("evaluate", False) or not lacking:
+        return
+    if cfg.model_cfg.get("allow_partial_pretrained", False):
+        return
+    raise WeightSourceError(
+        "model.pretrained=%r lacks %d trained tensors this evaluation would use untrained: %s; "
+        "point it at a checkpoint of this stage, or set model.allow_partial_pretrained: true"
+        % (cfg.model_cfg.get("pretrained"), len(lacking), _groups(lacking)))
 
 
 def finish():
@@ -163,14 +211,14 @@ def finish():
 
 def run_main(body, argv, description):
     """Parse, load and check the config, then hand over to body(cfg, job_id). A ConfigError
-    ends the process with its message and exit status 2, a NaN/inf training loss
-    (NonFiniteLossError) with its message and exit status 3, both without a traceback."""
-    from lavis.common.utils import now
-
+    ends the process with its message and exit status 2 (so does a weight file that is unsafe,
+    damaged or does not fit), a NaN/inf training loss (NonFiniteLossError) with its message
+    and exit status 3, a stop on SIGTERM/SIGINT after its checkpoint with the resume command
+    and exit status 75 (preemption.py), all without a traceback."""
     # progress lines should show up at once, also when stdout is a pipe or a file
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)
-    job_id = now()  # taken before set-up, as LAVIS does; rank 0's wins under torchrun
+    job_id = new_job_id()  # rank 0's wins under torchrun (init_distributed)
     args = parse_args(argv, description)
     try:
         cfg = load_config(args)
@@ -180,8 +228,23 @@ def run_main(body, argv, description):
     job_id = init_distributed(cfg, job_id)
     from lavis_xformer.tasks.xformer_pretrain import NonFiniteLossError
 
+    from lavis_xformer.models.sources import WeightSourceError
+
     try:
         result = body(cfg, job_id)
+    except WeightSourceError as e:
+        # a weight file that is unsafe, damaged or does not fit: one line, no traceback
+        print("error: %s" % e, file=sys.stderr, flush=True)
+        if compat.dist_ready():
+            torch.distributed.destroy_process_group()
+        raise SystemExit(2)
+    except preemption.Preempted as e:
+        # every process stops after the same step, with the checkpoint complete
+        if get_rank() == 0:
+            print(str(e), file=sys.stderr, flush=True)
+        if compat.dist_ready():
+            torch.distributed.destroy_process_group()
+        raise SystemExit(preemption.EXIT_PREEMPTED)
     except NonFiniteLossError as e:
         # every process raises it at the same step (the check is all-reduced): end cleanly
         print("error: %s" % e, file=sys.stderr, flush=True)

@@ -45,8 +45,9 @@ from torch.utils.data.dataset import ChainDataset
 
 from lavis_xformer import compat
 from lavis_xformer.datasets.sampling import ResumableIterLoader, ResumableSampler, SeededIndices
-from lavis_xformer.datasets.skipping import SkipBadSamples, SkippingCollater
-from lavis_xformer.runners import checkpoints
+from lavis_xformer.datasets.skipping import (
+    EvalSkippingCollater, SkipBadSamples, SkipUnreadable, SkippingCollater)
+from lavis_xformer.runners import checkpoints, preemption
 from lavis_xformer.tasks.xformer_pretrain import NonFiniteLossError
 
 
@@ -70,7 +71,7 @@ def point_latest(job_dir, name=LATEST):
     """
     job_dir = Path(job_dir)
     link = job_dir.parent / name
-    tmp = job_dir.parent / (".%s.%d.tmp" % (name, os.getpid()))
+    tmp = job_dir.parent / checkpoints._tmp_name(name)
     try:
         if os.path.lexists(tmp):
             os.remove(tmp)
@@ -155,12 +156,27 @@ class RunnerXFormer(RunnerBase):
     # directory (inside site-packages) and registers the paths with register_path, which
     # refuses a second runner in the same process. Here a relative output_dir is taken from the
     # current directory, as a user expects.
+    # Addition: the job directory is created exclusively by the main process (its name is
+    # unique per run, launch.new_job_id, shared by all processes of a torchrun job), so two
+    # runs can never write into one folder; temporary files of saves killed half-way in the
+    # output folder's jobs are removed.
     def setup_output_dir(self):
-        output_dir = Path(os.path.expanduser(str(self.config.run_cfg.output_dir))).absolute()
-        output_dir = output_dir / self.job_id
+        base = Path(os.path.expanduser(str(self.config.run_cfg.output_dir))).absolute()
+        output_dir = base / self.job_id
         result_dir = output_dir / "result"
-        output_dir.mkdir(parents=True, exist_ok=True)
-        result_dir.mkdir(parents=True, exist_ok=True)
+        if is_main_process():
+            base.mkdir(parents=True, exist_ok=True)
+            try:
+                output_dir.mkdir(exist_ok=False)
+            except FileExistsError:
+                raise FileExistsError(
+                    "job directory %s exists already: another run uses this job id; start "
+                    "again (each start draws a new one)" % output_dir) from None
+            for job in [base] + [p for p in base.iterdir() if p.is_dir() and not p.is_symlink()]:
+                checkpoints.remove_stale_temporaries(job)
+            result_dir.mkdir()
+        compat.barrier()  # the other processes of this job use the folder rank 0 made
+        result_dir.mkdir(parents=True, exist_ok=True)  # (nodes without a shared file system)
         registry.mapping["paths"]["result_dir"] = str(result_dir)
         registry.mapping["paths"]["output_dir"] = str(output_dir)
         self.result_dir = result_dir
@@ -237,13 +253,48 @@ class RunnerXFormer(RunnerBase):
         logging.info("Saved checkpoint %s", save_to)  # all done: a kill from here on loses nothing
         return save_to
 
+    @property
+    def _stop_signals(self):
+        if getattr(self, "_signals", None) is None:
+            self._signals = preemption.StopSignals()
+        return self._signals
+
     def _after_step(self, epoch, iters_done):
         """Called by the task after every iteration: a mid-epoch checkpoint every
-        run.checkpoint_every_iters iterations (the epoch's end has its own)."""
+        run.checkpoint_every_iters iterations (the epoch's end has its own); on a stop request
+        in any process (preemption.py), a checkpoint now and Preempted."""
         every = self.checkpoint_every_iters
-        if every and iters_done % every == 0 and iters_done < len(self.train_loader):
-            self._snapshot_rng()
-            self._save_checkpoint(epoch, iters_done=iters_done)
+        saved, due = None, bool(every and iters_done % every == 0 and iters_done < len(self.train_loader))
+        if due:
+            self._snapshot_rng()  # collective: every process calls it
+            saved = self._save_checkpoint(epoch, iters_done=iters_done)  # None but on rank 0
+        if iters_done >= len(self.train_loader):
+            return  # the epoch's end: its own checkpoint comes next, then train() checks
+        if preemption.agreed_stop(self._stop_signals.requested):
+            if not due:
+                self._snapshot_rng()
+                saved = self._save_checkpoint(epoch, iters_done=iters_done)
+            self._preempted("epoch %d, iteration %d of %d" % (
+                epoch, iters_done, len(self.train_loader)), saved)
+
+    def _preempted(self, where, saved):
+        """Raise Preempted with the line to show, once the checkpoint is complete everywhere."""
+        compat.barrier()  # the checkpoint is complete before any process leaves
+        args = getattr(self.config, "args", None)
+        from lavis_xformer.runners.launch import _dotlist
+
+        command = preemption.resume_command(
+            getattr(args, "cfg_path", "<run file>"), _dotlist(getattr(args, "options", None)),
+            self.output_dir, get_world_size() if self.use_distributed else 1)
+        raise preemption.Preempted(
+            "stopped on request after %s; checkpoint %s is complete; resume with: %s" % (
+                where, saved or os.path.join(str(self.output_dir), checkpoints.CHECKPOINT_LATEST),
+                command))
+
+    # Addition: the task learns which split it evaluates (its per-split prediction files).
+    def eval_epoch(self, split_name, cur_epoch, skip_reload=False):
+        self.task.current_split = split_name
+        return super().eval_epoch(split_name, cur_epoch, skip_reload=skip_reload)
 
     # Addition: an evaluation-only run writes no checkpoint; point `latest` at its directory
     # once its results are written, so `<output_dir>/latest/result/` holds the newest results.
@@ -278,6 +329,10 @@ class RunnerXFormer(RunnerBase):
                                    pin_memory=pin_memory))
         if is_train:
             return self._create_train_loader(dataset, num_workers, batch_size, collate_fn)
+        if getattr(self.task, "skips_unreadable_images", False):
+            # an unreadable image drops its question from the batch, recorded, never fatal
+            dataset = SkipUnreadable(dataset)
+            collate_fn = EvalSkippingCollater(collate_fn)
         sampler = None
         if self.use_distributed and (is_train or self.use_dist_eval_sampler):
             sampler = DistributedSampler(dataset, shuffle=is_train,
@@ -319,6 +374,7 @@ class RunnerXFormer(RunnerBase):
             generator=generator,
             # workers live across passes: no re-spawn (and dataset re-pickling) every epoch
             persistent_workers=num_workers > 0,
+            worker_init_fn=preemption.ignore_interrupts_in_worker,  # Ctrl-C: the main process stops
         )
         if self.cuda_enabled:
             loader = PrefetchLoader(loader)
@@ -361,6 +417,13 @@ class RunnerXFormer(RunnerBase):
             if self.evaluate_only:
                 break
             compat.barrier()
+            # a stop requested in the epoch's last step (preemption.py): the epoch is saved
+            if cur_epoch + 1 < self.max_epoch and preemption.agreed_stop(self._stop_signals.requested):
+                saved = None
+                if self.valid_splits:  # LAVIS saved only an improving epoch: save this one
+                    saved = self._save_checkpoint(cur_epoch, is_best=False)
+                self._preempted("epoch %d (complete)" % cur_epoch,
+                                saved or getattr(self, "_last_checkpoint", None))
 
         test_epoch = "best" if self.valid_splits else last_epoch
         self.evaluate(cur_epoch=test_epoch, skip_reload=self.evaluate_only)
@@ -386,7 +449,8 @@ class RunnerXFormer(RunnerBase):
                              "use run.task=xformer_pretrain or drop run.checkpoint_every_iters"
                              % type(self.task).__name__)
         try:
-            stats = self.task.train_epoch(**kwargs)
+            with self._stop_signals:  # SIGTERM/SIGINT: finish the step, checkpoint, stop
+                stats = self.task.train_epoch(**kwargs)
         except NonFiniteLossError as e:
             last = getattr(self, "_last_checkpoint", None)
             raise NonFiniteLossError("%s. Last complete checkpoint: %s" % (
@@ -421,7 +485,8 @@ class RunnerXFormer(RunnerBase):
                 path = checkpoints.resolve_resume_path(url_or_filename)
             except FileNotFoundError as e:
                 raise RuntimeError(str(e)) from None
-        checkpoint = torch.load(path, map_location=self.device)
+        # safe load (no code from the file); a truncated file is one line naming the last good one
+        checkpoint = checkpoints.read_resume_checkpoint(path)
 
         model = self.unwrap_dist_model(self.model)
         result = model.load_state_dict(checkpoint["model"], strict=False)

@@ -14,7 +14,9 @@ samples so that every rank gets as many. Here the results travel with
 ``torch.distributed.all_gather_object`` (gloo and nccl), every rank ends up with the same
 merged list, sorted by its key, and rank 0 alone writes files.
 """
+import glob
 import json
+import logging
 import os
 
 import torch.distributed as dist
@@ -65,3 +67,91 @@ def format_table(header, rows):
 
     return "\n".join([line(cells[0]), "  ".join("-" * w for w in widths)] +
                      [line(row) for row in cells[1:]])
+
+
+# --- Predictions written as they are made -----------------------------------------------------
+
+class PredictionLog:
+    """Every process appends its prediction records to ``<result_dir>/<name>.rank<r>.jsonl``
+    as each batch is done (one JSON line per record, flushed), so that a crash or a kill keeps
+    what was predicted. ``run.resume_predictions`` names an interrupted evaluation's job
+    directory (or its ``result/`` folder): the records of all its ``<name>.rank*.jsonl`` files
+    (any number of processes) are taken over, written into this run's own file by rank 0,
+    and their keys are not predicted again (``done``). A line cut short by the kill is
+    ignored."""
+
+    def __init__(self, result_dir, name, key, resume_from=None):
+        self.key = key
+        self.path = os.path.join(result_dir, "%s.rank%d.jsonl" % (name, compat.get_rank()))
+        self.carried = []
+        if resume_from:
+            folder = str(resume_from)
+            if os.path.isdir(os.path.join(folder, "result")):
+                folder = os.path.join(folder, "result")
+            if not os.path.isdir(folder):
+                raise FileNotFoundError("run.resume_predictions: no folder %s" % resume_from)
+            seen = {}
+            for path in sorted(glob.glob(os.path.join(folder, "%s.rank*.jsonl" % name))):
+                for record in _read_jsonl(path):
+                    if key in record:
+                        seen.setdefault(record[key], record)
+            self.carried = list(seen.values())
+            logging.info("run.resume_predictions: %d predictions kept from %s; predicting the "
+                         "rest", len(self.carried), folder)
+        self.done = {r[key] for r in self.carried}
+        # a fresh file per evaluation (validation after each epoch writes it again); a run
+        # never shares its job folder, so nothing of another run is overwritten
+        self._file = open(self.path, "w")
+        if self.carried and compat.get_rank() == 0:
+            self.append(self.carried)
+
+    def append(self, records):
+        for record in records:
+            self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def close(self):
+        self._file.close()
+
+
+def _read_jsonl(path):
+    records = []
+    with open(path) as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # the last line of a killed process may be cut short
+            if isinstance(record, dict):
+                records.append(record)
+    return records
+
+
+def select_samples(samples, keep):
+    """The batch ``samples`` (a dict of tensors / lists of the batch size) restricted to the
+    positions where ``keep`` (list of bools) is true."""
+    import torch
+
+    n = len(keep)
+    index = [i for i, k in enumerate(keep) if k]
+    out = {}
+    for name, value in samples.items():
+        if torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == n:
+            out[name] = value[torch.tensor(index, dtype=torch.long, device=value.device)]
+        elif isinstance(value, (list, tuple)) and len(value) == n:
+            out[name] = [value[i] for i in index]
+        else:
+            out[name] = value
+    return out
+
+
+def gather_skipped(skipped):
+    """Skipped-sample records (SkipUnreadable) of all processes, one per index, sorted."""
+    if compat.dist_ready():
+        parts = [None] * compat.get_world_size()
+        dist.all_gather_object(parts, list(skipped))
+        skipped = [r for part in parts for r in part]
+    merged = {}
+    for record in skipped:
+        merged.setdefault(record["index"], record)
+    return [merged[k] for k in sorted(merged)]

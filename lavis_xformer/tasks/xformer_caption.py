@@ -31,7 +31,10 @@ from lavis.datasets.data_utils import prepare_sample
 from lavis.tasks.base_task import BaseTask
 
 from lavis_xformer import compat
-from lavis_xformer.tasks.results import append_evaluate_line, format_table, gather_results, write_json
+from lavis_xformer.datasets.skipping import pop_skipped
+from lavis_xformer.tasks.results import (
+    PredictionLog, append_evaluate_line, format_table, gather_results, gather_skipped,
+    select_samples, write_json)
 from lavis_xformer.tasks.xformer_vqa import model_info
 
 SPICE_NOTE = ("SPICE skipped: pycocoevalcap's SPICE downloads Stanford CoreNLP models on first "
@@ -85,11 +88,12 @@ class XFormerCaptionTask(BaseTask):
         self.benchmark = benchmark
         self.model_info = model_info or OrderedDict()
         self._current_dataset = None
+        self.resume_predictions = None  # run.resume_predictions (setup_task)
 
     @classmethod
     def setup_task(cls, cfg):
         run_cfg = cfg.run_cfg
-        return cls(
+        task = cls(
             num_beams=int(run_cfg.get("num_beams", 5)),
             max_len=int(run_cfg.get("max_len", 30)),
             min_len=int(run_cfg.get("min_len", 8)),
@@ -100,6 +104,8 @@ class XFormerCaptionTask(BaseTask):
             benchmark=run_cfg.get("benchmark", None) or "+".join(cfg.datasets_cfg.keys()),
             model_info=model_info(cfg.model_cfg),
         )
+        task.resume_predictions = run_cfg.get("resume_predictions", None)
+        return task
 
     @property
     def protocol(self):
@@ -124,20 +130,43 @@ class XFormerCaptionTask(BaseTask):
         return [OrderedDict(image_id=i, prediction=c) for i, c in zip(ids, captions)]
 
     # Defect worked around (as in xformer_vqa): BaseTask.evaluation moves batches to CUDA.
+    # Addition (as in xformer_vqa): unreadable images skipped and recorded, captions appended
+    # to a per-process JSONL as they are made, run.resume_predictions continues an
+    # interrupted evaluation.
+    skips_unreadable_images = True
+
     @torch.no_grad()
     def evaluation(self, model, data_loader, cuda_enabled=None):
         if cuda_enabled is None:
             cuda_enabled = next(model.parameters()).is_cuda
         metric_logger = MetricLogger(delimiter="  ")
-        results = []
+        log = PredictionLog(registry.get_path("result_dir"),
+                            "%s_caption_predictions" % getattr(self, "current_split", "eval"),
+                            "image_id", self.resume_predictions)
+        results = list(log.carried) if compat.get_rank() == 0 else []
+        self._skipped = []
         for samples in metric_logger.log_every(data_loader, self.log_freq, "Captioning"):
+            samples, skipped = pop_skipped(samples)
+            self._skipped.extend(skipped)
+            if samples is None:
+                continue
+            if log.done:
+                ids = samples["image_id"]
+                keep = [i not in log.done for i in (ids.tolist() if torch.is_tensor(ids) else ids)]
+                if not any(keep):
+                    continue
+                samples = select_samples(samples, keep)
             samples = prepare_sample(samples, cuda_enabled=cuda_enabled)
-            results.extend(self.valid_step(model=model, samples=samples))
+            records = self.valid_step(model=model, samples=samples)
+            log.append(records)
+            results.extend(records)
+        log.close()
         compat.barrier()
         return results
 
     def after_evaluation(self, val_result, split_name, epoch=None, **kwargs):
         records = gather_results(val_result, key="image_id")
+        skipped = gather_skipped(getattr(self, "_skipped", []))
         annotation = {a["image_id"]: a for a in getattr(self._current_dataset, "annotation", [])}
         for record in records:
             ann = annotation.get(record["image_id"], {})
@@ -178,6 +207,12 @@ class XFormerCaptionTask(BaseTask):
             logging.warning("split %r has no reference captions: predictions only", split_name)
         if notes:
             metrics["notes"] = notes
+        dataset = self._current_dataset
+        if dataset is not None and hasattr(dataset, "__len__"):
+            metrics["images_in_split"] = len(dataset)
+        if skipped:  # the scores above are over the images that could be read
+            metrics["num_skipped_unreadable"] = len(skipped)
+            metrics["skipped_unreadable"] = skipped
         metrics["protocol"] = self.protocol
         metrics["predictions_file"] = predictions_file
 
@@ -193,6 +228,11 @@ class XFormerCaptionTask(BaseTask):
                                     "(prompt %r, beams %d)" % (self.benchmark, split_name,
                                                                metrics["num_images"], self.prompt,
                                                                self.num_beams)))
+            if skipped:
+                print("skipped %d images that could not be read (listed in %s under "
+                      "skipped_unreadable): %s" % (len(skipped), metrics_file,
+                                                   ", ".join(r["path"] for r in skipped[:5])
+                                                   + (", ..." if len(skipped) > 5 else "")))
             print("predictions: %s\nmetrics: %s" % (predictions_file, metrics_file))
         compat.barrier()
         return dict(metrics)

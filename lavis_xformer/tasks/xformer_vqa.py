@@ -48,7 +48,10 @@ from lavis_xformer import compat
 from lavis_xformer.models.generation import VQA_PROMPT
 from lavis_xformer.tasks import metrics as bench_metrics
 from lavis_xformer.tasks.metrics import normalize_answer  # noqa: F401  (re-exported)
-from lavis_xformer.tasks.results import append_evaluate_line, format_table, gather_results, write_json
+from lavis_xformer.datasets.skipping import pop_skipped
+from lavis_xformer.tasks.results import (
+    PredictionLog, append_evaluate_line, format_table, gather_results, gather_skipped,
+    select_samples, write_json)
 
 
 def is_correct(prediction, answer):
@@ -192,11 +195,12 @@ class XFormerVQATask(VQATask):
         self.model_info = model_info or OrderedDict()
         self._current_dataset = None
         self._truth = {}
+        self.resume_predictions = None  # run.resume_predictions (setup_task)
 
     @classmethod
     def setup_task(cls, cfg):
         run_cfg = cfg.run_cfg
-        return cls(
+        task = cls(
             num_beams=int(run_cfg.get("num_beams", 5)),
             max_len=int(run_cfg.get("max_len", 10)),
             min_len=int(run_cfg.get("min_len", 1)),
@@ -210,6 +214,8 @@ class XFormerVQATask(VQATask):
             benchmark=run_cfg.get("benchmark", None) or "+".join(cfg.datasets_cfg.keys()),
             model_info=model_info(cfg.model_cfg),
         )
+        task.resume_predictions = run_cfg.get("resume_predictions", None)
+        return task
 
     def _has_truth(self, record):
         return "answers" in record if self.metric == "vqa_accuracy" else "answer" in record
@@ -280,30 +286,55 @@ class XFormerVQATask(VQATask):
     # Defect worked around: BaseTask.evaluation, which RunnerBase.eval_epoch calls without
     # cuda_enabled, defaults to moving every batch to CUDA, so evaluation fails on a CPU.
     # Batches go to the model's device here; the progress line adds the running accuracy.
+    # Addition: unreadable images are skipped and recorded (runner_xformer wraps the
+    # dataset in SkipUnreadable for tasks with skips_unreadable_images); every batch's
+    # records are appended to a per-process JSONL file at once (results.PredictionLog), and
+    # questions an interrupted evaluation already answered (run.resume_predictions) are not
+    # asked again.
+    skips_unreadable_images = True
+
     @torch.no_grad()
     def evaluation(self, model, data_loader, cuda_enabled=None):
         if cuda_enabled is None:
             cuda_enabled = next(model.parameters()).is_cuda
         metric_logger = MetricLogger(delimiter="  ")
-        metric_logger.add_meter("acc", SmoothedValue(window_size=1, fmt="{global_avg:.2f}"))
         header = "Evaluation"
-        results = []
+        log = PredictionLog(registry.get_path("result_dir"),
+                            "%s_vqa_predictions" % getattr(self, "current_split", "eval"),
+                            "question_id", self.resume_predictions)
+        results = list(log.carried) if compat.get_rank() == 0 else []
+        self._skipped = []
         for samples in metric_logger.log_every(data_loader, self.log_freq, header):
+            samples, skipped = pop_skipped(samples)
+            self._skipped.extend(skipped)
+            if samples is None:
+                continue
+            if log.done:
+                keep = [_question_id(q) not in log.done for q in _as_list(samples["question_id"])]
+                if not any(keep):
+                    continue
+                samples = select_samples(samples, keep)
             samples = prepare_sample(samples, cuda_enabled=cuda_enabled)
             records = self.valid_step(model=model, samples=samples)
+            log.append(records)
             results.extend(records)
             scored = [r["score"] for r in records if "score" in r]
             if scored:
+                if "acc" not in metric_logger.meters:  # made at the first score: an empty
+                    # meter cannot be printed (batches skipped or resumed come first)
+                    metric_logger.add_meter("acc", SmoothedValue(window_size=1, fmt="{global_avg:.2f}"))
                 metric_logger.meters["acc"].update(_percent(sum(scored), len(scored)),
                                                    n=len(scored))
+        log.close()
         compat.barrier()
         return results
 
     def after_evaluation(self, val_result, split_name, epoch=None, **kwargs):
         records = gather_results(val_result, key="question_id")
+        skipped = gather_skipped(getattr(self, "_skipped", []))
         dataset = self._current_dataset
         expected = len(dataset) if dataset is not None and hasattr(dataset, "__len__") else None
-        mismatch = expected is not None and len(records) != expected
+        mismatch = expected is not None and len(records) + len(skipped) != expected
         if mismatch:  # reported, not raised: the predictions that exist are still written
             logging.error(
                 "evaluation of split %r: %d distinct question_ids merged from all processes, "
@@ -323,8 +354,11 @@ class XFormerVQATask(VQATask):
             metrics["num_questions"] = len(records)
             logging.warning("split %r has no ground-truth answers: predictions only",
                             split_name)
-        if mismatch:
+        if expected is not None:
             metrics["questions_in_split"] = expected
+        if skipped:  # the scores above are over the questions whose image could be read
+            metrics["num_skipped_unreadable"] = len(skipped)
+            metrics["skipped_unreadable"] = skipped
         metrics["protocol"] = self.protocol
         metrics["predictions_file"] = predictions_file
 
@@ -339,6 +373,11 @@ class XFormerVQATask(VQATask):
                     split_name, metrics["num_questions"], _prompt_label(self.prompt),
                     self.num_beams, self.length_penalty)
                 print(metrics_table(metrics, title))
+            if skipped:
+                print("skipped %d questions whose image could not be read (listed in %s under "
+                      "skipped_unreadable): %s" % (len(skipped), metrics_file,
+                                                   ", ".join(r["path"] for r in skipped[:5])
+                                                   + (", ..." if len(skipped) > 5 else "")))
             print("predictions: %s\nmetrics: %s" % (predictions_file, metrics_file))
         compat.barrier()  # the files exist on every rank's return
         return dict(metrics)

@@ -22,6 +22,7 @@ import re
 import torch
 from omegaconf import OmegaConf
 
+from lavis_xformer.models import sources
 from lavis_xformer.tools.results_io import ResultsError
 
 
@@ -73,7 +74,12 @@ def model_config(spec, options=(), checkpoint=None):
             raise ToolError("--checkpoint goes with an ARCH:MODEL_TYPE model; %r is a path "
                             "already" % spec)
         checkpoint = find_checkpoint(spec)
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        try:  # never runs code from the file (sources.read_checkpoint)
+            saved = sources.read_checkpoint(checkpoint, "model %s" % spec)
+        except sources.WeightSourceError as e:
+            raise ToolError(str(e)) from None
+        if not isinstance(saved, dict):
+            saved = {}
         if "config" not in saved or "model" not in saved["config"]:
             raise ToolError("%s has no stored run configuration (not written by LAVIS's "
                             "runner); name the model as ARCH:MODEL_TYPE with --checkpoint" % checkpoint)
@@ -104,7 +110,10 @@ def build_model(cfg):
     cls = registry.get_model_class(cfg.arch)
     if cls is None:
         raise ToolError("model.arch=%r is not a registered model" % cfg.arch)
-    model = cls.from_config(cfg)
+    try:
+        model = cls.from_config(cfg)
+    except sources.WeightSourceError as e:  # unsafe, damaged or unfitting weights: one line
+        raise ToolError(str(e)) from None
     model.eval()
     if torch.cuda.is_available():
         model = model.cuda()

@@ -41,7 +41,7 @@ PAPER_RESULTS = os.path.join(PACKAGE_DIR, "configs", "reference", "paper_results
 
 # numbers in a metrics JSON that are not scores
 BOOKKEEPING = {"num_questions", "epoch", "questions_in_split", "agg_metrics", "num_images",
-               "num_samples", "best_epoch"}
+               "num_samples", "best_epoch", "num_skipped_unreadable", "images_in_split"}
 # pycocoevalcap's raw names -> the paper's, scaled by 100
 CAPTION_KEYS = OrderedDict([("Bleu_1", "B@1"), ("Bleu_2", "B@2"), ("Bleu_3", "B@3"),
                             ("Bleu_4", "B@4"), ("METEOR", "METEOR"), ("ROUGE_L", "ROUGE-L"),

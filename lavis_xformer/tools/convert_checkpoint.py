@@ -1,0 +1,129 @@
+"""Convert a trusted old checkpoint into the safe format, once, explicitly.
+
+    python -m lavis_xformer.tools.convert_checkpoint OLD.pth NEW.pth --i-trust-this-file
+
+The plugin reads every weight file with ``torch.load(weights_only=True)`` or safetensors
+(``models/sources.py``), which build tensors and plain containers only. A checkpoint that
+holds other Python objects (an ``argparse.Namespace``, an OmegaConf config, numpy arrays, a
+whole pickled model) is refused, because unpickling those objects can run any code the file
+names. For a file whose origin you trust, this command unpickles it fully ONE time, turns
+what it holds into tensors and plain containers (dicts, lists, strings, numbers; an OmegaConf
+config or a Namespace becomes a dict, a numpy array a tensor, an nn.Module its state dict),
+writes NEW atomically (``.safetensors``: the flat tensor state dict only) and reads NEW back
+with the safe loader before saying it is done. Anything it cannot convert is an error that
+names where in the file it sits.
+
+Without ``--i-trust-this-file`` nothing is unpickled.
+"""
+import argparse
+import os
+import sys
+
+
+class ConvertError(ValueError):
+    """The file cannot be converted; the message says where and why."""
+
+
+def plain(obj, where="checkpoint"):
+    """``obj`` as tensors and plain containers only (what weights_only=True reads back)."""
+    import numpy as np
+    import torch
+
+    if obj is None or isinstance(obj, (bool, int, float, str, bytes, torch.Tensor)):
+        return obj
+    if isinstance(obj, (torch.dtype, torch.device, torch.Size)):
+        return obj  # torch's safe unpickler accepts these
+    if isinstance(obj, torch.nn.Module):
+        return plain(obj.state_dict(), where)
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, np.generic):
+        return obj.item()
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(obj, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(obj, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf ships with LAVIS
+        pass
+    if isinstance(obj, argparse.Namespace):
+        obj = vars(obj)
+    if isinstance(obj, dict):
+        out = {}
+        for key, value in obj.items():
+            if not isinstance(key, (str, int, float, bool)) and key is not None:
+                raise ConvertError("%s: key %r is a %s, not a string or number" % (
+                    where, key, type(key).__name__))
+            out[key] = plain(value, "%s[%r]" % (where, key))
+        return out
+    if isinstance(obj, (list, tuple)):
+        items = [plain(v, "%s[%d]" % (where, i)) for i, v in enumerate(obj)]
+        return items if isinstance(obj, list) else tuple(items)
+    if isinstance(obj, (set, frozenset)):
+        return [plain(v, where) for v in obj]
+    raise ConvertError("%s is a %s.%s, which has no plain form; drop it from the checkpoint "
+                       "and convert again" % (where, type(obj).__module__, type(obj).__name__))
+
+
+def _state_dict(obj):
+    state = obj.get("model", obj) if isinstance(obj, dict) else obj
+    if not isinstance(state, dict) or not all(hasattr(v, "shape") for v in state.values()):
+        raise ConvertError("a .safetensors file holds a flat {name: tensor} state dict; this "
+                           "checkpoint's weights are not one (write a .pth instead)")
+    return {k: v.contiguous() for k, v in state.items()}
+
+
+def convert(source, target):
+    """Unpickle ``source`` fully (trusted), write its plain form to ``target``, verify that
+    the safe loader reads it. Returns ``target``."""
+    import torch
+
+    from lavis_xformer.models import sources
+    from lavis_xformer.runners.checkpoints import atomic_save
+
+    if not os.path.isfile(source):
+        raise ConvertError("no such file: %s" % source)
+    if os.path.abspath(source) == os.path.abspath(target):
+        raise ConvertError("write the converted file beside the old one, not over it")
+    # The one full unpickling in the plugin, asked for by the user for this file.
+    obj = torch.load(source, map_location="cpu", weights_only=False)
+    converted = plain(obj)
+    if target.endswith(".safetensors"):
+        state = _state_dict(converted)
+        atomic_save(state, target, save=lambda o, f: f.write(_safetensors_bytes(o)))
+    else:
+        atomic_save(converted, target)
+    sources.read_checkpoint(target, "the converted file")  # proves it loads safely
+    return target
+
+
+def _safetensors_bytes(state):
+    from safetensors.torch import save
+
+    return save(state)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Convert a trusted checkpoint that the safe loader refuses into tensors and "
+                    "plain containers only.")
+    parser.add_argument("source", help="the old checkpoint (it is unpickled in full: trusted files only)")
+    parser.add_argument("target", help="the new file (.pth, or .safetensors for a flat state dict)")
+    parser.add_argument("--i-trust-this-file", action="store_true",
+                        help="required: unpickling SOURCE runs any code it contains")
+    args = parser.parse_args(argv)
+    if not args.i_trust_this_file:
+        print("error: converting unpickles %s in full, which runs any code it contains; add "
+              "--i-trust-this-file if you know where it comes from" % args.source, file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        convert(args.source, args.target)
+    except ConvertError as e:
+        print("error: %s" % e, file=sys.stderr)
+        raise SystemExit(2)
+    print("wrote %s (tensors and plain containers only; it loads with weights_only=True)"
+          % args.target)
+
+
+if __name__ == "__main__":
+    main()
