@@ -4,7 +4,8 @@ a frozen LLM, trained with the language-modelling loss.
     ``xformer_opt``  OPT (decoder-only): [projected queries; prompt + text + "\\n"] with the
                      loss on the text tokens only (queries, prompt and padding are masked).
     ``xformer_t5``   FlanT5 (encoder-decoder), prefix LM as in BLIP-2's supplementary: each
-                     caption is split at a random word; [projected queries; prefix] is the
+                     caption is split at a random word between its start and its middle
+                     (the paper's rule); [projected queries; prefix] is the
                      encoder input and the suffix the decoder target. Samples that carry
                      ``text_output`` (VQA) use text_input -> text_output instead.
 
@@ -211,11 +212,12 @@ class XFormerT5(XFormerLLMBase):
 
     @staticmethod
     def split_prefix(text, rng=random):
-        """Split a caption at a random word: (prefix, suffix), the suffix never empty."""
+        """Split a caption of n words after a random word from its start to its middle:
+        the prefix is the first k words, k drawn uniformly from 0..n//2 (the paper's
+        supplementary section 3: "a random value from start to middle of sentence"), the
+        suffix the rest, so the suffix is never empty and holds at least half the words."""
         words = text.split()
-        if len(words) < 2:
-            return "", text
-        cut = rng.randint(0, len(words) - 1)
+        cut = rng.randint(0, len(words) // 2)
         return " ".join(words[:cut]), " ".join(words[cut:])
 
     def lm_loss(self, prefix, samples, text):
