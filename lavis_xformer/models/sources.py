@@ -110,11 +110,17 @@ def load_checkpoint_file(key: str, value: str) -> dict:
 
 
 def load_pretrained(model, cfg):
-    """Load ``model.pretrained`` (a checkpoint path or URL), if set, into ``model``
-    non-strictly, logging what was loaded, left as built and ignored. Returns ``model``."""
-    if cfg.get("pretrained"):
-        from lavis_xformer import compat
+    """Load ``model.pretrained`` (a checkpoint path or URL, or a list of them loaded in order),
+    if set, into ``model`` non-strictly, logging what was loaded, left as built and ignored.
+    Returns ``model``."""
+    value = cfg.get("pretrained")
+    if not value:
+        return model
+    from lavis_xformer import compat
 
-        path = resolve("pretrained", cfg.get("pretrained"))
+    # A list is loaded in order, each over the one before: the VQA fine-tuning takes the
+    # Q-Former's text parts from stage 1 and the rest from stage 2 (stage 2 has no text parts).
+    for item in [value] if isinstance(value, str) else list(value):
+        path = resolve("pretrained", item)
         compat.load_state_dict_logged(model, load_checkpoint_file("pretrained", path), path)
     return model

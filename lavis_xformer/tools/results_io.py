@@ -188,6 +188,8 @@ def _earlier_config(pretrained, job_dir):
     """The config of the job that wrote checkpoint ``pretrained`` (its folder's log.txt,
     searched as given, from the current directory, and from the parents of ``job_dir``), or
     None."""
+    if isinstance(pretrained, (list, tuple)):  # checkpoints loaded in order: the last one's job
+        pretrained = pretrained[-1] if pretrained else None
     if not pretrained or "://" in str(pretrained):
         return None
     candidates = [pretrained] if os.path.isabs(pretrained) else [pretrained] + [
