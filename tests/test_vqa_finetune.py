@@ -164,6 +164,7 @@ def _image(path, seed):
     Image.fromarray(rng.integers(0, 255, size=(48, 48, 3), dtype=np.uint8)).save(path)
 
 
+@pytest.mark.slow  # about 50 s on 2 CPU cores
 def test_tiny_finetune_project_trains_on_lavis_vqa_files(tmp_path, monkeypatch):
     """projects/xformer/tiny/vqa_finetune.yaml with LAVIS's VQAv2 and VG train formats (the
     files of projects/xformer/vqa_finetune.yaml) in place of easy-VQA."""
