@@ -41,6 +41,11 @@ def _dotlist(options):
     return ["%s=%s" % (k, v) for k, v in zip(options[0::2], options[1::2])]
 
 
+def _load_yaml(path):
+    """The run file at ``path``, its ``includes:`` resolved (run_files.load_run_file)."""
+    return load_run_file(path)
+
+
 def _pre_check(config, path):
     """Checks LAVIS's Config would fail on with an assertion or an AttributeError."""
     for section in ("model", "datasets", "run"):
