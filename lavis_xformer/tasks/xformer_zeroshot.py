@@ -90,6 +90,7 @@ def sugarcrepe_metrics(records):
         row = OrderedDict(num_images=len(group))
         for kind in SUGARCREPE_SCORES:
             row[kind] = round(100.0 * float(np.mean([r[kind + "_pos"] > r[kind + "_neg"] for r in group])), 2)
+        row["accuracy"] = row["itc"]  # the reported score (agg_metrics), as comparison reports read it
         per_category[category] = row
     metrics = OrderedDict(num_images=len(records))
     for kind in SUGARCREPE_SCORES:

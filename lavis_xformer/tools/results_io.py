@@ -85,6 +85,12 @@ def load_paper(path=PAPER_RESULTS):
     return data["benchmarks"]
 
 
+def load_costs(path=PAPER_RESULTS):
+    """The paper's computational-cost table (supplementary Table 7), or None."""
+    with open(path) as f:
+        return yaml.safe_load(f).get("costs")
+
+
 def benchmark_name(raw, paper):
     """The paper's name for a benchmark given as a dataset/benchmark name; else ``raw``."""
     for key in (canonical(raw), canonical(_strip_split(raw))):
