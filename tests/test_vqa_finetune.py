@@ -128,6 +128,8 @@ def test_only_the_clip_layernorms_train_in_the_vit(model):
     model.eval()
     frozen = build()
     assert not any(p.requires_grad for p in frozen.visual_encoder.parameters())
+    with pytest.raises(ValueError, match="does not work with model.use_grad_checkpoint"):
+        build(unfreeze_vit_layernorm=True, use_grad_checkpoint=True)
 
 
 def test_larger_images_interpolate_clip_and_mae_position_embeddings(tmp_path):

@@ -124,6 +124,12 @@ def build_clip(cfg, random_init: bool):
     if cfg.get("freeze_vit", True):
         vit = freeze(vit)
         if cfg.get("unfreeze_vit_layernorm", False):
+            if cfg.get("use_grad_checkpoint", False):
+                # LAVIS's EVA ViT uses torch's reentrant checkpoint: its blocks' parameters get
+                # no gradient when the blocks' input needs none (the frozen patch embedding)
+                raise ValueError("model.unfreeze_vit_layernorm: True does not work with "
+                                 "model.use_grad_checkpoint: True (the LayerNorms would get no "
+                                 "gradient); set use_grad_checkpoint: False")
             # VQA fine-tuning (paper, supplementary section 2): only the CLIP ViT's LayerNorms
             # train; the ViT stays in eval mode (it has no dropout or drop-path to switch).
             for module in vit.modules():
