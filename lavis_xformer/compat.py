@@ -224,8 +224,10 @@ def apply_model_type_option(cfg, options):
     from lavis.common.registry import registry
     from omegaconf import OmegaConf
 
+    from lavis_xformer.runners.run_files import load_run_file
+
     model_type = OmegaConf.select(options, "model.model_type")
-    file_model = OmegaConf.load(cfg.args.cfg_path).get("model", None) or {}
+    file_model = load_run_file(cfg.args.cfg_path).get("model", None) or {}
     if not model_type or model_type == file_model.get("model_type", None):
         return cfg
     model_cls = registry.get_model_class(cfg.config.model.arch)

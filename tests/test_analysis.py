@@ -211,8 +211,30 @@ def test_paper_numbers_are_the_papers():
     for bench in paper.values():
         for row in bench["rows"]:
             assert row["table"] and set(row["metrics"]) <= set(bench["metrics"]), row
+            # every table label verified against the text or marked inferred; every LLM inferred
+            assert row["table_label"] in ("text", "inferred"), row
+            assert row["llm"] is None or row["llm_label"] == "inferred", row
+            assert row["setting"] in ("main", "official", "ablation", "large_scale"), row
+    # the labels the text gives next to the numbers (main text: "Table 3", "Table 3.1", "Table 3.2")
+    tables = {(b, r["method"], r.get("llm")): r for b in paper for r in paper[b]["rows"]}
+    assert tables[("VQAv2", "X-Former", "opt6.7b")]["table"].startswith("Table 3 ")
+    assert tables[("GQA", "X-Former", "opt6.7b")]["table"].startswith("Table 3.1 ")
+    assert tables[("OC-COCO", "X-Former", None)]["table"].startswith("Table 3.1 ")
+    # Tables 11 and 12 are the ablation setting: their X-Former row is not the main one
+    assert tables[("GQA", "X-Former", None)]["setting"] == "ablation"
+    assert tables[("GQA", "X-Former", None)]["metrics"]["accuracy"] == 31.9
+    assert {r["setting"] for r in paper["Captioning (loss ablations)"]["rows"]} == {"ablation"}
+    assert {r["setting"] for r in paper["Retrieval (loss ablations)"]["rows"]} == {"ablation"}
+    assert {r["setting"] for b in ("VQAv2", "GQA", "OK-VQA") for r in paper[b]["rows"]
+            if r["method"] == "BLIP-2*"} == {"official"}
     with open(PAPER_RESULTS) as f:
-        assert yaml.safe_load(f)["source"].startswith("Swetha et al.")
+        raw = yaml.safe_load(f)
+    assert raw["source"].startswith("Swetha et al.")
+    # supplementary Table 7, as printed
+    costs = {r["method"]: r["values"] for r in raw["costs"]["rows"]}
+    assert costs["BLIP-2"] == {"train time": "39 h", "GPU mem S1": "3.3G", "GPU mem S2": "21G",
+                               "FLOPs S1": "3.08T", "FLOPs S2": "17.12T", "inference time": "680 ms"}
+    assert costs["X-Former"]["train time"] == "43 h" and costs["X-Former"]["inference time"] == "890 ms"
 
 
 def test_compare_reads_runs_of_any_variant_and_benchmark(tmp_path, capsys):
@@ -236,19 +258,23 @@ def test_compare_reads_runs_of_any_variant_and_benchmark(tmp_path, capsys):
     gqa_file = str(gqa / "latest" / "result" / "testdev_metrics.json")
     report, text = compare.compare([str(xf), str(b2 / "latest"), gqa_file, str(ret), str(cap / "latest" / "result")],
                                    str(tmp_path / "out"))
-    assert list(report) == ["VQAv2", "GQA", "Flickr30K retrieval", "COCO captioning (loss ablations)"]
+    assert list(report) == ["VQAv2", "GQA", "Flickr30K retrieval", "Captioning (loss ablations)"]
     overall = report["VQAv2"]["tables"]["overall"]
     runs = [r for r in overall["rows"] if r["kind"] == "run"]
     assert [(r["label"], r["values"]["accuracy"]) for r in runs] == [("xformer", 54.0), ("blip2", 51.0)]
     assert runs[0]["model"] == "xformer_opt:pretrain_opt6.7b"
     paper_rows = [r for r in overall["rows"] if r["kind"] == "paper"]
     assert {r["variant"] for r in paper_rows} == {"xformer", "blip2"}  # matching variants only
-    assert "| _paper: X-Former (opt6.7b, 14M)_ | 55.00 | Table 1 (zero-shot VQAv2 val) |" in text
+    assert ("| _paper: X-Former (opt6.7b, 14M)_ | 55.00 | Table 3 (zero-shot VQAv2 val) "
+            "[table label: text; LLM: inferred] |") in text
     per_type = report["VQAv2"]["tables"]["question_type"]
     assert per_type["columns"] == ["yes/no", "number", "other"]
     assert per_type["rows"][0]["values"] == {"yes/no": 72.0, "number": 35.5, "other": 44.25}
-    assert "| **xformer** | 72.00 | 35.50 | 44.25 | xformer_opt:pretrain_opt6.7b |" in text
-    assert "| _paper: BLIP-2 (opt2.7b, 14M)_ | 71.50 | 27.30 | 39.30 | Table 1 (zero-shot VQAv2 val) |" in text
+    # each number's source: a run's metrics file, a paper row's table
+    assert "| **xformer** | 72.00 | 35.50 | 44.25 | `%s` |" % runs[0]["source"] in text
+    assert runs[0]["source"].endswith("val_vqa_metrics.json")
+    assert ("| _paper: BLIP-2 (opt2.7b, 14M)_ | 71.50 | 27.30 | 39.30 | Table 3 (zero-shot VQAv2 val) "
+            "[table label: text; LLM: inferred] |") in text
     gqa_tables = report["GQA"]["tables"]
     assert list(gqa_tables) == ["overall", "structural_type", "semantic_type"]
     assert gqa_tables["semantic_type"]["rows"][0]["values"] == {"attr": 30.0, "rel": 25.5}
@@ -258,14 +284,20 @@ def test_compare_reads_runs_of_any_variant_and_benchmark(tmp_path, capsys):
     assert retrieval["rows"][0]["label"] == "no_itm"
     assert retrieval["rows"][0]["values"] == {"TR@1": 90.5, "TR@5": 98.0, "IR@1": 80.0, "IR@5": 95.0}
     assert retrieval["columns"][:4] == ["TR@1", "TR@5", "IR@1", "IR@5"]
-    caption = report["COCO captioning (loss ablations)"]["tables"]["overall"]
-    assert caption["rows"][0]["label"] == "no_sa"
-    assert caption["rows"][0]["values"] == {"B@4": pytest.approx(36.5), "CIDEr": pytest.approx(120.1)}
-    assert any(r["kind"] == "paper" and r["values"] == {"B@4": 35.6, "CIDEr": 120} for r in caption["rows"])
+    caption = report["Captioning (loss ablations)"]["tables"]
+    assert caption["overall"]["rows"][0]["label"] == "no_sa"
+    assert caption["overall"]["rows"][0]["values"] == {"B@4": pytest.approx(36.5), "CIDEr": pytest.approx(120.1)}
+    # the paper's ablation-setting rows are kept apart, in their own table
+    assert not any(r["kind"] == "paper" for r in caption["overall"]["rows"])
+    apart = caption["overall / ablation"]
+    assert [r["values"] for r in apart["rows"]] == [{"B@4": 35.6, "CIDEr": 120}]
+    assert "### overall: paper, ablation setting (8 A100s, batch 320 / 272" in text
+    assert "## Computational cost (paper, Suppl. Table 7 (computational cost))" in text
+    assert "| _paper: X-Former_ | 43 h | 4.6G | 22G | 3.16T | 17.2T | 890 ms |" in text
     for ext in ("md", "png", "json"):
         assert (tmp_path / "out" / ("comparison." + ext)).stat().st_size > 0
     assert (tmp_path / "out" / "comparison.md").read_text() == text
-    assert Image.open(tmp_path / "out" / "comparison.png").size[1] == 360 * 7  # 7 panels
+    assert Image.open(tmp_path / "out" / "comparison.png").size[1] == 360 * 8  # 7 panels + 1 apart
 
     # all rows / no rows of the paper; labels
     report, text = compare.compare([str(xf), str(b2)], str(tmp_path / "o2"), labels=["mine", "base"], mode="all")

@@ -17,8 +17,8 @@ from lavis_xformer.runners import launch
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "projects" / "xformer" / "tiny" / "stage1.yaml"
 STAGE1 = REPO / "projects" / "xformer" / "stage1.yaml"
-STAGE1_DATASETS = ("coco_caption", "vg_caption", "sbu_caption",
-                   "conceptual_caption_3m", "conceptual_caption_12m")
+STAGE1_DATASETS = ("coco_caption", "vg_caption", "capfilt_web")
+MAP_STYLE_DATASETS = ("coco_caption", "vg_caption")  # capfilt_web: webdataset shards
 
 
 def _args(cfg_path, *options):
@@ -147,14 +147,18 @@ def test_missing_stage1_data_names_every_file_and_key():
         cache_root, "coco/annotations/coco_karpathy_train.json") in message
     assert "`datasets.coco_caption.build_info.annotations.train.storage`" in message
     assert "`datasets.coco_caption.build_info.images.storage`" in message
-    assert "`datasets.sbu_caption.build_info.annotations.train.storage` to the list" in message
+    assert "of the 1300 shards of capfilt/ccs/{00000..01299}.tar are missing" in message
+    assert "BLIP/datasets/ccs_synthetic_filtered_large.json" in message  # the CapFilt file to fetch
     for name in STAGE1_DATASETS:
         assert "dataset '%s'" % name in message
 
 
 def test_stage1_passes_the_checks_once_its_data_exist(tmp_path):
-    options = ["run.device=cpu"]
-    for name in STAGE1_DATASETS:
+    shard = tmp_path / "capfilt" / "00000.tar"
+    shard.parent.mkdir()
+    shard.write_bytes(b"")
+    options = ["run.device=cpu", "datasets.capfilt_web.build_info.storage=[%s]" % shard]
+    for name in MAP_STYLE_DATASETS:
         (tmp_path / name / "images").mkdir(parents=True)
         options.append("datasets.%s.build_info.images.storage=%s" % (name, tmp_path / name / "images"))
         splits = ("train", "val", "test") if name == "coco_caption" else ("train",)

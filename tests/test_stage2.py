@@ -1,4 +1,6 @@
 """Stage 2: `xformer_opt` and `xformer_t5` losses, labels, checkpoints, decoding and size."""
+import random
+
 import pytest
 import torch
 
@@ -166,12 +168,27 @@ def test_t5_trains_with_prefix_lm_and_answers(images):
 
 
 def test_prefix_split_keeps_every_word_and_a_nonempty_suffix():
-    import random
-
     rng = random.Random(0)
+    split = registry.get_model_class("xformer_t5").split_prefix
     for _ in range(20):
-        prefix, suffix = registry.get_model_class("xformer_t5").split_prefix("a b c d", rng)
+        prefix, suffix = split("a b c d", rng)
         assert suffix and (prefix + " " + suffix).strip() == "a b c d"
+
+
+@pytest.mark.parametrize("n_words", [1, 2, 3, 4, 7, 10])
+def test_t5_prefix_split_point_runs_from_the_start_to_the_middle(n_words):
+    """The paper (supplementary section 3): "a random value from start to middle of sentence
+    is picked to divide the caption": prefix lengths 0..floor(n/2), each drawn."""
+    words = ["w%d" % i for i in range(n_words)]
+    rng = random.Random(0)
+    split = registry.get_model_class("xformer_t5").split_prefix
+    seen = set()
+    for _ in range(400):
+        prefix, suffix = split(" ".join(words), rng)
+        k = len(prefix.split())
+        assert prefix.split() == words[:k] and suffix.split() == words[k:]
+        seen.add(k)
+    assert seen == set(range(n_words // 2 + 1))
 
 
 @pytest.mark.parametrize("model_type,paper", [("pretrain_opt2.7b", 129e6), ("pretrain_opt6.7b", 130e6)])

@@ -280,11 +280,13 @@ def test_ablation_project_files_exist_for_both_stages_and_parse():
     files = sorted(glob.glob(os.path.join(ROOT, "projects/xformer/ablations/*.yaml")))
     names = {os.path.basename(f)[: -len(".yaml")] for f in files}
     for variant in ("blip2", "concat", "early_ca", "xformer", "no_rec", "rec_both", "frozen_fusion",
-                    "clip_layer26", "clip_recon", "no_sa", "no_itc", "no_itm", "no_itg"):
+                    "clip_layer26", "clip_recon", "no_sa", "no_itc", "no_itm", "no_itg", "no_hflip"):
         stages = {n for n in names if n.startswith(variant + "_stage")}
         assert stages, variant
+    from lavis_xformer.runners.run_files import load_run_file
+
     for path in files:
-        cfg = OmegaConf.load(path)
+        cfg = load_run_file(path)  # the file with its `includes:` (base/stage<N>.yaml) resolved
         name = os.path.basename(path)[: -len(".yaml")]
         stage = name.rsplit("_", 1)[1]
         assert cfg.run.task == "xformer_pretrain" and cfg.run.runner == "runner_xformer", name

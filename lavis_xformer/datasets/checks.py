@@ -137,28 +137,34 @@ def check_checkpoints(model_cfg, run_cfg):
     """
     for key in CHECKPOINT_KEYS:
         value = model_cfg.get(key, None)
-        if not value or _is_remote(str(value)):
-            continue
-        path = os.path.abspath(os.path.expanduser(str(value)))
-        if os.path.isfile(path):
-            continue
-        if os.path.isdir(path):
-            raise ConfigError("model.%s: %s is a directory; point model.%s at a checkpoint file "
-                              "inside it (e.g. checkpoint_<epoch>.pth)" % (key, path, key))
-        requires = run_cfg.get("requires", None)
-        if requires:
-            how = "run %s first (python -m lavis.train --cfg-path %s)" % (requires, requires)
-        else:
-            how = "run the previous stage first"
-        message = "model.%s: no checkpoint at %s" % (key, path)
-        if str(value) != path:
-            message += " (model.%s=%s, relative to %s)" % (key, value, os.getcwd())
-        found = sorted(glob.glob(os.path.join(os.path.dirname(path), "checkpoint_*.pth")))
-        if found:
-            message += "; that folder holds %s" % ", ".join(os.path.basename(f) for f in found)
-        message += "; %s or point model.%s at its checkpoint (--options model.%s=/path/to/" \
-                   "checkpoint.pth)" % (how, key, key)
-        raise ConfigError(message)
+        values = [value] if value is None or isinstance(value, str) else list(value)
+        for value in values:  # a list of checkpoints is loaded in order (sources.load_pretrained)
+            _check_checkpoint(key, value, run_cfg)
+
+
+def _check_checkpoint(key, value, run_cfg):
+    if not value or _is_remote(str(value)):
+        return
+    path = os.path.abspath(os.path.expanduser(str(value)))
+    if os.path.isfile(path):
+        return
+    if os.path.isdir(path):
+        raise ConfigError("model.%s: %s is a directory; point model.%s at a checkpoint file "
+                          "inside it (e.g. checkpoint_<epoch>.pth)" % (key, path, key))
+    requires = run_cfg.get("requires", None)
+    if requires:
+        how = "run %s first (python -m lavis.train --cfg-path %s)" % (requires, requires)
+    else:
+        how = "run the previous stage first"
+    message = "model.%s: no checkpoint at %s" % (key, path)
+    if str(value) != path:
+        message += " (model.%s=%s, relative to %s)" % (key, value, os.getcwd())
+    found = sorted(glob.glob(os.path.join(os.path.dirname(path), "checkpoint_*.pth")))
+    if found:
+        message += "; that folder holds %s" % ", ".join(os.path.basename(f) for f in found)
+    message += "; %s or point model.%s at its checkpoint (--options model.%s=/path/to/" \
+               "checkpoint.pth)" % (how, key, key)
+    raise ConfigError(message)
 
 
 def check_resume(run_cfg):

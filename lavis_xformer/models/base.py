@@ -123,6 +123,19 @@ def build_clip(cfg, random_init: bool):
     ln_vision = LayerNorm(vit.num_features)
     if cfg.get("freeze_vit", True):
         vit = freeze(vit)
+        if cfg.get("unfreeze_vit_layernorm", False):
+            if cfg.get("use_grad_checkpoint", False):
+                # LAVIS's EVA ViT uses torch's reentrant checkpoint: its blocks' parameters get
+                # no gradient when the blocks' input needs none (the frozen patch embedding)
+                raise ValueError("model.unfreeze_vit_layernorm: True does not work with "
+                                 "model.use_grad_checkpoint: True (the LayerNorms would get no "
+                                 "gradient); set use_grad_checkpoint: False")
+            # VQA fine-tuning (paper, supplementary section 2): only the CLIP ViT's LayerNorms
+            # train; the ViT stays in eval mode (it has no dropout or drop-path to switch).
+            for module in vit.modules():
+                if isinstance(module, nn.LayerNorm):
+                    for param in module.parameters():
+                        param.requires_grad = True
     return vit, ln_vision
 
 
@@ -326,7 +339,7 @@ class XFormerBase(Blip2Base):
             tokens = self.run_clip_blocks(tokens).float()
         return MAEEncoding(tokens, mask, ids_restore, self.mae_branch.renormalize(image))
 
-    def encode_image(self, image, mask_ratio=None):
+    def encode_image(self, image, mask_ratio=None, text_tokens=None):
         """The image path shared by every loss and by inference.
 
         Returns (context (B, Nc, Dc): the Q-Former's cross-attention input, i.e. the CLIP
@@ -334,6 +347,10 @@ class XFormerBase(Blip2Base):
         output queries (B, Nq, D); enriched MAE tokens (B, 1+N_visible, Dm) or None;
         side encoding (``MAEEncoding``) or None).
         Patches are masked only while training (``mask_ratio`` overrides).
+        ``text_tokens`` (BERT tokens with ``input_ids`` and ``attention_mask``, (B, L)): text
+        fed to the Q-Former beside the queries, as BLIP-2 feeds the question in VQA
+        fine-tuning (LAVIS's ``qformer_text_input``): [queries; text] share the Q-Former's
+        self-attention (bi-directional) and only the query outputs go on.
         """
         self.check_image(image)
         if mask_ratio is None:
@@ -342,11 +359,17 @@ class XFormerBase(Blip2Base):
         side = self.encode_side(image, mask_ratio)
         side_tokens = None if side is None else side.tokens.float()
         context = self.fusion.context(image_embeds, side_tokens)
+        query_tokens = self.query_tokens.expand(image.shape[0], -1, -1)
+        text = {}
+        if text_tokens is not None:
+            text = dict(input_ids=text_tokens.input_ids, attention_mask=torch.cat(
+                [self.ones(query_tokens), text_tokens.attention_mask], dim=1))
         queries = self.Qformer.bert(
-            query_embeds=self.query_tokens.expand(image.shape[0], -1, -1),
+            query_embeds=query_tokens,
             encoder_hidden_states=context,
             encoder_attention_mask=self.ones(context),
             return_dict=True,
-        ).last_hidden_state
+            **text,
+        ).last_hidden_state[:, : query_tokens.shape[1]]
         enhanced, enriched = self.fusion(queries, side_tokens)
         return context, enhanced, enriched, side

@@ -68,11 +68,52 @@ def build_mae(cfg, random_init: bool) -> nn.Module:
     with sources.loading("mae_weights", source):
         model = ViTMAEForPreTraining.from_pretrained(source)
     if model.config.image_size != cfg.get("image_size"):
-        raise sources.WeightSourceError(
-            f"model.mae_weights={source!r} is for {model.config.image_size}px images but "
-            f"model.image_size is {cfg.get('image_size')}; use matching sizes"
-        )
+        image_size, patch = cfg.get("image_size"), model.config.patch_size
+        if image_size % patch:
+            raise sources.WeightSourceError(
+                f"model.image_size {image_size} is not a multiple of the MAE's patch size "
+                f"{patch} (model.mae_weights={source!r}); use e.g. {image_size // patch * patch}"
+            )
+        logging.info("MAE: position embeddings interpolated from %dpx to %dpx",
+                     model.config.image_size, image_size)
+        resize_mae_positions(model, image_size)
     return model
+
+
+def interpolate_grid(pos, grid):
+    """Position embeddings (1, 1 + g*g, D) -> (1, 1 + grid*grid, D): the patch positions
+    resized bicubically on their square grid, the CLS position kept, as LAVIS's
+    ``eva_vit.interpolate_pos_embed`` does for the CLIP ViT."""
+    import torch.nn.functional as F
+
+    cls, patches = pos[:, :1], pos[:, 1:]
+    old = int(round(patches.shape[1] ** 0.5))
+    if old * old != patches.shape[1]:
+        raise ValueError(f"{patches.shape[1]} position embeddings do not form a square grid")
+    if old == grid:
+        return pos
+    patches = patches.reshape(1, old, old, -1).permute(0, 3, 1, 2)
+    patches = F.interpolate(patches.float(), size=(grid, grid), mode="bicubic", align_corners=False)
+    patches = patches.permute(0, 2, 3, 1).flatten(1, 2).to(pos.dtype)
+    return torch.cat([cls, patches], dim=1)
+
+
+@torch.no_grad()
+def resize_mae_positions(mae, image_size: int):
+    """Make a loaded ``ViTMAEForPreTraining`` take ``image_size`` images (the paper's 490 px VQA
+    fine-tuning): the encoder's and the decoder's (fixed, frozen) position embeddings are
+    interpolated to the new patch grid and the config follows."""
+    grid = image_size // mae.config.patch_size
+    emb = mae.vit.embeddings
+    emb.position_embeddings = nn.Parameter(interpolate_grid(emb.position_embeddings, grid),
+                                           requires_grad=False)
+    emb.patch_embeddings.image_size = (image_size, image_size)
+    emb.patch_embeddings.num_patches = grid * grid
+    decoder = mae.decoder
+    decoder.decoder_pos_embed = nn.Parameter(interpolate_grid(decoder.decoder_pos_embed, grid),
+                                             requires_grad=False)
+    mae.config.image_size = image_size
+    return mae
 
 
 def qformer_config(cfg, vision_width: int):

@@ -82,8 +82,10 @@ class LLMDecodingMixin:
         image = samples["image"]
         prompt = samples.get("prompt", self.prompt)
         prompts = [prompt] * image.shape[0] if isinstance(prompt, str) else list(prompt)
+        # with qformer_text_input the Q-Former reads the prompt, as LAVIS's instruct models do
+        extra = {"qformer_text": prompts} if getattr(self, "qformer_text_input", False) else {}
         return self.decode(
-            image, prompts, use_nucleus_sampling=use_nucleus_sampling, num_beams=num_beams,
+            image, prompts, **extra, use_nucleus_sampling=use_nucleus_sampling, num_beams=num_beams,
             max_new_tokens=max_length, min_length=min_length, top_p=top_p,
             repetition_penalty=repetition_penalty, length_penalty=length_penalty,
             num_return_sequences=num_captions, temperature=temperature,
@@ -114,8 +116,10 @@ class LLMDecodingMixin:
             raise KeyError(f"samples has no 'text_input' (the questions); keys: {sorted(samples)}")
         questions = samples["text_input"]
         questions = [questions] if isinstance(questions, str) else list(questions)
+        # a model fine-tuned with the question in its Q-Former (qformer_text_input) reads it there too
+        extra = {"qformer_text": questions} if getattr(self, "qformer_text_input", False) else {}
         answers = self.decode(
             samples["image"], format_prompts(questions, prompt), num_beams=num_beams,
-            max_new_tokens=max_len, min_length=min_len, length_penalty=length_penalty,
+            max_new_tokens=max_len, min_length=min_len, length_penalty=length_penalty, **extra,
         )
         return first_line(answers)

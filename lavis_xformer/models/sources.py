@@ -239,17 +239,26 @@ def load_checkpoint_file(key: str, value: str) -> dict:
 
 
 def load_pretrained(model, cfg):
-    """Load ``model.pretrained`` (a checkpoint path or URL), if set, into ``model``
-    non-strictly, logging what was loaded, left as built and ignored, and checking that it
-    brought what the model needs from it (check_pretrained_fit). Returns ``model``."""
-    if cfg.get("pretrained"):
-        from lavis_xformer import compat
+    """Load ``model.pretrained`` (a checkpoint path or URL, or a list of them loaded in order),
+    if set, into ``model`` non-strictly, logging what was loaded, left as built and ignored,
+    and checking that it brought what the model needs from it (check_pretrained_fit).
+    Returns ``model``."""
+    value = cfg.get("pretrained")
+    if not value:
+        return model
+    from lavis_xformer import compat
 
-        path = resolve("pretrained", cfg.get("pretrained"))
-        state_dict = load_checkpoint_file("pretrained", path)
-        result = compat.load_state_dict_logged(model, state_dict, path)
-        check_pretrained_fit(model, state_dict, result, path,
-                             bool(cfg.get("allow_partial_pretrained", False)))
+    # A list is loaded in order, each over the one before: the VQA fine-tuning takes the
+    # Q-Former's text parts from stage 1 and the rest from stage 2 (stage 2 has no text parts).
+    # Merging the files first and loading once is the same and lets the fit be judged on all.
+    paths, state_dict = [], {}
+    for item in [value] if isinstance(value, str) else list(value):
+        paths.append(resolve("pretrained", item))
+        state_dict.update(load_checkpoint_file("pretrained", paths[-1]))
+    label = " + ".join(paths)
+    result = compat.load_state_dict_logged(model, state_dict, label)
+    check_pretrained_fit(model, state_dict, result, label,
+                         bool(cfg.get("allow_partial_pretrained", False)))
     return model
 
 

@@ -4,9 +4,15 @@ a frozen LLM, trained with the language-modelling loss.
     ``xformer_opt``  OPT (decoder-only): [projected queries; prompt + text + "\\n"] with the
                      loss on the text tokens only (queries, prompt and padding are masked).
     ``xformer_t5``   FlanT5 (encoder-decoder), prefix LM as in BLIP-2's supplementary: each
-                     caption is split at a random word; [projected queries; prefix] is the
-                     encoder input and the suffix the decoder target. Samples that carry
-                     ``text_output`` (VQA) use text_input -> text_output instead.
+                     caption is split at a random word between its start and its middle
+                     (the paper's rule); [projected queries; prefix] is the
+                     encoder input and the suffix the decoder target.
+
+Samples that carry answers (``text_output``, or ``answer`` as VQA sets give it) train VQA:
+prompt(question) -> answer, the loss on the answer only; LAVIS's VQA train sets give several
+answers per question and one is drawn by its weight (``vqa_targets``). With
+``qformer_text_input: true`` (VQA fine-tuning, as BLIP-2) the question also goes into the
+Q-Former beside the queries, in training and in ``predict_answers``.
 
 Both image encoders and the LLM are frozen; the Q-Former, the fusion block and the projection
 train (``freeze_fusion: true``: only the projection). The Q-Former's text-only parts (word and position embeddings, text FFNs, LM head) are
@@ -29,7 +35,7 @@ from lavis.common.registry import registry
 from lavis_xformer import PACKAGE_DIR
 from lavis_xformer.models import llm as llm_builders
 from lavis_xformer.models.base import XFormerBase
-from lavis_xformer.models.generation import VQA_PROMPT, LLMDecodingMixin, opt_generate  # noqa: F401
+from lavis_xformer.models.generation import VQA_PROMPT, LLMDecodingMixin, format_prompts, opt_generate  # noqa: F401
 
 
 class XFormerLLMBase(LLMDecodingMixin, XFormerBase):
@@ -53,7 +59,14 @@ class XFormerLLMBase(LLMDecodingMixin, XFormerBase):
         self.rec_weight = self.setup_reconstruction(rec_weight)
         if not self.rec_weight:
             self.mask_ratio = 0.0  # the MAE sees the whole image, as at inference
-        self.strip_qformer_text_parts()
+        # VQA fine-tuning (supplementary section 2): the question also goes into the Q-Former,
+        # as BLIP-2's fine-tuning does, so its text parts stay (from the stage-1 checkpoint).
+        self.qformer_text_input = bool(cfg.get("qformer_text_input", False))
+        self.cfg_qformer_tokenizer = {"tokenizer": cfg.get("tokenizer", None)}
+        if self.qformer_text_input:
+            self.Qformer.cls = None  # the LM head alone is unused
+        else:
+            self.strip_qformer_text_parts()
         if cfg.get("freeze_fusion", False):
             if self.rec_weight:
                 raise ValueError("model.freeze_fusion: true leaves the reconstruction loss nothing to train; set loss_weights.rec: 0")
@@ -71,6 +84,49 @@ class XFormerLLMBase(LLMDecodingMixin, XFormerBase):
     def llm_tokenizer(self):
         """Loaded on first use, so that building (random_init, meta device) loads nothing."""
         return llm_builders.build_tokenizer(self.cfg_tokenizer, self.LLM_KIND)
+
+    @cached_property
+    def qformer_tokenizer(self):
+        """The Q-Former's BERT tokenizer (``model.tokenizer``), for ``qformer_text_input``."""
+        from lavis_xformer.models import encoders
+
+        return encoders.build_tokenizer(self.cfg_qformer_tokenizer)
+
+    def qformer_text(self, texts, device):
+        """BERT tokens of the texts the Q-Former reads beside its queries, or None when
+        ``qformer_text_input`` is off."""
+        if not self.qformer_text_input or texts is None:
+            return None
+        return self.qformer_tokenizer(list(texts), padding="longest", truncation=True,
+                                      max_length=self.max_txt_len, return_tensors="pt").to(device)
+
+    @staticmethod
+    def vqa_targets(samples, rng=None):
+        """(questions, answers) of a VQA training batch, else None. LAVIS's VQA train sets
+        (``coco_vqa``, ``vg_vqa``) collate each question's answers flat with ``n_answers`` and
+        ``weight`` (the share of the human answers that gave it): one answer per question is
+        drawn by those weights, i.e. one of its human answers at random, as the paper's VQA
+        fine-tuning does. Datasets with one ``answer`` per question (easy-VQA) use it."""
+        if "answer" not in samples and "text_output" not in samples:
+            return None
+        questions = samples["text_input"]
+        questions = [questions] if isinstance(questions, str) else list(questions)
+        if "n_answers" not in samples:
+            answers = samples.get("text_output", samples.get("answer"))
+            answers = [answers] if isinstance(answers, str) else list(answers)
+            return questions, answers
+        counts = [int(n) for n in samples["n_answers"]]
+        weights = torch.as_tensor(samples["weight"], dtype=torch.float).flatten().cpu()
+        flat = list(samples["answer"])
+        if len(flat) != sum(counts) or len(counts) != len(questions):
+            raise ValueError("VQA batch: %d questions, n_answers %s, %d answers" % (
+                len(questions), counts, len(flat)))
+        answers, start = [], 0
+        for n in counts:
+            pick = int(torch.multinomial(weights[start:start + n], 1, generator=rng))
+            answers.append(flat[start + pick])
+            start += n
+        return questions, answers
 
     def strip_qformer_text_parts(self):
         self.Qformer.cls = None
@@ -100,10 +156,12 @@ class XFormerLLMBase(LLMDecodingMixin, XFormerBase):
         dtype = torch.bfloat16 if self.llm_model.dtype == torch.bfloat16 else torch.float16
         return self.maybe_autocast(dtype)
 
-    def visual_prefix(self, image, mask_ratio=None):
+    def visual_prefix(self, image, mask_ratio=None, qformer_text=None):
         """Projected enhanced queries (B, Nq, H_llm) in the LLM's dtype, plus the stage-2
-        reconstruction loss when it is switched on (else None)."""
-        _, enhanced, enriched, mae = self.encode_image(image, mask_ratio)
+        reconstruction loss when it is switched on (else None). ``qformer_text``: B strings
+        the Q-Former reads beside its queries (the questions), with ``qformer_text_input``."""
+        tokens = self.qformer_text(qformer_text, image.device)
+        _, enhanced, enriched, mae = self.encode_image(image, mask_ratio, text_tokens=tokens)
         loss_rec = None
         if self.rec_weight and self.training:
             loss_rec = self.mae_branch.reconstruction_loss(enriched, mae)
@@ -117,7 +175,13 @@ class XFormerLLMBase(LLMDecodingMixin, XFormerBase):
         self.check_image(image)
         if len(text) != image.shape[0]:
             raise ValueError(f"{image.shape[0]} images but {len(text)} texts in samples")
-        prefix, loss_rec = self.visual_prefix(image)
+        vqa = self.vqa_targets(samples)
+        if vqa is not None:  # VQA fine-tuning: prompt(question) -> one answer
+            questions, answers = vqa
+            samples = dict(samples, text_input=format_prompts(questions, self.prompt),
+                           text_output=answers)
+            text = samples["text_input"]
+        prefix, loss_rec = self.visual_prefix(image, qformer_text=vqa[0] if vqa else None)
         with self.llm_autocast():
             loss_lm = self.lm_loss(prefix, samples, text)
         out = {"loss_lm": loss_lm, "loss": loss_lm}
@@ -161,12 +225,21 @@ class XFormerOPT(XFormerLLMBase):
         mask the query positions, the prompt and the padding."""
         tokenizer = self.llm_tokenizer
         tokenizer.padding_side = "right"
+        if "text_output" in samples:
+            # VQA: the text is "<prompt with the question> <answer>\n", loss on the answer
+            answers = self.check_text(samples, "text_output")
+            full = [t + " " + a + "\n" for t, a in zip(text, answers)]
+            prompt_lengths = [len(tokenizer(t).input_ids) for t in text]
+        else:
+            full = [self.prompt + t + "\n" for t in text]
+            prompt_lengths = [self.prompt_length] * len(text)
         tokens = tokenizer(
-            [self.prompt + t + "\n" for t in text], return_tensors="pt", padding="longest",
-            truncation=True, max_length=self.max_txt_len,
+            full, return_tensors="pt", padding="longest", truncation=True,
+            max_length=self.max_txt_len,
         ).to(prefix.device)
         labels = tokens.input_ids.masked_fill(tokens.attention_mask == 0, -100)
-        labels[:, : self.prompt_length] = -100
+        for row, n in enumerate(prompt_lengths):
+            labels[row, :n] = -100
         labels = torch.cat([torch.full(prefix.shape[:2], -100, device=prefix.device), labels], dim=1)
         embeds = self.llm_model.get_input_embeddings()(tokens.input_ids)
         return self.llm_model(
@@ -177,10 +250,10 @@ class XFormerOPT(XFormerLLMBase):
         ).loss
 
     def decode(self, image, prompts, num_return_sequences=1, use_nucleus_sampling=False,
-               num_beams=5, **kwargs):
+               num_beams=5, qformer_text=None, **kwargs):
         """Generate after [prefix; prompt] with ``generation.opt_generate``, the code path the
         BLIP-2 twin (``blip2_opt_twin``) shares."""
-        prefix, _ = self.visual_prefix(image, mask_ratio=0.0)
+        prefix, _ = self.visual_prefix(image, mask_ratio=0.0, qformer_text=qformer_text)
         with self.llm_autocast():
             return opt_generate(
                 self.llm_model, self.llm_tokenizer, prefix, prompts, self.newline_id,
@@ -213,22 +286,23 @@ class XFormerT5(XFormerLLMBase):
 
     @staticmethod
     def split_prefix(text, rng=random):
-        """Split a caption at a random word: (prefix, suffix), the suffix never empty."""
+        """Split a caption of n words after a random word from its start to its middle:
+        the prefix is the first k words, k drawn uniformly from 0..n//2 (the paper's
+        supplementary section 3: "a random value from start to middle of sentence"), the
+        suffix the rest, so the suffix is never empty and holds at least half the words."""
         words = text.split()
-        if len(words) < 2:
-            return "", text
-        cut = rng.randint(0, len(words) - 1)
+        cut = rng.randint(0, len(words) // 2)
         return " ".join(words[:cut]), " ".join(words[cut:])
 
     def lm_loss(self, prefix, samples, text):
-        if "text_output" in samples:
+        if "text_output" in samples:  # VQA: the inputs are already the formatted prompts
             inputs, targets = text, self.check_text(samples, "text_output")
         else:
             pairs = [self.split_prefix(t) for t in text]
-            inputs, targets = [p for p, _ in pairs], [s for _, s in pairs]
+            inputs, targets = [self.prompt + p for p, _ in pairs], [s for _, s in pairs]
         tokenizer = self.llm_tokenizer
         tokenizer.padding_side = "right"
-        enc = tokenizer([self.prompt + t for t in inputs], return_tensors="pt", padding="longest",
+        enc = tokenizer(inputs, return_tensors="pt", padding="longest",
                         truncation=True, max_length=self.max_txt_len).to(prefix.device)
         dec = tokenizer([t + self.target_suffix for t in targets], return_tensors="pt", padding="longest", truncation=True,
                         max_length=self.max_txt_len).to(prefix.device)
@@ -243,8 +317,8 @@ class XFormerT5(XFormerLLMBase):
         ).loss
 
     def decode(self, image, prompts, num_return_sequences=1, use_nucleus_sampling=False,
-               num_beams=5, **kwargs):
-        prefix, _ = self.visual_prefix(image, mask_ratio=0.0)
+               num_beams=5, qformer_text=None, **kwargs):
+        prefix, _ = self.visual_prefix(image, mask_ratio=0.0, qformer_text=qformer_text)
         tokenizer = self.llm_tokenizer
         tokenizer.padding_side = "right"  # encoder input: padding is masked wherever it is
         enc = tokenizer(prompts, return_tensors="pt", padding="longest").to(image.device)

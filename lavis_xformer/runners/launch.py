@@ -9,7 +9,6 @@ import numpy as np
 import torch
 import torch.backends.cudnn as cudnn
 import yaml
-from lavis.common.config import Config
 from lavis.common.dist_utils import get_rank
 from lavis.common.registry import registry
 from omegaconf import DictConfig, OmegaConf
@@ -20,6 +19,7 @@ from lavis_xformer.runners import preemption
 from lavis_xformer.config_keys import ConfigKeyError, check_config
 from lavis_xformer.datasets.checks import (
     ConfigError, check_checkpoints, check_dataset_names, check_datasets, check_resume)
+from lavis_xformer.runners.run_files import IncludingConfig, load_run_file
 
 
 def parse_args(argv=None, description="LAVIS run"):
@@ -52,15 +52,8 @@ def _dotlist(options):
 
 
 def _load_yaml(path):
-    if not os.path.isfile(path):
-        raise ConfigError("--cfg-path: no such file: %s" % path)
-    try:
-        config = OmegaConf.load(path)
-    except (yaml.YAMLError, OmegaConfBaseException) as e:
-        raise ConfigError("%s is not valid yaml: %s" % (path, " ".join(str(e).split()))) from None
-    if not isinstance(config, DictConfig):
-        raise ConfigError("%s must hold a mapping with `model`, `datasets` and `run`" % path)
-    return config
+    """The run file at ``path``, its ``includes:`` resolved (run_files.load_run_file)."""
+    return load_run_file(path)
 
 
 def _pre_check(config, path):
@@ -102,9 +95,9 @@ def _pre_check(config, path):
 
 
 def load_config(args):
-    """LAVIS's Config (run file merged over the model's and each builder's defaults, then the
+    """LAVIS's Config (run file, its `includes:` resolved, merged over the model's and each builder's defaults, then the
     --options), checked before anything is built: raises ConfigError with one clear message."""
-    raw = _load_yaml(args.cfg_path)
+    raw = load_run_file(args.cfg_path)  # with its `includes:` resolved (run_files.py)
     try:
         options = OmegaConf.from_dotlist(_dotlist(args.options))
         merged = OmegaConf.merge(raw, options)
@@ -117,7 +110,7 @@ def load_config(args):
     except ConfigKeyError as e:
         raise ConfigError(str(e)) from None
     try:
-        cfg = Config(args)
+        cfg = IncludingConfig(args, raw)
     except (yaml.YAMLError, OmegaConfBaseException, TypeError, ValueError) as e:
         # e.g. --options giving a single value where the builder's defaults hold a list
         raise ConfigError("could not build the configuration: %s" % " ".join(str(e).split())) from None

@@ -318,8 +318,27 @@ class RunnerXFormer(RunnerBase):
                 )
             else:
                 loader = self._create_loader(dataset, num_workers, bsz, is_train, collate_fn)
+            if is_train:
+                loader = self._with_length(loader)
             loaders.append(loader)
         return loaders
+
+    # Addition: a webdataset stream (LAION-115M, BLIP's CapFilt shards), alone or mixed with
+    # map-style sets through LAVIS's MultiIterLoader, has no length, and LAVIS's epoch-based
+    # loop needs one (RunnerBase calls len(train_loader)). run.iters_per_epoch gives it, as
+    # LAVIS's iteration runner's iters_per_inner_epoch does.
+    def _with_length(self, loader):
+        try:
+            len(loader)
+            return loader
+        except TypeError:
+            pass
+        iters = self.config.run_cfg.get("iters_per_epoch", None)
+        if not iters:
+            raise ValueError("the training data include a stream without a length (a webdataset "
+                             "builder such as laion2B_multi): set run.iters_per_epoch, the "
+                             "number of iterations that make one epoch")
+        return SizedLoader(loader, int(iters))
 
     def _create_loader(self, dataset, num_workers, batch_size, is_train, collate_fn):
         pin_memory = self.cuda_enabled
@@ -545,3 +564,21 @@ class RunnerXFormer(RunnerBase):
         logging.info("Resume checkpoint from %s (epoch %d, %s)", path, epoch,
                      "iteration %d of %d" % (iters_done, total)
                      if self._start_iter else "epoch done")
+
+
+class SizedLoader:
+    """An endless train loader (MultiIterLoader, a webdataset stream) that counts
+    ``iters_per_epoch`` iterations as one epoch."""
+
+    def __init__(self, loader, iters_per_epoch):
+        self.loader = loader
+        self.iters_per_epoch = iters_per_epoch
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self.loader)
+
+    def __len__(self):
+        return self.iters_per_epoch

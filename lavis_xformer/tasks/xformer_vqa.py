@@ -390,8 +390,11 @@ def model_info(model_cfg):
     fusion = model_cfg.get("fusion", None)
     if fusion is None and arch is not None and arch.startswith("blip2"):
         fusion = "blip2"
+    pretrained = model_cfg.get("pretrained", None)
+    if pretrained is not None and not isinstance(pretrained, str):
+        pretrained = [str(p) for p in pretrained]  # a list of checkpoints loaded in order
     return OrderedDict([("arch", arch), ("model_type", model_cfg.get("model_type", None)),
-                        ("fusion", fusion), ("pretrained", model_cfg.get("pretrained", None))])
+                        ("fusion", fusion), ("pretrained", pretrained)])
 
 
 def _prompt_label(prompt):

@@ -10,9 +10,12 @@ a table of the overall scores and one table per question-type group where the be
 them (VQAv2: yes/no, number, other; GQA: structural and semantic types; easy-VQA: yes/no,
 color, shape), and the same as bar-chart panels. Beside the runs it lists the majority-answer
 baseline when the metrics carry one, and the paper's reported numbers for that benchmark
-(``configs/reference/paper_results.yaml``, with the table each comes from): by default only
-the paper's rows for the variants being compared (``--paper matching``), or every row
-(``all``), or none.
+(``configs/reference/paper_results.yaml``, with the table each comes from, whether the text
+names that table and whether the row's LLM is inferred): by default only the paper's rows for
+the variants being compared (``--paper matching``), or every row (``all``), or none. Rows
+of the paper's ablation setting (8 A100s, smaller batches) and large-scale setting are kept
+in tables of their own, apart from the main-setting rows; the paper's computational cost
+(supplementary Table 7) closes the report. Each run row's source is its metrics file.
 
 Writes ``DIR/comparison.md``, ``DIR/comparison.png`` and ``DIR/comparison.json`` (the numbers
 behind both), and prints the markdown.
@@ -24,7 +27,7 @@ import sys
 from collections import OrderedDict
 from dataclasses import asdict
 
-from lavis_xformer.tools.results_io import ResultsError, load_paper, load_run
+from lavis_xformer.tools.results_io import ResultsError, load_costs, load_paper, load_run
 
 PAPER_MODES = ("matching", "all", "none")
 
@@ -58,9 +61,38 @@ def paper_label(row):
     return "paper: %s%s" % (row["method"], " (%s)" % ", ".join(bits) if bits else "")
 
 
+# Rows of these settings are not comparable with the main recipe's and get their own tables.
+APART_SETTINGS = OrderedDict([
+    ("ablation", "paper, ablation setting (8 A100s, batch 320 / 272; not comparable with the main setting)"),
+    ("large_scale", "paper, large-scale setting (stage 2 on 14M + LAION-115M)"),
+])
+
+
+def paper_source(row):
+    """Where a paper number comes from: its table, whether the text names that table (else
+    the label is inferred), and whether the LLM name is inferred."""
+    notes = ["table label: %s" % row.get("table_label", "text")]
+    if row.get("llm") and row.get("llm_label"):
+        notes.append("LLM: %s" % row["llm_label"])
+    return "%s [%s]" % (row["table"], "; ".join(notes))
+
+
+def _paper_table_rows(prows, keep):
+    out = []
+    for p in prows:
+        values = {m: v for m, v in p["metrics"].items() if keep(m)}
+        if values:
+            out.append({"label": paper_label(p), "kind": "paper", "variant": p.get("variant"),
+                        "setting": p.get("setting", "main"), "source": paper_source(p),
+                        "values": values})
+    return out
+
+
 def build_tables(results, paper, mode="matching"):
-    """Per benchmark: {"overall": table, <group>: table}; a table is
-    {"columns": [...], "rows": [{"label", "kind" (run|baseline|paper), "source", "values": {col: v}}]}."""
+    """Per benchmark: {"overall": table, <group>: table, and "<table> / <setting>" tables for
+    the paper's rows of an ablation or large-scale setting, kept apart from the main-setting
+    rows}; a table is {"columns": [...], "rows": [{"label", "kind" (run|baseline|paper),
+    "source" (a run's metrics file, a paper row's table), "values": {col: v}}]}."""
     by_bench = OrderedDict()
     for r in results:
         by_bench.setdefault(r.benchmark, []).append(r)
@@ -69,7 +101,9 @@ def build_tables(results, paper, mode="matching"):
         entry = paper.get(bench)
         type_groups = (entry or {}).get("types", {}) or {}
         typed = {m for names in type_groups.values() for m in names}
-        prows = paper_rows(entry, [r.variant for r in runs], mode)
+        prows_all = paper_rows(entry, [r.variant for r in runs], mode)
+        prows = [p for p in prows_all if p.get("setting", "main") not in APART_SETTINGS]
+        apart = OrderedDict((s, [p for p in prows_all if p.get("setting") == s]) for s in APART_SETTINGS)
         splits = {r.split for r in runs}
         labels = [r.label for r in runs]
         tables = OrderedDict()
@@ -86,16 +120,19 @@ def build_tables(results, paper, mode="matching"):
             label = r.label if labels.count(r.label) == 1 and len(splits) == 1 else "%s [%s]" % (r.label, r.split)
             rows.append({"label": label, "kind": "run", "variant": r.variant, "model": r.model,
                          "source": r.source, "values": dict(r.metrics)})
+        for p in [p for rows_ in apart.values() for p in rows_]:  # columns of apart rows too
+            columns += [m for m in p["metrics"] if m not in typed and m not in columns]
         baseline = next((r.baseline for r in runs if r.baseline), None)
         if baseline:
             rows.append({"label": 'majority baseline ("%s")' % baseline.get("answer"), "kind": "baseline",
                          "source": "train split's most frequent answer", "values": dict(baseline["metrics"])})
-        for p in prows:
-            values = {m: v for m, v in p["metrics"].items() if m not in typed}
-            if values:
-                rows.append({"label": paper_label(p), "kind": "paper", "variant": p.get("variant"),
-                             "source": p["table"], "values": values})
+        rows += _paper_table_rows(prows, lambda m: m not in typed)
         tables["overall"] = {"columns": columns, "rows": rows}
+        for setting, srows in apart.items():
+            srows = _paper_table_rows(srows, lambda m: m not in typed)
+            if srows:
+                tables["overall / %s" % setting] = {"columns": columns, "rows": srows,
+                                                    "title": APART_SETTINGS[setting]}
 
         # per question-type group
         groups = list(OrderedDict.fromkeys([g for r in runs for g in r.groups] + list(type_groups)))
@@ -110,13 +147,15 @@ def build_tables(results, paper, mode="matching"):
                 rows.append({"label": 'majority baseline ("%s")' % baseline.get("answer"), "kind": "baseline",
                              "source": "train split's most frequent answer",
                              "values": dict(baseline["groups"][group])})
-            for p in prows:
-                values = {t: v for t, v in p["metrics"].items() if t in type_groups.get(group, [])}
-                if values:
-                    rows.append({"label": paper_label(p), "kind": "paper", "variant": p.get("variant"),
-                                 "source": p["table"], "values": values})
+            in_group = type_groups.get(group, [])
+            rows += _paper_table_rows(prows, lambda t: t in in_group)
             if any(row["values"] for row in rows if row["kind"] == "run") or group in type_groups:
                 tables[group] = {"columns": columns, "rows": rows}
+                for setting, srows in apart.items():
+                    srows = _paper_table_rows(srows, lambda t: t in in_group)
+                    if srows:
+                        tables["%s / %s" % (group, setting)] = {
+                            "columns": columns, "rows": srows, "title": APART_SETTINGS[setting]}
         report[bench] = {"splits": sorted(splits), "note": (entry or {}).get("note"),
                          "has_paper": entry is not None, "tables": tables}
     return report
@@ -126,7 +165,7 @@ def _fmt(value):
     return "" if value is None else "%.2f" % value
 
 
-def markdown(report, mode):
+def markdown(report, mode, costs=None):
     lines = ["# Comparison of evaluation runs", ""]
     runs = OrderedDict()
     for bench in report.values():
@@ -148,19 +187,37 @@ def markdown(report, mode):
             lines += ["_The paper reports this benchmark, but not for these variants (--paper all "
                       "lists every row)._", ""]
         for group, table in bench["tables"].items():
-            title = "overall" if group == "overall" else "per %s" % group.replace("_", " ")
-            lines += ["### %s" % title, ""]
+            lines += ["### %s" % table_title(group, table), ""]
             lines.append("| | " + " | ".join(table["columns"]) + " | source |")
             lines.append("|---|" + "---:|" * len(table["columns"]) + "---|")
             for row in table["rows"]:
                 label = "_%s_" % row["label"] if row["kind"] != "run" else "**%s**" % row["label"]
-                source = row["source"] if row["kind"] != "run" else row["model"]
                 lines.append("| %s | %s | %s |" % (
-                    label, " | ".join(_fmt(row["values"].get(c)) for c in table["columns"]), source))
+                    label, " | ".join(_fmt(row["values"].get(c)) for c in table["columns"]),
+                    "`%s`" % row["source"] if row["kind"] == "run" else row["source"]))
             lines.append("")
-    lines.append("Paper numbers: %s (rows shown: %s)." % (
-        "lavis_xformer/configs/reference/paper_results.yaml", mode))
+    if mode != "none" and costs:
+        lines += ["## Computational cost (paper, %s)" % costs["table"], ""]
+        if costs.get("note"):
+            lines += ["_%s_" % costs["note"], ""]
+        lines.append("| | " + " | ".join(costs["columns"]) + " | source |")
+        lines.append("|---|" + "---:|" * len(costs["columns"]) + "---|")
+        for row in costs["rows"]:
+            lines.append("| _paper: %s_ | %s | %s [table label: %s] |" % (
+                row["method"], " | ".join(str(row["values"].get(c, "")) for c in costs["columns"]),
+                costs["table"], costs.get("table_label", "text")))
+        lines += ["", "This project's own measurements: bench/ (python -m bench) and its results "
+                  "in bench/results/.", ""]
+    lines.append("Paper numbers: %s (rows shown: %s). Sources: a run's metrics file; a paper row's "
+                 "table, with whether the text names that table and whether its LLM is inferred." % (
+                     "lavis_xformer/configs/reference/paper_results.yaml", mode))
     return "\n".join(lines) + "\n"
+
+
+def table_title(group, table):
+    base = group.split(" / ")[0]
+    title = "overall" if base == "overall" else "per %s" % base.replace("_", " ")
+    return "%s: %s" % (title, table["title"]) if table.get("title") else title
 
 
 # ------------------------------------------------------------------ chart
@@ -199,7 +256,7 @@ def bar_chart(report, path):
             ax.bar(xs, ys, width=width, label=row["label"], **style)
         ax.set_xticks(range(len(table["columns"])))
         ax.set_xticklabels(table["columns"])
-        ax.set_title("%s: %s" % (name, "overall" if group == "overall" else "per %s" % group.replace("_", " ")))
+        ax.set_title("%s: %s" % (name, table_title(group, table)), fontsize=9)
         ax.set_ylabel("score")
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
         ax.grid(axis="y", alpha=0.3)
@@ -219,17 +276,19 @@ def compare(paths, out_dir, labels=None, mode="matching", paper_file=None):
         raise ResultsError("--labels gives %d labels for %d runs; give one per run, in order"
                            % (len(labels), len(paths)))
     paper = load_paper(paper_file) if paper_file else load_paper()
+    costs = load_costs(paper_file) if paper_file else load_costs()
     results = []
     for i, path in enumerate(paths):
         results += load_run(path, label=labels[i] if labels else None, paper=paper)
     report = build_tables(results, paper, mode)
     os.makedirs(out_dir, exist_ok=True)
-    text = markdown(report, mode)
+    text = markdown(report, mode, costs)
     with open(os.path.join(out_dir, "comparison.md"), "w") as f:
         f.write(text)
     bar_chart(report, os.path.join(out_dir, "comparison.png"))
     with open(os.path.join(out_dir, "comparison.json"), "w") as f:
-        json.dump({"results": [asdict(r) for r in results], "report": report}, f, indent=1)
+        json.dump({"results": [asdict(r) for r in results], "report": report,
+                   "paper_costs": costs if mode != "none" else None}, f, indent=1)
     return report, text
 
 

@@ -85,6 +85,12 @@ def load_paper(path=PAPER_RESULTS):
     return data["benchmarks"]
 
 
+def load_costs(path=PAPER_RESULTS):
+    """The paper's computational-cost table (supplementary Table 7), or None."""
+    with open(path) as f:
+        return yaml.safe_load(f).get("costs")
+
+
 def benchmark_name(raw, paper):
     """The paper's name for a benchmark given as a dataset/benchmark name; else ``raw``."""
     for key in (canonical(raw), canonical(_strip_split(raw))):
@@ -188,6 +194,8 @@ def _earlier_config(pretrained, job_dir):
     """The config of the job that wrote checkpoint ``pretrained`` (its folder's log.txt,
     searched as given, from the current directory, and from the parents of ``job_dir``), or
     None."""
+    if isinstance(pretrained, (list, tuple)):  # checkpoints loaded in order: the last one's job
+        pretrained = pretrained[-1] if pretrained else None
     if not pretrained or "://" in str(pretrained):
         return None
     candidates = [pretrained] if os.path.isabs(pretrained) else [pretrained] + [
