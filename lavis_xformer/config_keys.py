@@ -46,7 +46,7 @@ RUN_KEYS = {
     "train_splits": ("list", "dataset splits to train on"),
     "valid_splits": ("list", "splits to validate on after each epoch (best checkpoint)"),
     "test_splits": ("list", "splits to evaluate at the end"),
-    "train_dataset_ratios": ("dict|null", "sampling ratios of several train datasets"),
+    "train_dataset_ratios": ("list|dict|null", "sampling ratios of several train datasets (runner_xformer, as RunnerBase: a list in loader order; runner_iter: by dataset name)"),
     # optimisation
     "lr_sched": ("str", "registered lr schedule"),
     "init_lr": ("float", "peak learning rate"),
@@ -104,7 +104,7 @@ OPEN_RUN_KEYS = ("user",)
 
 # Keys of every LAVIS model config besides a model type's own (BaseModel, load_model).
 LAVIS_MODEL_KEYS = {"arch": "str", "model_type": "str", "load_pretrained": "bool",
-                    "load_finetuned": "bool", "pretrained": "str|null", "finetuned": "str|null"}
+                    "load_finetuned": "bool", "pretrained": "str|list|null", "finetuned": "str|null"}
 
 # model sections handed to a transformers config as keyword arguments: any of its attributes
 OPEN_MODEL_SECTIONS = {

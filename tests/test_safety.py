@@ -319,10 +319,11 @@ def test_user_keys_pass_and_known_keys_are_accepted(tmp_path):
     cfg = launch.load_config(_args(TINY, "run.user.my_flag=3", "model.qformer.hidden_dropout_prob=0.2",
                                    "model.drop_path_rate=0.1", "run.checkpoint_every_iters=5"))
     assert cfg.run_cfg.user.my_flag == 3
-    for path in sorted((REPO / "projects").rglob("*.yaml")):  # every shipped project file
-        from lavis_xformer.config_keys import check_config
+    from lavis_xformer.config_keys import check_config
+    from lavis_xformer.runners.run_files import load_run_file
 
-        check_config(OmegaConf.load(path), str(path))
+    for path in sorted((REPO / "projects").rglob("*.yaml")):  # every shipped project file
+        check_config(load_run_file(str(path)), str(path))  # with its `includes:` resolved
 
 
 @pytest.mark.parametrize("options, message", [
