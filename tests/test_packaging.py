@@ -221,3 +221,21 @@ def test_ci_runs_both_stacks_with_the_readme_command(tmp_path):
         return
     assert len(ran) == 2 and re.search(r"3\.1[23]", ran[1]) and ran[1].endswith(" none"), out
     assert ".ci/run: modern stack could not be set up" in out
+
+
+def test_test_shards_split_the_files(tmp_path):
+    """LAVIS_XFORMER_TEST_SHARD=k/n (tests/conftest.py): whole files, disjoint, all covered."""
+    files = ["tests/test_opencv_compat.py", "tests/test_tokenizers_compat.py",
+             "tests/test_packaging.py"]
+
+    def collected(shard):
+        env = {"LAVIS_XFORMER_TEST_SHARD": shard} if shard else {}
+        out = ok(py(["-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *files],
+                    REPO, **env)).stdout
+        return {line.split("::")[0] for line in out.splitlines() if "::" in line}
+
+    whole, first, second = collected(""), collected("1/2"), collected("2/2")
+    assert whole == set(files)
+    assert first and second and not first & second and first | second == whole
+    bad = py(["-m", "pytest", "--collect-only", "-q", *files], REPO, LAVIS_XFORMER_TEST_SHARD="3/2")
+    assert bad.returncode != 0 and "LAVIS_XFORMER_TEST_SHARD='3/2'" in bad.stdout + bad.stderr
