@@ -139,7 +139,15 @@ def test_env_switch_disables_the_hook(tmp_path):
         "False", "False"]
     proc = py(["-m", "lavis.train", "--help"], tmp_path, LAVIS_XFORMER_NO_HOOK="1")
     assert proc.returncode != 0
-    assert "No module named lavis.train" in proc.stderr
+    import importlib.metadata
+
+    tokenizers = importlib.metadata.version("tokenizers")
+    if tuple(int(p) for p in tokenizers.split(".")[:2]) >= (0, 14):
+        # Python >= 3.12: stock LAVIS's `import lavis` already stops at transformers 4.26's
+        # own tokenizers check, which only the plugin relaxes (docs/install.md).
+        assert "tokenizers>=0.11.1,!=0.11.3,<0.14 is required" in proc.stderr
+    else:
+        assert "No module named lavis.train" in proc.stderr
 
 
 def test_wheel_contents(tmp_path):
