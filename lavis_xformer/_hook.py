@@ -184,7 +184,8 @@ _AFTER = {"lavis": _after_lavis, "lavis_xformer": _after_lavis_xformer}
 # (tests/test_tokenizers_compat.py against ids from tokenizers 0.13). So the check is made to
 # accept the installed tokenizers: nothing else in transformers changes.
 TOKENIZERS_PIN = "<0.14"
-_relaxed = []  # (old requirement, installed version) once relaxed in this process
+_decided = []  # [result of relax_tokenizers_pin] once decided in this process
+_busy = []  # non-empty while deciding
 
 
 def _version_tuple(version):
@@ -206,8 +207,18 @@ def relax_tokenizers_pin(transformers_dirs=None):
     """
     if os.environ.get(KEEP_PIN_SWITCH, "") not in ("", "0"):
         return None
-    if _relaxed:
-        return _relaxed[0][0]
+    if not _decided:
+        if _busy:  # find_spec("transformers") below passes through this module's finder
+            return None
+        _busy.append(True)
+        try:
+            _decided.append(_relax(transformers_dirs))
+        finally:
+            _busy.clear()
+    return _decided[0]
+
+
+def _relax(transformers_dirs):
     import importlib.metadata
     import importlib.util
 
@@ -235,7 +246,6 @@ def relax_tokenizers_pin(transformers_dirs=None):
     relaxed = ",".join(p for p in requirement.split(",") if not p.strip().startswith("<")) or "tokenizers"
     table.deps["tokenizers"] = relaxed
     sys.modules[name] = table
-    _relaxed.append((requirement, installed))
     try:
         transformers_version = importlib.metadata.version("transformers")
     except importlib.metadata.PackageNotFoundError:

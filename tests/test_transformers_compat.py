@@ -50,6 +50,16 @@ def test_hook_relaxes_the_pin_with_one_notice(tmp_path):
     assert "LAVIS_XFORMER_KEEP_TOKENIZERS_PIN=1" in line
 
 
+def test_direct_call_under_the_hook_decides_once(tmp_path):
+    """relax_tokenizers_pin() looks transformers up through the hook's own finder: no loop."""
+    code = ("import sys; hook = sys.modules['lavis_xformer._hook']; "
+            "first = hook.relax_tokenizers_pin(); import transformers; "
+            "print(first == hook.relax_tokenizers_pin() == 'tokenizers>=0.11.1,!=0.11.3,<0.14')")
+    proc = run(code, tmp_path, "0.99.0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["True"] and len(notices(proc)) == 1
+
+
 def test_switch_keeps_the_pin(tmp_path):
     proc = run("import transformers", tmp_path, "0.99.0", LAVIS_XFORMER_KEEP_TOKENIZERS_PIN="1")
     assert proc.returncode != 0
