@@ -234,17 +234,26 @@ def _relax(transformers_dirs):
         if transformers_dirs is None:
             spec = importlib.util.find_spec("transformers")
             transformers_dirs = spec.submodule_search_locations if spec is not None else None
+        table = sys.modules.get(name)  # the look-up may have passed through the finder
+    if table is None:
         path = os.path.join(list(transformers_dirs or [""])[0], "dependency_versions_table.py")
         if not os.path.isfile(path):
             return None
         spec = importlib.util.spec_from_file_location(name, path)
         table = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(table)
+    # The marker lives on the table, not in this module: site runs a venv's .pth files twice
+    # (once from site.venv(), once from site.main()), so this module can exist twice in one
+    # process, the finder's copy and the one in sys.modules; the notice must still come once.
+    done = getattr(table, "_lavis_xformer_relaxed_from", None)
+    if done is not None:
+        return done
     requirement = getattr(table, "deps", {}).get("tokenizers", "")
     if TOKENIZERS_PIN not in requirement:
         return None  # a transformers that does not pin tokenizers below 0.14: leave it be
     relaxed = ",".join(p for p in requirement.split(",") if not p.strip().startswith("<")) or "tokenizers"
     table.deps["tokenizers"] = relaxed
+    table._lavis_xformer_relaxed_from = requirement
     sys.modules[name] = table
     try:
         transformers_version = importlib.metadata.version("transformers")
