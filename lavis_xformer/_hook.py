@@ -3,7 +3,7 @@
 LAVIS has no plugin discovery, and its wheel ships no ``lavis/train.py`` or
 ``lavis/evaluate.py``. The installed file ``lavis_xformer_hook.pth`` runs this module at
 interpreter start-up (the pattern of pytest-cov and pytest-socket) and calls :func:`install`,
-which puts one finder at the front of ``sys.meta_path``. The finder acts on four names only:
+which puts one finder at the front of ``sys.meta_path``. The finder acts on five names only:
 
 ``lavis``
     loaded as usual, then ``lavis_xformer`` is imported right after ``lavis/__init__.py`` has
@@ -17,6 +17,12 @@ which puts one finder at the front of ``sys.meta_path``. The finder acts on four
     gives the very same module object, and ``python -m lavis.train`` (hence
     ``torchrun -m lavis.train``) executes that module's code as ``__main__``.
 
+``transformers``
+    loaded as usual, but first its table of import-time version checks is loaded without the
+    ``tokenizers<0.14`` pin of transformers 4.26 (see :func:`relax_tokenizers_pin`), so that
+    transformers 4.26.1 imports beside a tokenizers that installs on Python >= 3.12. A
+    one-line notice says so; ``LAVIS_XFORMER_KEEP_TOKENIZERS_PIN=1`` keeps the pin.
+
 Set ``LAVIS_XFORMER_NO_HOOK=1`` in the environment to switch all of it off (checked by the
 ``.pth`` line and by :func:`install`); then ``lavis`` is stock LAVIS 1.0.2 and
 ``python -m lavis.train`` fails with "No module named lavis.train".
@@ -24,7 +30,7 @@ Set ``LAVIS_XFORMER_NO_HOOK=1`` in the environment to switch all of it off (chec
 This module runs in every start-up of the interpreter it is installed in: it imports only
 modules loaded at start-up anyway (``os``, ``sys``, the import system's frozen bootstrap;
 not even ``importlib``) and defers everything else to the moment one of the four names above
-is imported. Cost: about 1 ms with its bytecode cached (measured by tests/test_packaging.py).
+(or ``transformers``) is imported. Cost: about 1 ms with its bytecode cached (measured by tests/test_packaging.py).
 """
 import os
 import sys
@@ -35,6 +41,7 @@ except ImportError:  # pragma: no cover  (not CPython)
     from importlib.machinery import ModuleSpec
 
 ENV_SWITCH = "LAVIS_XFORMER_NO_HOOK"
+KEEP_PIN_SWITCH = "LAVIS_XFORMER_KEEP_TOKENIZERS_PIN"
 
 # Module of LAVIS -> module of this plugin that provides it.
 ALIASES = {
@@ -169,12 +176,108 @@ def _after_lavis_xformer(module):
 _AFTER = {"lavis": _after_lavis, "lavis_xformer": _after_lavis_xformer}
 
 
+# --- transformers 4.26's tokenizers pin. Its metadata and its import-time check
+# (transformers/dependency_versions_check.py, against dependency_versions_table.deps) ask for
+# tokenizers<0.14; no such release has a wheel for Python >= 3.12 and building one needs
+# network access. The plugin needs transformers 4.26 (LAVIS 1.0.2's generation code), and its
+# vocabularies (BERT WordPiece, GPT-2 BPE) tokenise identically with today's tokenizers
+# (tests/test_tokenizers_compat.py against ids from tokenizers 0.13). So the check is made to
+# accept the installed tokenizers: nothing else in transformers changes.
+TOKENIZERS_PIN = "<0.14"
+_decided = []  # [result of relax_tokenizers_pin] once decided in this process
+_busy = []  # non-empty while deciding
+
+
+def _version_tuple(version):
+    parts = []
+    for part in version.split(".")[:2]:
+        digits = "".join(c for c in part if c.isdigit()) or "0"
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def relax_tokenizers_pin(transformers_dirs=None):
+    """Make transformers' import-time check accept a tokenizers >= 0.14 (4.26 pins < 0.14).
+
+    Loads ``transformers.dependency_versions_table`` ahead of ``transformers`` (or edits it
+    if already loaded) with the ``<0.14`` bound removed, and prints one line to stderr. Does
+    nothing when ``LAVIS_XFORMER_KEEP_TOKENIZERS_PIN`` is set (not '' or '0'), when
+    tokenizers is not installed or older than 0.14, or when the installed transformers does
+    not pin it. Returns the relaxed requirement's old text, or None.
+    """
+    if os.environ.get(KEEP_PIN_SWITCH, "") not in ("", "0"):
+        return None
+    if not _decided:
+        if _busy:  # find_spec("transformers") below passes through this module's finder
+            return None
+        _busy.append(True)
+        try:
+            _decided.append(_relax(transformers_dirs))
+        finally:
+            _busy.clear()
+    return _decided[0]
+
+
+def _relax(transformers_dirs):
+    import importlib.metadata
+    import importlib.util
+
+    try:
+        installed = importlib.metadata.version("tokenizers")
+    except importlib.metadata.PackageNotFoundError:
+        return None  # transformers checks tokenizers only when it is installed
+    if _version_tuple(installed) < (0, 14):
+        return None
+    name = "transformers.dependency_versions_table"
+    table = sys.modules.get(name)
+    if table is None:
+        if transformers_dirs is None:
+            spec = importlib.util.find_spec("transformers")
+            transformers_dirs = spec.submodule_search_locations if spec is not None else None
+        table = sys.modules.get(name)  # the look-up may have passed through the finder
+    if table is None:
+        path = os.path.join(list(transformers_dirs or [""])[0], "dependency_versions_table.py")
+        if not os.path.isfile(path):
+            return None
+        spec = importlib.util.spec_from_file_location(name, path)
+        table = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(table)
+    # The marker lives on the table, not in this module: site runs a venv's .pth files twice
+    # (once from site.venv(), once from site.main()), so this module can exist twice in one
+    # process, the finder's copy and the one in sys.modules; the notice must still come once.
+    done = getattr(table, "_lavis_xformer_relaxed_from", None)
+    if done is not None:
+        return done
+    requirement = getattr(table, "deps", {}).get("tokenizers", "")
+    if TOKENIZERS_PIN not in requirement:
+        return None  # a transformers that does not pin tokenizers below 0.14: leave it be
+    relaxed = ",".join(p for p in requirement.split(",") if not p.strip().startswith("<")) or "tokenizers"
+    table.deps["tokenizers"] = relaxed
+    table._lavis_xformer_relaxed_from = requirement
+    sys.modules[name] = table
+    try:
+        transformers_version = importlib.metadata.version("transformers")
+    except importlib.metadata.PackageNotFoundError:
+        transformers_version = "?"
+    sys.stderr.write(
+        "lavis_xformer: transformers %s pins %s (no wheel for Python >= 3.12); its import-time "
+        "check now accepts the installed tokenizers %s, tested to tokenise the plugin's "
+        "vocabularies identically (%s=1 keeps the pin)\n"
+        % (transformers_version, requirement, installed, KEEP_PIN_SWITCH))
+    return requirement
+
+
 class LavisXFormerFinder:
     """``sys.meta_path`` finder; see the module docstring. Returns None for every other name."""
 
     _lavis_xformer_hook = True  # marker: lets install() stay idempotent across copies
 
     def find_spec(self, fullname, path=None, target=None):
+        if fullname == "transformers":
+            spec = self._find_elsewhere(fullname, path, target)
+            if spec is not None and spec.submodule_search_locations:
+                relax_tokenizers_pin(spec.submodule_search_locations)
+            return spec
         if fullname in _AFTER:
             spec = self._find_elsewhere(fullname, path, target)
             if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):

@@ -145,7 +145,7 @@ def build_qformer(cfg, vision_width: int, random_init: bool):
     else:
         with sources.loading("qformer_weights", source):
             qformer = BertLMHeadModel.from_pretrained(source, config=config)
-    qformer.resize_token_embeddings(config.vocab_size + 1)  # + [DEC]
+    add_token_rows(qformer, 1)  # + [DEC]
     state_dict = qformer.state_dict()
     for name, param in qformer.named_parameters():
         if "_query" in name:
@@ -153,6 +153,32 @@ def build_qformer(cfg, vision_width: int, random_init: bool):
     query_tokens = nn.Parameter(torch.zeros(1, config.query_length, config.hidden_size))
     query_tokens.data.normal_(mean=0.0, std=config.initializer_range)
     return qformer, query_tokens
+
+
+def add_token_rows(qformer, count: int) -> None:
+    """Grow the Q-Former's vocabulary by ``count`` tokens, in place.
+
+    Gives what ``resize_token_embeddings`` gave in transformers 4.26, without calling it
+    (newer releases mean-initialise the new rows from a covariance, which fails on the meta
+    device, and no longer pad the LM head's bias): a new word-embedding table whose first
+    rows are the old ones and whose new rows are drawn as the Q-Former initialises weights
+    (same random draws as 4.26), the LM head's weight tied to it and its bias, still the
+    very parameter ``cls.predictions.bias`` (LAVIS ties ``decoder.bias`` to it), padded
+    with zeros.
+    """
+    old = qformer.get_input_embeddings()
+    rows, dim = old.weight.shape
+    new = nn.Embedding(rows + count, dim)
+    new.to(old.weight.device, dtype=old.weight.dtype)
+    qformer._init_weights(new)
+    new.weight.data[:rows] = old.weight.data
+    qformer.set_input_embeddings(new)
+    qformer.config.vocab_size = rows + count
+    head = qformer.cls.predictions
+    head.decoder.weight = new.weight
+    head.decoder.out_features = rows + count
+    head.bias.data = nn.functional.pad(head.bias.data, (0, count))
+    head.decoder.bias = head.bias
 
 
 def build_tokenizer(cfg):

@@ -84,15 +84,28 @@ class FusedEvaAttention(EvaAttention):
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, -1)))
 
 
+def _split_heads(x, heads):
+    """(B, N, heads * d) -> (B, heads, N, d)."""
+    B, N, _ = x.shape
+    return x.view(B, N, heads, -1).transpose(1, 2)
+
+
 class FusedViTMAESelfAttention(ViTMAESelfAttention):
-    """transformers' ViT-MAE attention, fused. (B, N, D) -> ((B, N, D),)."""
+    """transformers' ViT-MAE attention, fused. (B, N, D) -> ((B, N, D),).
+
+    Uses only the projections and sizes, not ``transpose_for_scores`` (gone from newer
+    transformers) or the ``dropout`` module (``dropout_prob`` there).
+    """
 
     def forward(self, hidden_states, head_mask=None, output_attentions=False):
         if head_mask is not None or output_attentions:
             return super().forward(hidden_states, head_mask, output_attentions)
-        q, k, v = (self.transpose_for_scores(layer(hidden_states))
+        q, k, v = (_split_heads(layer(hidden_states), self.num_attention_heads)
                    for layer in (self.query, self.key, self.value))
-        context = F.scaled_dot_product_attention(q, k, v, dropout_p=_dropout(self.dropout, self.training))
+        dropout = getattr(self, "dropout", None)
+        p = _dropout(dropout, self.training) if dropout is not None else (
+            getattr(self, "dropout_prob", 0.0) if self.training else 0.0)
+        context = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
         B, _, N, _ = context.shape
         return (context.transpose(1, 2).reshape(B, N, self.all_head_size),)
 
