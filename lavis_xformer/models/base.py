@@ -41,7 +41,7 @@ from torch import nn
 
 from lavis.models.blip2_models.blip2 import Blip2Base, LayerNorm, disabled_train
 
-from lavis_xformer.models import encoders, sources
+from lavis_xformer.models import encoders, shared_kv, sources
 from lavis_xformer.models.early_ca import EarlyCAFusion
 from lavis_xformer.models.fused_attention import use_fused_attention
 from lavis_xformer.modules import MAEBranch, MAEEncoding, XFormerFusion
@@ -342,6 +342,7 @@ class XFormerBase(Blip2Base):
         side = self.encode_side(image, mask_ratio)
         side_tokens = None if side is None else side.tokens.float()
         context = self.fusion.context(image_embeds, side_tokens)
+        shared_kv.register_base(context)  # inside XFormer.forward: keys/values computed once
         queries = self.Qformer.bert(
             query_embeds=self.query_tokens.expand(image.shape[0], -1, -1),
             encoder_hidden_states=context,

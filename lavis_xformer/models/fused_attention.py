@@ -26,6 +26,8 @@ from lavis.models.blip2_models.Qformer import BertSelfAttention
 from lavis.models.eva_vit import Attention as EvaAttention
 from transformers.models.vit_mae.modeling_vit_mae import ViTMAESelfAttention
 
+from lavis_xformer.models import shared_kv
+
 
 def _dropout(module_dropout, training):
     return module_dropout.p if training else 0.0
@@ -48,8 +50,9 @@ class FusedBertSelfAttention(BertSelfAttention):
                                    encoder_hidden_states, encoder_attention_mask,
                                    past_key_value, output_attentions)
         if encoder_hidden_states is not None:
-            keys = self.transpose_for_scores(self.key(encoder_hidden_states))
-            values = self.transpose_for_scores(self.value(encoder_hidden_states))
+            # image keys/values shared by a training step's passes (shared_kv.py), if bound
+            shared = shared_kv.lookup(self, encoder_hidden_states)
+            keys, values = shared if shared is not None else shared_kv.project(self, encoder_hidden_states)
             attention_mask = encoder_attention_mask
         else:
             keys = self.transpose_for_scores(self.key(hidden_states))
