@@ -26,7 +26,7 @@ from lavis.models.blip2_models.Qformer import BertSelfAttention
 from lavis.models.eva_vit import Attention as EvaAttention
 from transformers.models.vit_mae.modeling_vit_mae import ViTMAESelfAttention
 
-from lavis_xformer.models import shared_kv
+from lavis_xformer.models import fp8, shared_kv
 
 
 def _dropout(module_dropout, training):
@@ -80,7 +80,7 @@ class FusedEvaAttention(EvaAttention):
         qkv_bias = None
         if self.q_bias is not None:
             qkv_bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias, requires_grad=False), self.v_bias))
-        qkv = F.linear(x, self.qkv.weight, qkv_bias).reshape(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        qkv = fp8.linear(self.qkv, x, qkv_bias).reshape(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         mask = None if rel_pos_bias is None else rel_pos_bias.unsqueeze(0).to(qkv.dtype)
         x = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=mask, scale=self.scale,
                                            dropout_p=_dropout(self.attn_drop, self.training))
