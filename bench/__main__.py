@@ -3,11 +3,15 @@
     python -m bench --size tiny                      # CPU, seconds
     python -m bench --size base --batch-size 8       # CPU, minutes
     python -m bench --size paper --device cuda       # GPU: the paper's encoders and OPT-2.7B
+    python -m bench --parts stock                    # stock LAVIS Blip2Qformer vs plugin BLIP-2 vs X-Former
 
 Writes a JSON file (``--out``, default ``bench/results/<size>-<device>.json``) and prints a
 table: median step time, images per second, peak memory and the X-Former / BLIP-2 ratio of
 each, for stage-1 training, stage-2 training, caption generation and VQA answering; then the
-per-component breakdown and the analytic FLOP ratio of each step.
+per-component breakdown and the analytic FLOP ratio of each step. Every part times its models
+in the same rounds (``--repeats``, 30 by default, after ``--warmup``), one step of each per
+round in a rotating order, and reports each time ratio as the median of the per-round ratios
+with the order-statistic 95% confidence interval of that median (``measure.paired_ratio``).
 """
 import argparse
 import datetime

@@ -163,6 +163,7 @@ def test_compile_modules_rejects_unknown_names():
         build(compile_modules=["vit"])
 
 
+@pytest.mark.slow  # graph capture of four modules: ~40 s alone, minutes on a loaded machine
 def test_compiled_small_modules_give_the_same_losses(images):
     """torch.compile's graph capture (backend aot_eager: the traced forward and backward
     graphs, run without code generation, which needs no C++ compiler) of the Q-Former layers,
@@ -259,3 +260,26 @@ def test_median_confidence_interval_ranks_match_the_binomial_tables():
     assert r["median"] == 15.5 and r["ci"] == [10.0, 21.0] and r["rounds"] == 30
     with pytest.raises(ValueError):
         paired_ratio([1.0], [])
+
+
+# ----------------------------------------------------------------- the stock baseline
+
+def test_bench_stock_baseline_is_lavis_own_blip2_qformer(images):
+    """bench/stock.py: LAVIS's Blip2Qformer with LAVIS's own attention classes and its own
+    forward (needs a process group: one_process_group), and nothing of the speed work."""
+    from lavis.models.blip2_models.blip2_qformer import Blip2Qformer
+    from lavis.models.blip2_models.Qformer import BertLMHeadModel, BertSelfAttention
+    from lavis.models.eva_vit import Attention
+
+    from bench.stock import one_process_group, stock_blip2
+    from lavis_xformer.models.fused_attention import EAGER, FUSED
+
+    stock = stock_blip2("tiny", "cpu")
+    assert type(stock) is Blip2Qformer and type(stock.Qformer) is BertLMHeadModel
+    kinds = {type(m) for m in stock.modules() if type(m) in FUSED or type(m) in EAGER}
+    assert kinds == {BertSelfAttention, Attention}
+    assert type(stock).forward is Blip2Qformer.forward
+    stock.train()
+    with one_process_group("cpu"):
+        out = stock({"image": images, "text_input": TEXTS})
+    assert torch.isfinite(out.loss) and out.loss_itm > 0
