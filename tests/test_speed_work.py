@@ -102,6 +102,38 @@ def test_shared_image_kv_removes_the_repeated_projection_flops(images):
     assert flops[True] < flops[False]
 
 
+def test_shared_image_kv_projects_rows_of_other_ranks_afresh():
+    """With several processes ITM's negative images may come from other ranks: those rows
+    (``Fresh``) are projected, the step's own rows gathered; the keys/values and the gradients
+    equal the projection of the concatenated tokens."""
+    from lavis.models.blip2_models.Qformer import BertConfig
+
+    from lavis_xformer.models import shared_kv
+    from lavis_xformer.models.fused_attention import FusedBertSelfAttention
+
+    config = BertConfig(hidden_size=32, num_attention_heads=4, encoder_width=24)
+    attention = FusedBertSelfAttention(config, is_cross_attention=True)
+    torch.manual_seed(0)
+    own = torch.randn(3, 5, 24, requires_grad=True)
+    other = torch.randn(2, 5, 24, requires_grad=True)  # stands for another rank's images
+    rows = torch.tensor([2, 0, 1])
+    tokens = torch.cat([own, other, own[rows]])
+    expected = shared_kv.project(attention, tokens)
+    grads_expected = torch.autograd.grad(sum(t.square().sum() for t in expected), (own, other))
+    with shared_kv.shared_image_kv() as scope:
+        shared_kv.register_base(own)
+        assert shared_kv.lookup(attention, own) is not None
+        shared_kv.bind(tokens, [torch.arange(3), shared_kv.Fresh(other), rows])
+        got = shared_kv.lookup(attention, tokens)
+        assert shared_kv.lookup(attention, tokens.clone()) is None  # unbound tokens: computed as usual
+    assert scope is not None and shared_kv.lookup(attention, tokens) is None  # scope closed
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    grads = torch.autograd.grad(sum(t.square().sum() for t in got), (own, other))
+    for a, b in zip(grads, grads_expected):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_shared_image_kv_is_the_default_and_a_model_key():
     assert build().share_image_kv is True
     assert build(share_image_kv=False).share_image_kv is False
