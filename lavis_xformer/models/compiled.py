@@ -79,7 +79,7 @@ class FusedNormEvaBlock(EvaBlock):
     def forward(self, x, rel_pos_bias=None):
         if self.gamma_1 is not None or (self.training and not isinstance(self.drop_path, nn.Identity)):
             return super().forward(x, rel_pos_bias)
-        dtype = matmul_dtype(self.attn.proj.weight, x)
+        dtype = matmul_dtype(getattr(self.attn.proj, "weight", None), x)  # fp8 layers have none
         h = self.norm_cast(x, self.norm1.weight, self.norm1.bias, self.norm1.eps, dtype)
         x, h = self.add_norm_cast(x, self.attn(h, rel_pos_bias=rel_pos_bias),
                                   self.norm2.weight, self.norm2.bias, self.norm2.eps, dtype)
