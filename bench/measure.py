@@ -3,6 +3,7 @@
 ``Clock`` times on the device the work runs on (CUDA events on a GPU, wall clock on a CPU);
 each measured call ends with a synchronisation, so a step's time is the whole step's.
 """
+import math
 import statistics
 import time
 from contextlib import contextmanager
@@ -88,8 +89,9 @@ def count_flops(fn) -> int:
 
 
 def alternate(steps: dict, clock: Clock, warmup: int, repeats: int, device: str) -> dict:
-    """Run every named step ``warmup`` times, then ``repeats`` times in turn (a, b, a, b, ...),
-    so that drift in the machine's speed hits every step alike.
+    """Run every named step ``warmup`` times, then ``repeats`` rounds of one call each, in an
+    order that rotates by round (a, b, c; b, c, a; ...), so that drift in the machine's speed
+    hits every step alike and each round gives a paired ratio (``paired_ratio``).
 
     Returns {name: {"times_ms": [...], "median_ms", "peak_memory_mib"}}; the peak memory is
     what the step's own calls allocate on top of what was allocated before them (weights and
@@ -99,8 +101,11 @@ def alternate(steps: dict, clock: Clock, warmup: int, repeats: int, device: str)
             fn()
     times = {name: [] for name in steps}
     peaks = {name: 0.0 for name in steps}
-    for _ in range(repeats):
-        for name, fn in steps.items():
+    names = list(steps)
+    for i in range(repeats):
+        # the order rotates by round, so that no step always runs first (or after the same one)
+        for name in names[i % len(names):] + names[: i % len(names)]:
+            fn = steps[name]
             reset_peak_memory(device)
             before = allocated_mib(device)
             with clock.time(times[name]):
@@ -110,3 +115,37 @@ def alternate(steps: dict, clock: Clock, warmup: int, repeats: int, device: str)
     return {name: {"times_ms": [round(t, 3) for t in times[name]],
                    "median_ms": statistics.median(times[name]),
                    "peak_memory_mib": peaks[name]} for name in steps}
+
+
+def median_ci_ranks(n: int, confidence: float = 0.95):
+    """1-based ranks (lo, hi) of the order statistics that bound the median of ``n`` samples
+    with at least ``confidence`` (distribution-free: the number of samples below the median
+    is Binomial(n, 1/2)), and their exact coverage; None when n is too small (n < 6 at 95%)."""
+    alpha = 1.0 - confidence
+    cdf, k = 0.0, 0
+    for i in range(n + 1):  # largest k with P(X <= k - 1) <= alpha / 2
+        cdf += math.comb(n, i) / 2 ** n
+        if cdf > alpha / 2:
+            break
+        k = i + 1
+    if k < 1:
+        return None
+    below = sum(math.comb(n, i) for i in range(k)) / 2 ** n
+    return k, n - k + 1, 1.0 - 2 * below
+
+
+def paired_ratio(numerator_ms, denominator_ms, confidence: float = 0.95) -> dict:
+    """Per-round ratios of two steps timed in the same rounds: their median, the
+    order-statistic confidence interval of that median (``median_ci_ranks``), and their spread."""
+    if len(numerator_ms) != len(denominator_ms) or not numerator_ms:
+        raise ValueError("paired_ratio needs two equally long, non-empty lists of times")
+    ratios = sorted(a / b for a, b in zip(numerator_ms, denominator_ms))
+    ranks = median_ci_ranks(len(ratios), confidence)
+    return {
+        "median": statistics.median(ratios),
+        "ci": None if ranks is None else [ratios[ranks[0] - 1], ratios[ranks[1] - 1]],
+        "ci_confidence": None if ranks is None else round(ranks[2], 4),
+        "rounds": len(ratios),
+        "min": ratios[0],
+        "max": ratios[-1],
+    }

@@ -17,6 +17,8 @@ counts iterations, not optimizer steps.
 """
 import math
 
+import torch
+
 from lavis.common.registry import registry
 
 
@@ -62,3 +64,25 @@ class LinearWarmupCosineStepLRScheduler:
         for param_group in self.optimizer.param_groups:
             param_group["lr"] = lr
         return lr
+
+
+def adamw(param_groups, fused=None, **kwargs):
+    """``torch.optim.AdamW`` with the fused kernel (one launch per step for all parameters,
+    instead of the foreach variant's several per parameter group) when every parameter is on
+    a CUDA device, else PyTorch's default implementation. ``fused``: force it on or off.
+    Same update up to float rounding (tests/test_speed_work.py)."""
+    groups = list(param_groups)
+    params = [p for g in groups for p in (g["params"] if isinstance(g, dict) else [g])]
+    if fused is None:
+        fused = bool(params) and all(p.is_cuda for p in params)
+    return torch.optim.AdamW(groups, fused=fused or None, **kwargs)
+
+
+def fused_like(optimizer):
+    """``optimizer`` (a fresh, state-less AdamW, e.g. RunnerBase's) rebuilt by ``adamw`` with
+    the same parameter groups and hyper-parameters."""
+    if not isinstance(optimizer, torch.optim.AdamW) or optimizer.state:
+        return optimizer
+    keep = ("lr", "betas", "eps", "weight_decay", "amsgrad")
+    groups = [{k: v for k, v in g.items() if k == "params" or k in keep} for g in optimizer.param_groups]
+    return adamw(groups, **{k: optimizer.defaults[k] for k in keep})

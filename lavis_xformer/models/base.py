@@ -41,7 +41,8 @@ from torch import nn
 
 from lavis.models.blip2_models.blip2 import Blip2Base, LayerNorm, disabled_train
 
-from lavis_xformer.models import encoders, sources
+from lavis_xformer.models import encoders, fp8, shared_kv, sources
+from lavis_xformer.models.compiled import compile_modules
 from lavis_xformer.models.early_ca import EarlyCAFusion
 from lavis_xformer.models.fused_attention import use_fused_attention
 from lavis_xformer.modules import MAEBranch, MAEEncoding, XFormerFusion
@@ -115,8 +116,13 @@ def frozen_encoders_under_no_grad():
 def build_clip(cfg, random_init: bool):
     """The CLIP ViT (fp16 on GPU with ``vit_precision: fp16``, frozen unless
     ``freeze_vit: false``) and the trained LayerNorm on its output, as BLIP-2 has them."""
+    precision = cfg.get("vit_precision", "fp32")
+    if precision not in PRECISIONS:
+        raise ValueError(f"model.vit_precision={precision!r} is not one of {PRECISIONS}")
+    if precision == "fp8":
+        check_fp8_config(cfg, "vit_precision")
     vit = encoders.build_eva_vit(cfg, random_init)
-    if cfg.get("vit_precision", "fp32") == "fp16" and torch.cuda.is_available():
+    if precision in ("fp16", "fp8") and torch.cuda.is_available():
         from lavis.models.eva_vit import convert_weights_to_fp16
 
         convert_weights_to_fp16(vit)
@@ -136,7 +142,22 @@ def build_clip(cfg, random_init: bool):
                 if isinstance(module, nn.LayerNorm):
                     for param in module.parameters():
                         param.requires_grad = True
+    if precision == "fp8":
+        fp8.convert_to_fp8(vit)  # the linear layers; patch embedding and norms stay fp16
     return vit, ln_vision
+
+
+PRECISIONS = ("fp32", "fp16", "fp8")
+
+
+def check_fp8_config(cfg, key):
+    """fp8 (fp8.py) needs fp8 tensor cores, a frozen encoder and the fused attention (LAVIS's
+    own EVA attention reads its qkv weight directly)."""
+    fp8.check_fp8_device(key)
+    if key == "vit_precision" and not cfg.get("freeze_vit", True):
+        raise ValueError("model.vit_precision=fp8 needs model.freeze_vit: true (fp8 layers have no backward)")
+    if not cfg.get("fused_attention", True):
+        raise ValueError(f"model.{key}=fp8 needs model.fused_attention: true")
 
 
 def run_frozen(module: nn.Module, fn, *args):
@@ -201,8 +222,15 @@ class XFormerBase(Blip2Base):
         if uses_mae and self.mae_source in ("mae", "clip"):
             self.mae_branch = MAEBranch(encoders.build_mae(cfg, random_init), mask_ratio=self.mask_ratio)
             # Frozen, so half precision loses nothing trainable; the decoder stays differentiable.
-            if cfg.get("mae_precision", "fp32") == "fp16" and torch.cuda.is_available():
+            mae_precision = cfg.get("mae_precision", "fp32")
+            if mae_precision not in PRECISIONS:
+                raise ValueError(f"model.mae_precision={mae_precision!r} is not one of {PRECISIONS}")
+            if mae_precision == "fp8":
+                check_fp8_config(cfg, "mae_precision")
+            if mae_precision in ("fp16", "fp8") and torch.cuda.is_available():
                 self.mae_branch.mae.half()
+            if mae_precision == "fp8" and self.mae_branch.mae.vit is not None:
+                fp8.convert_to_fp8(self.mae_branch.mae.vit)  # the encoder; the decoder keeps fp16
             if self.mae_source == "clip":
                 self.mae_branch.mae.vit = None  # the CLIP ViT encodes; only the decoder is used
         side_dim = self.mae_branch.width if self.mae_source == "mae" and self.mae_branch else clip_dim
@@ -216,6 +244,8 @@ class XFormerBase(Blip2Base):
         self.fusion = build_fusion(cfg, self.Qformer, side_dim, clip_dim, clip_tokens, decoder_dim)
         if cfg.get("fused_attention", True):
             use_fused_attention(self)  # Q-Former, CLIP ViT and MAE attention (fused_attention.py)
+        # torch.compile of the small modules and the ViT's norm path (compiled.py), off by default
+        compile_modules(self, cfg.get("compile_modules") or [], cfg.get("compile_mode", "default"))
 
     @property
     def can_reconstruct(self) -> bool:
@@ -359,6 +389,7 @@ class XFormerBase(Blip2Base):
         side = self.encode_side(image, mask_ratio)
         side_tokens = None if side is None else side.tokens.float()
         context = self.fusion.context(image_embeds, side_tokens)
+        shared_kv.register_base(context)  # inside XFormer.forward: keys/values computed once
         query_tokens = self.query_tokens.expand(image.shape[0], -1, -1)
         text = {}
         if text_tokens is not None:

@@ -6,7 +6,7 @@ the EVA CLIP ViT (``eva_vit.Attention``) and the MAE encoder and decoder
 Those classes materialise the (B, heads, N, M) score and probability tensors in separate
 kernels (matmul, scale, mask, softmax, dropout, matmul). The fused kernel computes the same
 softmax(Q K^T * scale + mask) V without storing them. Measured on an H200 at the paper's size
-(README, *Performance*): 7% off the stage-1 step of both BLIP-2 and X-Former and 4 GB less
+(docs/performance.md): 7% off the stage-1 step of both BLIP-2 and X-Former and 4 GB less
 peak memory from the Q-Former alone.
 
 Same results: in eval mode the outputs equal the original classes' to float rounding
@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from lavis.models.blip2_models.Qformer import BertSelfAttention
 from lavis.models.eva_vit import Attention as EvaAttention
 from transformers.models.vit_mae.modeling_vit_mae import ViTMAESelfAttention
+
+from lavis_xformer.models import fp8, shared_kv
 
 
 def _dropout(module_dropout, training):
@@ -48,8 +50,9 @@ class FusedBertSelfAttention(BertSelfAttention):
                                    encoder_hidden_states, encoder_attention_mask,
                                    past_key_value, output_attentions)
         if encoder_hidden_states is not None:
-            keys = self.transpose_for_scores(self.key(encoder_hidden_states))
-            values = self.transpose_for_scores(self.value(encoder_hidden_states))
+            # image keys/values shared by a training step's passes (shared_kv.py), if bound
+            shared = shared_kv.lookup(self, encoder_hidden_states)
+            keys, values = shared if shared is not None else shared_kv.project(self, encoder_hidden_states)
             attention_mask = encoder_attention_mask
         else:
             keys = self.transpose_for_scores(self.key(hidden_states))
@@ -77,7 +80,7 @@ class FusedEvaAttention(EvaAttention):
         qkv_bias = None
         if self.q_bias is not None:
             qkv_bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias, requires_grad=False), self.v_bias))
-        qkv = F.linear(x, self.qkv.weight, qkv_bias).reshape(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        qkv = fp8.linear(self.qkv, x, qkv_bias).reshape(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         mask = None if rel_pos_bias is None else rel_pos_bias.unsqueeze(0).to(qkv.dtype)
         x = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=mask, scale=self.scale,
                                            dropout_p=_dropout(self.attn_drop, self.training))

@@ -37,7 +37,7 @@ from lavis.models.blip_models.blip_outputs import BlipOutputFeatures
 from transformers.modeling_outputs import ModelOutput
 
 from lavis_xformer import PACKAGE_DIR, compat
-from lavis_xformer.models import encoders
+from lavis_xformer.models import encoders, shared_kv
 from lavis_xformer.models.base import XFormerBase
 
 LOSS_NAMES = ("itc", "itm", "lm", "rec")
@@ -78,6 +78,7 @@ class XFormer(XFormerBase):
         self.cfg_tokenizer = {"tokenizer": cfg.get("tokenizer")}
         self._tokenizer = None
         self.max_txt_len = cfg.get("max_txt_len", 32)
+        self.share_image_kv = cfg.get("share_image_kv", True)
         weights = dict(cfg.get("loss_weights") or {})
         unknown = set(weights) - set(LOSS_NAMES)
         if unknown:
@@ -159,6 +160,11 @@ class XFormer(XFormerBase):
     # ------------------------------------------------------------------ training
 
     def forward(self, samples):
+        # image keys/values of every cross-attention layer computed once for all passes
+        with shared_kv.shared_image_kv(self.share_image_kv):
+            return self._forward(samples)
+
+    def _forward(self, samples):
         text = self.check_text(samples)
         image = samples["image"] if "image" in samples else None
         if image is None:
@@ -231,7 +237,11 @@ class XFormer(XFormerBase):
         input_ids = torch.cat([tokens.input_ids, tokens.input_ids, ids_world[neg_text]])
         attention_mask = torch.cat([tokens.attention_mask, tokens.attention_mask, atts_world[neg_text]])
         prefix = torch.cat([queries, prefix_world[neg_image], queries])  # pos, neg, pos
-        images = torch.cat([image_embeds, image_embeds_world[neg_image], image_embeds])
+        negatives = image_embeds_world[neg_image]
+        images = torch.cat([image_embeds, negatives, image_embeds])
+        rows = torch.arange(bs, device=queries.device)
+        # rows of the step's own images reuse their keys/values; other ranks' are projected
+        shared_kv.bind(images, [rows, neg_image if compat.get_world_size() == 1 else shared_kv.Fresh(negatives), rows])
         hidden = self.text_pass(input_ids, attention_mask, prefix, images)
         logits = self.itm_head(hidden[:, : prefix.shape[1], :]).mean(dim=1)
         labels = torch.cat([torch.ones(bs), torch.zeros(2 * bs)]).long().to(logits.device)

@@ -43,7 +43,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler
 from torch.utils.data.dataset import ChainDataset
 
-from lavis_xformer import compat
+from lavis_xformer import compat, optims
 from lavis_xformer.datasets.sampling import ResumableIterLoader, ResumableSampler, SeededIndices
 from lavis_xformer.datasets.skipping import (
     EvalSkippingCollater, SkipBadSamples, SkipUnreadable, SkippingCollater)
@@ -119,6 +119,14 @@ class RunnerXFormer(RunnerBase):
                 logging.warning("run.amp is true but the run is on %s: training in fp32.", self.device)
                 self._amp_warned = True
         return self._scaler
+
+    # Addition: RunnerBase.optimizer builds the foreach AdamW; on CUDA the fused one takes
+    # one kernel launch per step for all parameters (same update to rounding; optims.adamw).
+    @property
+    def optimizer(self):
+        if self._optimizer is None:
+            self._optimizer = optims.fused_like(super().optimizer)
+        return self._optimizer
 
     # Addition: RunnerBase.lr_scheduler builds every schedule with the same arguments and none
     # tells it how long an epoch is, which a per-iteration schedule over the whole run
