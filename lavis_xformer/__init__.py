@@ -10,7 +10,6 @@ __version__ = "0.1.0"
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
-from lavis_xformer import compat  # noqa: E402,F401  (LAVIS 1.0.2 work-arounds first)
 from lavis_xformer import datasets, models, runners, tasks  # noqa: E402,F401
 from lavis_xformer import optims  # noqa: E402,F401  (per-iteration lr schedules)
 from lavis_xformer import processors  # noqa: E402,F401  (xformer_image_train: flip switchable)
