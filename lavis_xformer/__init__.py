@@ -28,7 +28,6 @@ _require_installed("lavis", "transformers")
 from lavis_xformer import _hook  # noqa: E402
 # Before anything imports transformers (done by the start-up hook already, unless it is off).
 _hook.relax_tokenizers_pin()
-from lavis_xformer import compat  # noqa: E402,F401  (LAVIS 1.0.2 work-arounds first)
 from lavis_xformer import datasets, models, runners, tasks  # noqa: E402,F401
 from lavis_xformer import optims  # noqa: E402,F401  (per-iteration lr schedules)
 from lavis_xformer import processors  # noqa: E402,F401  (xformer_image_train: flip switchable)

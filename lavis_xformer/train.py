@@ -6,7 +6,7 @@
     torchrun --nproc_per_node=2 -m lavis_xformer.train --cfg-path ...
 
 Unlike LAVIS's script it checks the configuration and the data before building anything,
-and sets up torch.distributed on CPUs too (gloo); see lavis_xformer.compat.
+and sets up torch.distributed on CPUs too (gloo); see lavis_xformer.lavis_patches.
 """
 import lavis_xformer  # noqa: F401  (registers the plugin's models, datasets, tasks, runner)
 from lavis_xformer.runners import launch

@@ -612,8 +612,9 @@ def test_gqa_string_ids_keep_leading_zeros_and_find_their_ground_truth(data):
 
     task = XFormerVQATask(metric="exact_match")
     task.before_evaluation(Model(), Dataset())
+    truth = task.split_state(Model(), Dataset())  # passed to every step of the split
     records = task.valid_step(Model(), {"question_id": ["0201", "202"], "text_input": ["q1", "q2"],
-                                        "image": torch.zeros(2, 3, 4, 4)})
+                                        "image": torch.zeros(2, 3, 4, 4)}, truth)
     assert [r["question_id"] for r in records] == ["0201", "202"]
     assert [r["answer"] for r in records] == ["yes", "circle"]
     assert [r["correct"] for r in records] == [True, False]

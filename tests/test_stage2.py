@@ -225,7 +225,7 @@ def test_random_frozen_parts_are_the_same_in_every_build():
 
 @pytest.mark.parametrize("name", ["xformer_opt", "xformer_t5"])
 def test_generation_uses_the_cache_and_matches_the_uncached_result(name, images):
-    """LAVIS 1.0.2's generation classes drop transformers 4.26's cache (compat.py)."""
+    """LAVIS 1.0.2's generation classes drop transformers 4.26's cache (lavis_patches/generation_cache.py)."""
     model = load_model(name, "tiny") if name == "xformer_t5" else build(name)
     model.eval()
     seen = []

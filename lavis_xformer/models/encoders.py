@@ -10,7 +10,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from lavis_xformer import compat
+from lavis_xformer.lavis_patches.eva_vit_meta import linspace_on_cpu
 from lavis_xformer.models import sources
 
 
@@ -24,7 +24,7 @@ def build_eva_vit(cfg, random_init: bool) -> nn.Module:
 
     vit = cfg.get("vit")
     source = None if random_init else sources.resolve("clip_vit_weights", cfg.get("clip_vit_weights"))
-    with compat.eva_vit_meta_safe(), sources.random_weights(cfg, "clip_vit"):
+    with linspace_on_cpu(), sources.random_weights(cfg, "clip_vit"):
         model = VisionTransformer(
             img_size=cfg.get("image_size"),
             patch_size=vit.get("patch_size"),
@@ -134,9 +134,9 @@ def build_qformer(cfg, vision_width: int, random_init: bool):
     query FFNs start as copies of the text FFNs, as in ``Blip2Qformer``.
     Returns ``(qformer, query_tokens)``.
     """
-    from lavis.models.blip2_models.Qformer import BertLMHeadModel
+    # LAVIS's class with the generation cache passed on (lavis_patches/generation_cache.py)
+    from lavis_xformer.lavis_patches.generation_cache import BertLMHeadModel
 
-    BertLMHeadModel = compat.with_generation_cache(BertLMHeadModel)
     config = qformer_config(cfg, vision_width)
     source = None if random_init else sources.resolve("qformer_weights", cfg.get("qformer_weights"))
     if source is None:

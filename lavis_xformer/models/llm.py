@@ -15,7 +15,6 @@ import os
 
 import torch
 
-from lavis_xformer import compat
 from lavis_xformer.models import sources
 
 
@@ -72,11 +71,10 @@ def build_llm(cfg, random_init: bool, kind: str):
     ``model.llm_weights``, or, if that is null, with random weights from the ``model.llm`` config."""
     if kind == "opt":
         from lavis.models.blip2_models.modeling_opt import OPTConfig as Config
-        from lavis.models.blip2_models.modeling_opt import OPTForCausalLM as Model
+        from lavis_xformer.lavis_patches.generation_cache import OPTForCausalLM as Model
     else:
         from lavis.models.blip2_models.modeling_t5 import T5Config as Config
-        from lavis.models.blip2_models.modeling_t5 import T5ForConditionalGeneration as Model
-    Model = compat.with_generation_cache(Model)
+        from lavis_xformer.lavis_patches.generation_cache import T5ForConditionalGeneration as Model
 
     source = None if random_init else sources.resolve("llm_weights", cfg.get("llm_weights"))
     if source is None:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from lavis.common.logger import MetricLogger
 
-from lavis_xformer import compat
+from lavis_xformer.lavis_patches import distributed
 
 UNRANKED = -100.0  # LAVIS's fill value for pairs outside the top k
 
@@ -67,7 +67,7 @@ def itc_similarity(image_feats, text_feats):
 
 
 def _my_rows(n):
-    rank, world = compat.get_rank(), compat.get_world_size()
+    rank, world = distributed.get_rank(), distributed.get_world_size()
     step = (n + world - 1) // world
     return range(rank * step, min(n, (rank + 1) * step))
 
@@ -91,7 +91,7 @@ def compute_sim_matrix(model, data_loader, k_test=128, itm_batch=128, log_freq=1
             itm = torch.cat([itm_scores(model, *pair(row, top_idx[s:s + itm_batch]))
                              for s in range(0, k, itm_batch)])
             scores[row, top_idx] = itm + top_sim
-        if compat.dist_ready():
+        if distributed.dist_ready():
             torch.distributed.all_reduce(scores, op=torch.distributed.ReduceOp.MAX)
         return scores
 

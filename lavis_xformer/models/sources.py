@@ -246,7 +246,7 @@ def load_pretrained(model, cfg):
     value = cfg.get("pretrained")
     if not value:
         return model
-    from lavis_xformer import compat
+    from lavis_xformer.lavis_patches.load_logging import load_state_dict_logged
 
     # A list is loaded in order, each over the one before: the VQA fine-tuning takes the
     # Q-Former's text parts from stage 1 and the rest from stage 2 (stage 2 has no text parts).
@@ -256,7 +256,7 @@ def load_pretrained(model, cfg):
         paths.append(resolve("pretrained", item))
         state_dict.update(load_checkpoint_file("pretrained", paths[-1]))
     label = " + ".join(paths)
-    result = compat.load_state_dict_logged(model, state_dict, label)
+    result = load_state_dict_logged(model, state_dict, label)
     check_pretrained_fit(model, state_dict, result, label,
                          bool(cfg.get("allow_partial_pretrained", False)))
     return model

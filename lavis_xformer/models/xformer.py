@@ -36,7 +36,8 @@ from lavis.common.registry import registry
 from lavis.models.blip_models.blip_outputs import BlipOutputFeatures
 from transformers.modeling_outputs import ModelOutput
 
-from lavis_xformer import PACKAGE_DIR, compat
+from lavis_xformer import PACKAGE_DIR
+from lavis_xformer.lavis_patches import distributed
 from lavis_xformer.models import encoders, shared_kv
 from lavis_xformer.models.base import XFormerBase
 
@@ -188,12 +189,12 @@ class XFormer(XFormerBase):
         text_feat = F.normalize(self.text_proj(text_cls), dim=-1)  # (B, E)
 
         # ITC: max over queries of query-text cosine similarity, in-batch negatives (all ranks).
-        image_feats_all = compat.concat_all_gather(image_feats)
-        text_feat_all = compat.concat_all_gather(text_feat)
+        image_feats_all = distributed.concat_all_gather(image_feats)
+        text_feat_all = distributed.concat_all_gather(text_feat)
         sim_i2t = torch.einsum("iqe,te->itq", image_feats, text_feat_all).max(-1).values / self.temp
         sim_t2i = torch.einsum("te,iqe->tiq", text_feat, image_feats_all).max(-1).values / self.temp
         bs = image.shape[0]
-        rank = compat.get_rank()
+        rank = distributed.get_rank()
         targets = torch.arange(rank * bs, rank * bs + bs, device=image.device)
         loss_itc = (
             F.cross_entropy(sim_i2t, targets, label_smoothing=0.1)
@@ -221,10 +222,10 @@ class XFormer(XFormerBase):
         """ITM with one hard negative text per image and one hard negative image per text,
         sampled in proportion to the ITC similarity (BLIP-2's mining), across all ranks."""
         bs = queries.shape[0]
-        ids_world = compat.concat_all_gather(tokens.input_ids)
-        atts_world = compat.concat_all_gather(tokens.attention_mask)
-        prefix_world = compat.all_gather_with_grad(queries)
-        image_embeds_world = compat.all_gather_with_grad(image_embeds)
+        ids_world = distributed.concat_all_gather(tokens.input_ids)
+        atts_world = distributed.concat_all_gather(tokens.attention_mask)
+        prefix_world = distributed.all_gather_with_grad(queries)
+        image_embeds_world = distributed.all_gather_with_grad(image_embeds)
         with torch.no_grad():
             own = torch.arange(bs, device=queries.device) + rank * bs
             weights_t2i = F.softmax(sim_t2i.float(), dim=1) + 1e-4
@@ -241,7 +242,7 @@ class XFormer(XFormerBase):
         images = torch.cat([image_embeds, negatives, image_embeds])
         rows = torch.arange(bs, device=queries.device)
         # rows of the step's own images reuse their keys/values; other ranks' are projected
-        shared_kv.bind(images, [rows, neg_image if compat.get_world_size() == 1 else shared_kv.Fresh(negatives), rows])
+        shared_kv.bind(images, [rows, neg_image if distributed.get_world_size() == 1 else shared_kv.Fresh(negatives), rows])
         hidden = self.text_pass(input_ids, attention_mask, prefix, images)
         logits = self.itm_head(hidden[:, : prefix.shape[1], :]).mean(dim=1)
         labels = torch.cat([torch.ones(bs), torch.zeros(2 * bs)]).long().to(logits.device)

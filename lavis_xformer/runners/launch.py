@@ -14,7 +14,8 @@ from lavis.common.registry import registry
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lavis_xformer import compat
+from lavis_xformer.lavis_patches import distributed, model_type_option
+from lavis_xformer.lavis_patches.init_distributed import init_distributed_mode
 from lavis_xformer.runners import preemption
 from lavis_xformer.config_keys import ConfigKeyError, check_config
 from lavis_xformer.datasets.checks import (
@@ -114,7 +115,7 @@ def load_config(args):
     except (yaml.YAMLError, OmegaConfBaseException, TypeError, ValueError) as e:
         # e.g. --options giving a single value where the builder's defaults hold a list
         raise ConfigError("could not build the configuration: %s" % " ".join(str(e).split())) from None
-    compat.apply_model_type_option(cfg, options)  # --options model.model_type=... (LAVIS defect)
+    model_type_option.apply_model_type_option(cfg, options)  # --options model.model_type=... (LAVIS defect)
     check_checkpoints(cfg.model_cfg, cfg.run_cfg)
     check_resume(cfg.run_cfg)
     check_datasets(cfg.datasets_cfg)
@@ -142,8 +143,8 @@ def new_job_id():
 
 def init_distributed(cfg, job_id):
     """torchrun-aware set-up (gloo on CPU); all ranks then share rank 0's job id (output dir)."""
-    compat.init_distributed_mode(cfg.run_cfg)
-    if compat.dist_ready():
+    init_distributed_mode(cfg.run_cfg)
+    if distributed.dist_ready():
         shared = [job_id]
         torch.distributed.broadcast_object_list(shared, src=0)
         job_id = shared[0]
@@ -197,7 +198,7 @@ def check_evaluated_weights(cfg, model):
 
 
 def finish():
-    if compat.dist_ready():
+    if distributed.dist_ready():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
@@ -228,20 +229,20 @@ def run_main(body, argv, description):
     except WeightSourceError as e:
         # a weight file that is unsafe, damaged or does not fit: one line, no traceback
         print("error: %s" % e, file=sys.stderr, flush=True)
-        if compat.dist_ready():
+        if distributed.dist_ready():
             torch.distributed.destroy_process_group()
         raise SystemExit(2)
     except preemption.Preempted as e:
         # every process stops after the same step, with the checkpoint complete
         if get_rank() == 0:
             print(str(e), file=sys.stderr, flush=True)
-        if compat.dist_ready():
+        if distributed.dist_ready():
             torch.distributed.destroy_process_group()
         raise SystemExit(preemption.EXIT_PREEMPTED)
     except NonFiniteLossError as e:
         # every process raises it at the same step (the check is all-reduced): end cleanly
         print("error: %s" % e, file=sys.stderr, flush=True)
-        if compat.dist_ready():
+        if distributed.dist_ready():
             torch.distributed.destroy_process_group()
         raise SystemExit(3)
     finish()

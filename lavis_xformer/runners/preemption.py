@@ -25,7 +25,7 @@ import threading
 import torch
 import torch.distributed as dist
 
-from lavis_xformer import compat
+from lavis_xformer.lavis_patches import distributed
 
 EXIT_PREEMPTED = 75
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -74,7 +74,7 @@ def agreed_stop(requested) -> bool:
     """True in every process when any process has been asked to stop (all must call it)."""
     global _cpu_group
     flag = torch.tensor([1 if requested else 0], dtype=torch.int32)
-    if not compat.dist_ready():
+    if not distributed.dist_ready():
         return bool(flag.item())
     if dist.get_backend() != "gloo":
         if _cpu_group is None:  # created once, by every process (collective)

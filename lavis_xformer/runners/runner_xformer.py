@@ -43,7 +43,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler
 from torch.utils.data.dataset import ChainDataset
 
-from lavis_xformer import compat, optims
+from lavis_xformer import optims
+from lavis_xformer.lavis_patches import distributed
 from lavis_xformer.datasets.sampling import ResumableIterLoader, ResumableSampler, SeededIndices
 from lavis_xformer.datasets.skipping import (
     EvalSkippingCollater, SkipBadSamples, SkipUnreadable, SkippingCollater)
@@ -183,7 +184,7 @@ class RunnerXFormer(RunnerBase):
             for job in [base] + [p for p in base.iterdir() if p.is_dir() and not p.is_symlink()]:
                 checkpoints.remove_stale_temporaries(job)
             result_dir.mkdir()
-        compat.barrier()  # the other processes of this job use the folder rank 0 made
+        distributed.barrier()  # the other processes of this job use the folder rank 0 made
         result_dir.mkdir(parents=True, exist_ok=True)  # (nodes without a shared file system)
         registry.mapping["paths"]["result_dir"] = str(result_dir)
         registry.mapping["paths"]["output_dir"] = str(output_dir)
@@ -205,7 +206,7 @@ class RunnerXFormer(RunnerBase):
     def _snapshot_rng(self):
         """Every process's random state, gathered (all processes must call this)."""
         state = checkpoints.rng_state()
-        if compat.dist_ready():
+        if distributed.dist_ready():
             states = [None] * get_world_size()
             torch.distributed.all_gather_object(states, state)
             self._rng_states = states
@@ -287,7 +288,7 @@ class RunnerXFormer(RunnerBase):
 
     def _preempted(self, where, saved):
         """Raise Preempted with the line to show, once the checkpoint is complete everywhere."""
-        compat.barrier()  # the checkpoint is complete before any process leaves
+        distributed.barrier()  # the checkpoint is complete before any process leaves
         args = getattr(self.config, "args", None)
         from lavis_xformer.runners.launch import _dotlist
 
@@ -443,7 +444,7 @@ class RunnerXFormer(RunnerBase):
 
             if self.evaluate_only:
                 break
-            compat.barrier()
+            distributed.barrier()
             # a stop requested in the epoch's last step (preemption.py): the epoch is saved
             if cur_epoch + 1 < self.max_epoch and preemption.agreed_stop(self._stop_signals.requested):
                 saved = None

@@ -21,15 +21,15 @@ import os
 
 import torch.distributed as dist
 
-from lavis_xformer import compat
+from lavis_xformer.lavis_patches import distributed
 
 
 def gather_results(records, key):
     """Merge per-rank result records (dicts) over all processes: one record per ``key``
     value (the first seen, in rank order, so the original beats a sampler's padding copy),
     sorted by it. In a single process: just de-duplicated and sorted."""
-    if compat.dist_ready():
-        parts = [None] * compat.get_world_size()
+    if distributed.dist_ready():
+        parts = [None] * distributed.get_world_size()
         dist.all_gather_object(parts, list(records))
         records = [r for part in parts for r in part]
     merged = {}
@@ -82,7 +82,7 @@ class PredictionLog:
 
     def __init__(self, result_dir, name, key, resume_from=None):
         self.key = key
-        self.path = os.path.join(result_dir, "%s.rank%d.jsonl" % (name, compat.get_rank()))
+        self.path = os.path.join(result_dir, "%s.rank%d.jsonl" % (name, distributed.get_rank()))
         self.carried = []
         if resume_from:
             folder = str(resume_from)
@@ -102,7 +102,7 @@ class PredictionLog:
         # a fresh file per evaluation (validation after each epoch writes it again); a run
         # never shares its job folder, so nothing of another run is overwritten
         self._file = open(self.path, "w")
-        if self.carried and compat.get_rank() == 0:
+        if self.carried and distributed.get_rank() == 0:
             self.append(self.carried)
 
     def append(self, records):
@@ -147,8 +147,8 @@ def select_samples(samples, keep):
 
 def gather_skipped(skipped):
     """Skipped-sample records (SkipUnreadable) of all processes, one per index, sorted."""
-    if compat.dist_ready():
-        parts = [None] * compat.get_world_size()
+    if distributed.dist_ready():
+        parts = [None] * distributed.get_world_size()
         dist.all_gather_object(parts, list(skipped))
         skipped = [r for part in parts for r in part]
     merged = {}

@@ -20,22 +20,13 @@ each process captions its share and the results are merged (results.py).
 """
 import inspect
 import logging
-import os
 from collections import OrderedDict
 
-import torch
 from lavis.common.dist_utils import is_main_process
-from lavis.common.logger import MetricLogger
 from lavis.common.registry import registry
-from lavis.datasets.data_utils import prepare_sample
-from lavis.tasks.base_task import BaseTask
 
-from lavis_xformer import compat
-from lavis_xformer.datasets.skipping import pop_skipped
-from lavis_xformer.tasks.results import (
-    PredictionLog, append_evaluate_line, format_table, gather_results, gather_skipped,
-    select_samples, write_json)
-from lavis_xformer.tasks.xformer_vqa import model_info
+from lavis_xformer.tasks.evaluation import XFormerEvalTask
+from lavis_xformer.tasks.results import format_table
 
 SPICE_NOTE = ("SPICE skipped: pycocoevalcap's SPICE downloads Stanford CoreNLP models on first "
               "use (network needed); BLEU-4 and CIDEr only")
@@ -77,18 +68,23 @@ def spice_score(references, predictions):
 
 
 @registry.register_task("xformer_caption")
-class XFormerCaptionTask(BaseTask):
+class XFormerCaptionTask(XFormerEvalTask):
+    """Zero-shot captioning scored by BLEU-4 and CIDEr; the loop, the merge and the files are
+    XFormerEvalTask's (tasks/evaluation.py)."""
+
+    KIND = "caption"
+    LOG_HEADER = "Captioning"
+    # as xformer_vqa: unreadable images skipped and recorded, captions appended to a
+    # per-process JSONL as they are made, run.resume_predictions continues an evaluation
+    skips_unreadable_images = True
+    streams_predictions = True
+
     def __init__(self, num_beams=5, max_len=30, min_len=8, prompt="a photo of",
                  length_penalty=1.0, log_freq=10, spice=False, benchmark=None, model_info=None):
-        super().__init__()
+        super().__init__(log_freq=log_freq, benchmark=benchmark, model_info=model_info)
         self.num_beams, self.max_len, self.min_len = num_beams, max_len, min_len
         self.prompt, self.length_penalty = prompt, length_penalty
-        self.log_freq = max(1, int(log_freq))
         self.spice = spice
-        self.benchmark = benchmark
-        self.model_info = model_info or OrderedDict()
-        self._current_dataset = None
-        self.resume_predictions = None  # run.resume_predictions (setup_task)
 
     @classmethod
     def setup_task(cls, cfg):
@@ -99,10 +95,8 @@ class XFormerCaptionTask(BaseTask):
             min_len=int(run_cfg.get("min_len", 8)),
             prompt=run_cfg.get("prompt", "a photo of"),
             length_penalty=float(run_cfg.get("length_penalty", 1.0)),
-            log_freq=run_cfg.get("log_freq", 10),
             spice=bool(run_cfg.get("spice", False)),
-            benchmark=run_cfg.get("benchmark", None) or "+".join(cfg.datasets_cfg.keys()),
-            model_info=model_info(cfg.model_cfg),
+            **cls.common_args(cfg),
         )
         task.resume_predictions = run_cfg.get("resume_predictions", None)
         return task
@@ -113,10 +107,7 @@ class XFormerCaptionTask(BaseTask):
                             ("max_len", self.max_len), ("min_len", self.min_len),
                             ("length_penalty", self.length_penalty)])
 
-    def before_evaluation(self, model, dataset, **kwargs):
-        self._current_dataset = dataset
-
-    def valid_step(self, model, samples):
+    def valid_step(self, model, samples, state=None):
         image = samples["image"]
         samples = dict(samples, prompt=[self.prompt or ""] * image.shape[0])
         options = dict(use_nucleus_sampling=False, num_beams=self.num_beams,
@@ -125,61 +116,18 @@ class XFormerCaptionTask(BaseTask):
         if "length_penalty" in inspect.signature(model.generate).parameters:
             options["length_penalty"] = self.length_penalty
         captions = model.generate(samples, **options)
-        ids = samples["image_id"]
-        ids = ids.tolist() if torch.is_tensor(ids) else list(ids)
-        return [OrderedDict(image_id=i, prediction=c) for i, c in zip(ids, captions)]
+        return [OrderedDict(image_id=i, prediction=c)
+                for i, c in zip(self.sample_ids(samples), captions)]
 
-    # Defect worked around (as in xformer_vqa): BaseTask.evaluation moves batches to CUDA.
-    # Addition (as in xformer_vqa): unreadable images skipped and recorded, captions appended
-    # to a per-process JSONL as they are made, run.resume_predictions continues an
-    # interrupted evaluation.
-    skips_unreadable_images = True
-
-    @torch.no_grad()
-    def evaluation(self, model, data_loader, cuda_enabled=None):
-        if cuda_enabled is None:
-            cuda_enabled = next(model.parameters()).is_cuda
-        metric_logger = MetricLogger(delimiter="  ")
-        log = PredictionLog(registry.get_path("result_dir"),
-                            "%s_caption_predictions" % getattr(self, "current_split", "eval"),
-                            "image_id", self.resume_predictions)
-        results = list(log.carried) if compat.get_rank() == 0 else []
-        self._skipped = []
-        for samples in metric_logger.log_every(data_loader, self.log_freq, "Captioning"):
-            samples, skipped = pop_skipped(samples)
-            self._skipped.extend(skipped)
-            if samples is None:
-                continue
-            if log.done:
-                ids = samples["image_id"]
-                keep = [i not in log.done for i in (ids.tolist() if torch.is_tensor(ids) else ids)]
-                if not any(keep):
-                    continue
-                samples = select_samples(samples, keep)
-            samples = prepare_sample(samples, cuda_enabled=cuda_enabled)
-            records = self.valid_step(model=model, samples=samples)
-            log.append(records)
-            results.extend(records)
-        log.close()
-        compat.barrier()
-        return results
-
-    def after_evaluation(self, val_result, split_name, epoch=None, **kwargs):
-        records = gather_results(val_result, key="image_id")
-        skipped = gather_skipped(getattr(self, "_skipped", []))
-        annotation = {a["image_id"]: a for a in getattr(self._current_dataset, "annotation", [])}
+    def split_metrics(self, records, skipped, dataset, split_name, epoch):
+        annotation = {a["image_id"]: a for a in getattr(dataset, "annotation", [])}
         for record in records:
             ann = annotation.get(record["image_id"], {})
             if "captions" in ann:
                 record["references"] = list(ann["captions"])
             if "domain" in ann:
                 record["domain"] = ann["domain"]
-        result_dir = registry.get_path("result_dir")
-        predictions_file = os.path.join(result_dir, "%s_caption_predictions.json" % split_name)
-        metrics = OrderedDict(benchmark=self.benchmark, split=split_name, metric="bleu4_cider",
-                              model=self.model_info)
-        if isinstance(epoch, int):
-            metrics["epoch"] = epoch
+        metrics = self.metrics_head(split_name, epoch, "bleu4_cider")
         notes = []
         if records and all("references" in r for r in records) and is_main_process():
             references = {r["image_id"]: r["references"] for r in records}
@@ -206,36 +154,19 @@ class XFormerCaptionTask(BaseTask):
             metrics["num_images"] = len(records)
             logging.warning("split %r has no reference captions: predictions only", split_name)
         if notes:
-            metrics["notes"] = notes
-        dataset = self._current_dataset
+            metrics["notes"] = notes  # printed before the table (XFormerEvalTask)
         if dataset is not None and hasattr(dataset, "__len__"):
             metrics["images_in_split"] = len(dataset)
-        if skipped:  # the scores above are over the images that could be read
-            metrics["num_skipped_unreadable"] = len(skipped)
-            metrics["skipped_unreadable"] = skipped
-        metrics["protocol"] = self.protocol
-        metrics["predictions_file"] = predictions_file
+        return metrics
 
-        if is_main_process():
-            write_json(records, predictions_file)
-            metrics_file = os.path.join(result_dir, "%s_caption_metrics.json" % split_name)
-            write_json(metrics, metrics_file)
-            for note in notes:
-                print(note)
-            if "cider" in metrics:
-                append_evaluate_line(metrics, registry.get_path("output_dir"))
-                print(caption_table(metrics, "[%s] Zero-shot captioning, split %r: %d images "
-                                    "(prompt %r, beams %d)" % (self.benchmark, split_name,
-                                                               metrics["num_images"], self.prompt,
-                                                               self.num_beams)))
-            if skipped:
-                print("skipped %d images that could not be read (listed in %s under "
-                      "skipped_unreadable): %s" % (len(skipped), metrics_file,
-                                                   ", ".join(r["path"] for r in skipped[:5])
-                                                   + (", ..." if len(skipped) > 5 else "")))
-            print("predictions: %s\nmetrics: %s" % (predictions_file, metrics_file))
-        compat.barrier()
-        return dict(metrics)
+    def scored(self, metrics):
+        return "cider" in metrics
+
+    def table(self, metrics, split_name):
+        return caption_table(metrics, "[%s] Zero-shot captioning, split %r: %d images "
+                             "(prompt %r, beams %d)" % (self.benchmark, split_name,
+                                                        metrics["num_images"], self.prompt,
+                                                        self.num_beams))
 
 
 def caption_table(metrics, title):

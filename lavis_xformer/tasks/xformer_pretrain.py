@@ -14,7 +14,7 @@ from lavis.common.registry import registry
 from lavis.datasets.data_utils import prepare_sample
 from lavis.tasks.image_text_pretrain import ImageTextPretrainTask
 
-from lavis_xformer import compat
+from lavis_xformer.lavis_patches import distributed, metric_sync
 from lavis_xformer.datasets.skipping import pop_skipped
 
 
@@ -53,7 +53,7 @@ def nonfinite_flags(loss, grads_ok):
     if grads_ok is not None:
         flags.append(~grads_ok.to(loss.device))
     bad = torch.stack([f.reshape(()) for f in flags]).float()
-    if compat.dist_ready():
+    if distributed.dist_ready():
         torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
     return bad
 
@@ -129,8 +129,10 @@ class XFormerPretrainTask(ImageTextPretrainTask):
                           cuda_enabled=False, accum_grad_iters=1, start_iter=0,
                           after_step=None, check_finite_loss=True):
         """BaseTask's loop (epoch- and iteration-based runners), logging all loss parts.
-        It also fixes two LAVIS 1.0.2 defects: autocast is torch.cuda.amp's even on a CPU run,
-        and the end-of-epoch statistics are all-reduced on "cuda" whatever the backend.
+        It also fixes two LAVIS 1.0.2 defects (listed in lavis_patches/__init__.py): autocast
+        is torch.cuda.amp's even on a CPU run (here torch.autocast on the run's device type),
+        and the end-of-epoch statistics are all-reduced on "cuda" whatever the backend
+        (lavis_patches/metric_sync.py).
 
         Additions: the loop starts at iteration ``start_iter`` (a run resumed within the
         epoch) and calls ``after_step(epoch, iterations done)`` at the end of every iteration
@@ -217,10 +219,10 @@ class XFormerPretrainTask(ImageTextPretrainTask):
             if after_step is not None:
                 after_step(epoch, i + 1)
 
-        compat.synchronize_metric_logger(metric_logger)
+        metric_sync.synchronize_metric_logger(metric_logger)
         logging.info("Averaged stats: " + metric_logger.global_avg())
         stats = {k: "{:.3f}".format(meter.global_avg) for k, meter in metric_logger.meters.items()}
-        skipped = compat.all_reduce_sum(skipped)
+        skipped = metric_sync.all_reduce_sum(skipped)
         if skipped:
             logging.warning("epoch %d: skipped %d unreadable training samples (paths in the "
                             "warnings above)", epoch, skipped)

@@ -13,17 +13,13 @@ text: its image, the top-10 image ids, the rank) and ``<split>_retrieval_metrics
 every process all images (``run.use_dist_eval_sampler: False``); under torchrun the
 re-ranking is split between processes.
 """
-import os
 from collections import OrderedDict
 
 import numpy as np
-from lavis.common.dist_utils import is_main_process
 from lavis.common.registry import registry
-from lavis.tasks.base_task import BaseTask
 
-from lavis_xformer import compat
-from lavis_xformer.tasks.results import append_evaluate_line, format_table, write_json
-from lavis_xformer.tasks.xformer_vqa import model_info
+from lavis_xformer.tasks.evaluation import EvalOutput, XFormerEvalTask, loader_dataset
+from lavis_xformer.tasks.results import format_table
 
 TOP = 10
 
@@ -57,25 +53,27 @@ def recall_metrics(score_i2t, score_t2i, img2txt, txt2img):
 
 
 @registry.register_task("xformer_retrieval")
-class XFormerRetrievalTask(BaseTask):
+class XFormerRetrievalTask(XFormerEvalTask):
+    """Zero-shot retrieval: the model's ``compute_sim_matrix`` in place of the batch loop; the
+    metrics, the files and the table follow XFormerEvalTask (tasks/evaluation.py)."""
+
+    KIND = "retrieval"
+
     def __init__(self, k_test=128, log_freq=10, benchmark=None, model_info=None):
-        super().__init__()
+        super().__init__(log_freq=log_freq, benchmark=benchmark, model_info=model_info)
         self.k_test = int(k_test)
-        self.log_freq = int(log_freq)
-        self.benchmark = benchmark
-        self.model_info = model_info or OrderedDict()
-        self._loader_dataset = None
 
     @classmethod
     def setup_task(cls, cfg):
-        run_cfg = cfg.run_cfg
-        return cls(k_test=run_cfg.get("k_test", 128), log_freq=run_cfg.get("log_freq", 10),
-                   benchmark=run_cfg.get("benchmark", None) or "+".join(cfg.datasets_cfg.keys()),
-                   model_info=model_info(cfg.model_cfg))
+        return cls(k_test=cfg.run_cfg.get("k_test", 128), **cls.common_args(cfg))
+
+    @property
+    def protocol(self):
+        return OrderedDict(k_test=self.k_test, rerank="ITM score + ITC similarity")
 
     def evaluation(self, model, data_loader, **kwargs):
         inner = getattr(data_loader, "loader", data_loader)  # PrefetchLoader on CUDA
-        dataset = inner.dataset
+        dataset = loader_dataset(data_loader)
         for attr in ("text", "img2txt", "txt2img"):
             if not hasattr(dataset, attr):
                 raise TypeError("xformer_retrieval needs a LAVIS retrieval eval dataset (with "
@@ -87,49 +85,45 @@ class XFormerRetrievalTask(BaseTask):
         if len(dataset) != len(getattr(inner, "sampler", None) or dataset):
             raise ValueError("every process must see all images: set run.use_dist_eval_sampler: False")
         score_i2t, score_t2i = model.compute_sim_matrix(data_loader, task_cfg={"k_test": self.k_test})
-        self._loader_dataset = dataset
-        return [score_i2t, score_t2i]
+        return EvalOutput([score_i2t, score_t2i], [], dataset)
 
-    def after_evaluation(self, val_result, split_name, epoch=None, **kwargs):
-        score_i2t, score_t2i = val_result
-        dataset = self._loader_dataset
-        metrics_core, i2t_ranks, t2i_ranks = recall_metrics(
-            score_i2t, score_t2i, dataset.img2txt, dataset.txt2img)
-        metrics = OrderedDict(benchmark=self.benchmark, split=split_name, metric="recall@k",
-                              model=self.model_info, num_images=int(score_i2t.shape[0]),
-                              num_texts=int(score_t2i.shape[0]))
-        if isinstance(epoch, int):
-            metrics["epoch"] = epoch
+    def merge(self, records):
+        return records  # every process computed the whole score matrices
+
+    def split_metrics(self, records, skipped, dataset, split_name, epoch):
+        score_i2t, score_t2i = records
+        metrics_core, _, _ = recall_metrics(score_i2t, score_t2i, dataset.img2txt, dataset.txt2img)
+        metrics = self.metrics_head(split_name, epoch, "recall@k",
+                                    num_images=int(score_i2t.shape[0]),
+                                    num_texts=int(score_t2i.shape[0]))
         metrics.update(metrics_core)
-        metrics["protocol"] = OrderedDict(k_test=self.k_test, rerank="ITM score + ITC similarity")
-        result_dir = registry.get_path("result_dir")
-        predictions_file = os.path.join(result_dir, "%s_retrieval_predictions.json" % split_name)
-        metrics["predictions_file"] = predictions_file
-        if is_main_process():
-            i2t_order = np.argsort(-score_i2t, axis=1, kind="stable")[:, :TOP]
-            t2i_order = np.argsort(-score_t2i, axis=1, kind="stable")[:, :TOP]
-            predictions = OrderedDict(
-                image_to_text=[OrderedDict(image_index=i, image=dataset.image[i],
-                                           texts=list(dataset.img2txt[i]),
-                                           top10_texts=i2t_order[i].tolist(),
-                                           rank=int(i2t_ranks[i]) + 1)
-                               for i in range(score_i2t.shape[0])],
-                text_to_image=[OrderedDict(text_index=t, text=dataset.text[t],
-                                           image_index=int(dataset.txt2img[t]),
-                                           top10_images=t2i_order[t].tolist(),
-                                           rank=int(t2i_ranks[t]) + 1)
-                               for t in range(score_t2i.shape[0])])
-            write_json(predictions, predictions_file)
-            metrics_file = os.path.join(result_dir, "%s_retrieval_metrics.json" % split_name)
-            write_json(metrics, metrics_file)
-            append_evaluate_line(metrics, registry.get_path("output_dir"))
-            print(retrieval_table(metrics, "[%s] Zero-shot retrieval, split %r: %d images, %d "
-                                  "texts (ITC top-%d, ITM re-ranking)" % (
-                                      self.benchmark, split_name, metrics["num_images"],
-                                      metrics["num_texts"], self.k_test)))
-            print("predictions: %s\nmetrics: %s" % (predictions_file, metrics_file))
-        compat.barrier()
-        return dict(metrics)
+        return metrics
+
+    def predictions(self, records, dataset):
+        """Per image: its captions' ids, the top-10 text ids, the rank of the first correct
+        one; per text: its image, the top-10 image ids, the rank."""
+        score_i2t, score_t2i = records
+        _, i2t_ranks, t2i_ranks = recall_metrics(score_i2t, score_t2i, dataset.img2txt,
+                                                 dataset.txt2img)
+        i2t_order = np.argsort(-score_i2t, axis=1, kind="stable")[:, :TOP]
+        t2i_order = np.argsort(-score_t2i, axis=1, kind="stable")[:, :TOP]
+        return OrderedDict(
+            image_to_text=[OrderedDict(image_index=i, image=dataset.image[i],
+                                       texts=list(dataset.img2txt[i]),
+                                       top10_texts=i2t_order[i].tolist(),
+                                       rank=int(i2t_ranks[i]) + 1)
+                           for i in range(score_i2t.shape[0])],
+            text_to_image=[OrderedDict(text_index=t, text=dataset.text[t],
+                                       image_index=int(dataset.txt2img[t]),
+                                       top10_images=t2i_order[t].tolist(),
+                                       rank=int(t2i_ranks[t]) + 1)
+                           for t in range(score_t2i.shape[0])])
+
+    def table(self, metrics, split_name):
+        return retrieval_table(metrics, "[%s] Zero-shot retrieval, split %r: %d images, %d "
+                               "texts (ITC top-%d, ITM re-ranking)" % (
+                                   self.benchmark, split_name, metrics["num_images"],
+                                   metrics["num_texts"], self.k_test))
 
 
 def retrieval_table(metrics, title):

@@ -34,24 +34,18 @@ also names the benchmark (``run.benchmark``, default: the dataset's name) and th
 (arch, model_type, fusion), for comparison reports.
 """
 import logging
-import os
 from collections import Counter, OrderedDict
 
 import torch
-from lavis.common.dist_utils import is_main_process
-from lavis.common.logger import MetricLogger, SmoothedValue
+from lavis.common.logger import SmoothedValue
 from lavis.common.registry import registry
-from lavis.datasets.data_utils import prepare_sample
 from lavis.tasks.vqa import VQATask
 
-from lavis_xformer import compat
 from lavis_xformer.models.generation import VQA_PROMPT
 from lavis_xformer.tasks import metrics as bench_metrics
+from lavis_xformer.tasks.evaluation import XFormerEvalTask, model_info  # noqa: F401  (re-exported)
 from lavis_xformer.tasks.metrics import normalize_answer  # noqa: F401  (re-exported)
-from lavis_xformer.datasets.skipping import pop_skipped
-from lavis_xformer.tasks.results import (
-    PredictionLog, append_evaluate_line, format_table, gather_results, gather_skipped,
-    select_samples, write_json)
+from lavis_xformer.tasks.results import format_table
 
 
 def is_correct(prediction, answer):
@@ -174,9 +168,18 @@ def _as_list(value):
 
 
 @registry.register_task("xformer_vqa")
-class XFormerVQATask(VQATask):
+class XFormerVQATask(XFormerEvalTask, VQATask):
     """LAVIS's ``vqa`` task with the paper's zero-shot protocol as defaults, runnable on a
-    CPU, merging results across processes, scoring exact match against a majority baseline."""
+    CPU, merging results across processes, scoring exact match against a majority baseline.
+    The loop, the merge and the files are XFormerEvalTask's (tasks/evaluation.py)."""
+
+    KIND = "vqa"
+    ID_KEY = "question_id"
+    SKIPPED_WHAT = "questions whose image"
+    # unreadable images are skipped and recorded; records are streamed to a per-process JSONL
+    # and run.resume_predictions continues an interrupted evaluation (tasks/evaluation.py)
+    skips_unreadable_images = True
+    streams_predictions = True
 
     def __init__(self, num_beams=5, max_len=10, min_len=1, evaluate=True,
                  num_ans_candidates=128, inference_method="generate", prompt=VQA_PROMPT,
@@ -185,17 +188,12 @@ class XFormerVQATask(VQATask):
         if metric not in bench_metrics.METRICS:
             raise ValueError("run.metric=%r is not known; available: %s" % (
                 metric, ", ".join(bench_metrics.METRICS)))
-        super().__init__(num_beams=num_beams, max_len=max_len, min_len=min_len,
+        super().__init__(log_freq=log_freq, benchmark=benchmark, model_info=model_info,
+                         num_beams=num_beams, max_len=max_len, min_len=min_len,
                          evaluate=evaluate, num_ans_candidates=num_ans_candidates,
                          inference_method=inference_method, prompt=prompt)
         self.length_penalty = length_penalty
-        self.log_freq = max(1, int(log_freq))
         self.metric = metric
-        self.benchmark = benchmark
-        self.model_info = model_info or OrderedDict()
-        self._current_dataset = None
-        self._truth = {}
-        self.resume_predictions = None  # run.resume_predictions (setup_task)
 
     @classmethod
     def setup_task(cls, cfg):
@@ -209,10 +207,8 @@ class XFormerVQATask(VQATask):
             inference_method=run_cfg.get("inference_method", "generate"),
             prompt=run_cfg.get("prompt", VQA_PROMPT),
             length_penalty=float(run_cfg.get("length_penalty", 0)),
-            log_freq=run_cfg.get("log_freq", 10),
             metric=run_cfg.get("metric", "exact_match"),
-            benchmark=run_cfg.get("benchmark", None) or "+".join(cfg.datasets_cfg.keys()),
-            model_info=model_info(cfg.model_cfg),
+            **cls.common_args(cfg),
         )
         task.resume_predictions = run_cfg.get("resume_predictions", None)
         return task
@@ -228,16 +224,18 @@ class XFormerVQATask(VQATask):
             ("min_len", self.min_len), ("length_penalty", self.length_penalty),
         ])
 
-    # The runner calls before_evaluation(model, dataset) and then evaluation(model, loader)
-    # once per split; the dataset is kept for its size and its train answer counts.
-    def before_evaluation(self, model, dataset, **kwargs):
-        super().before_evaluation(model, dataset, **kwargs)
-        self._current_dataset = dataset
-        self._truth = {_question_id(a["question_id"]): a
-                       for a in getattr(dataset, "annotation", None) or []
-                       if isinstance(a, dict) and "question_id" in a}
+    def split_state(self, model, dataset):
+        """The ground truth that does not fit in a batch, by question id (the dataset's
+        ``annotation`` records)."""
+        return {_question_id(a["question_id"]): a
+                for a in getattr(dataset, "annotation", None) or []
+                if isinstance(a, dict) and "question_id" in a}
 
-    def valid_step(self, model, samples):
+    def sample_ids(self, samples):
+        return [_question_id(q) for q in _as_list(samples["question_id"])]
+
+    def valid_step(self, model, samples, state=None):
+        truth = state or {}
         answers = model.predict_answers(
             samples=samples,
             answer_list=self.answer_list,
@@ -250,14 +248,14 @@ class XFormerVQATask(VQATask):
             length_penalty=self.length_penalty,
         )
         n = len(answers)
-        question_ids = [_question_id(q) for q in _as_list(samples["question_id"])]
+        question_ids = self.sample_ids(samples)
         image_ids = _as_list(samples["image_id"]) if "image_id" in samples else None
         types = _as_list(samples["question_type"]) if "question_type" in samples else None
         questions = _as_list(samples["text_input"])
         truths = _as_list(samples["answer"]) if "answer" in samples else None
         records = []
         for i in range(n):
-            ann = self._truth.get(question_ids[i], {})
+            ann = truth.get(question_ids[i], {})
             record = OrderedDict(question_id=question_ids[i])
             if image_ids is not None:
                 record["image_id"] = image_ids[i]
@@ -283,56 +281,16 @@ class XFormerVQATask(VQATask):
             records.append(record)
         return records
 
-    # Defect worked around: BaseTask.evaluation, which RunnerBase.eval_epoch calls without
-    # cuda_enabled, defaults to moving every batch to CUDA, so evaluation fails on a CPU.
-    # Batches go to the model's device here; the progress line adds the running accuracy.
-    # Addition: unreadable images are skipped and recorded (runner_xformer wraps the
-    # dataset in SkipUnreadable for tasks with skips_unreadable_images); every batch's
-    # records are appended to a per-process JSONL file at once (results.PredictionLog), and
-    # questions an interrupted evaluation already answered (run.resume_predictions) are not
-    # asked again.
-    skips_unreadable_images = True
+    def update_progress(self, metric_logger, records):
+        """The progress line adds this process's running accuracy."""
+        scored = [r["score"] for r in records if "score" in r]
+        if scored:
+            if "acc" not in metric_logger.meters:  # made at the first score: an empty
+                # meter cannot be printed (batches skipped or resumed come first)
+                metric_logger.add_meter("acc", SmoothedValue(window_size=1, fmt="{global_avg:.2f}"))
+            metric_logger.meters["acc"].update(_percent(sum(scored), len(scored)), n=len(scored))
 
-    @torch.no_grad()
-    def evaluation(self, model, data_loader, cuda_enabled=None):
-        if cuda_enabled is None:
-            cuda_enabled = next(model.parameters()).is_cuda
-        metric_logger = MetricLogger(delimiter="  ")
-        header = "Evaluation"
-        log = PredictionLog(registry.get_path("result_dir"),
-                            "%s_vqa_predictions" % getattr(self, "current_split", "eval"),
-                            "question_id", self.resume_predictions)
-        results = list(log.carried) if compat.get_rank() == 0 else []
-        self._skipped = []
-        for samples in metric_logger.log_every(data_loader, self.log_freq, header):
-            samples, skipped = pop_skipped(samples)
-            self._skipped.extend(skipped)
-            if samples is None:
-                continue
-            if log.done:
-                keep = [_question_id(q) not in log.done for q in _as_list(samples["question_id"])]
-                if not any(keep):
-                    continue
-                samples = select_samples(samples, keep)
-            samples = prepare_sample(samples, cuda_enabled=cuda_enabled)
-            records = self.valid_step(model=model, samples=samples)
-            log.append(records)
-            results.extend(records)
-            scored = [r["score"] for r in records if "score" in r]
-            if scored:
-                if "acc" not in metric_logger.meters:  # made at the first score: an empty
-                    # meter cannot be printed (batches skipped or resumed come first)
-                    metric_logger.add_meter("acc", SmoothedValue(window_size=1, fmt="{global_avg:.2f}"))
-                metric_logger.meters["acc"].update(_percent(sum(scored), len(scored)),
-                                                   n=len(scored))
-        log.close()
-        compat.barrier()
-        return results
-
-    def after_evaluation(self, val_result, split_name, epoch=None, **kwargs):
-        records = gather_results(val_result, key="question_id")
-        skipped = gather_skipped(getattr(self, "_skipped", []))
-        dataset = self._current_dataset
+    def split_metrics(self, records, skipped, dataset, split_name, epoch):
         expected = len(dataset) if dataset is not None and hasattr(dataset, "__len__") else None
         mismatch = expected is not None and len(records) + len(skipped) != expected
         if mismatch:  # reported, not raised: the predictions that exist are still written
@@ -340,13 +298,7 @@ class XFormerVQATask(VQATask):
                 "evaluation of split %r: %d distinct question_ids merged from all processes, "
                 "but the split has %d questions (duplicate question_ids in the data, or "
                 "questions lost)", split_name, len(records), expected)
-
-        result_dir = registry.get_path("result_dir")
-        predictions_file = os.path.join(result_dir, "%s_vqa_predictions.json" % split_name)
-        metrics = OrderedDict(benchmark=self.benchmark, split=split_name, metric=self.metric,
-                              model=self.model_info)
-        if isinstance(epoch, int):  # evaluation-only runs pass "best"
-            metrics["epoch"] = epoch
+        metrics = self.metrics_head(split_name, epoch, self.metric)
         if records and all(self._has_truth(r) for r in records):
             metrics.update(score(records, getattr(dataset, "train_answer_counts", None),
                                  self.metric))
@@ -356,45 +308,16 @@ class XFormerVQATask(VQATask):
                             split_name)
         if expected is not None:
             metrics["questions_in_split"] = expected
-        if skipped:  # the scores above are over the questions whose image could be read
-            metrics["num_skipped_unreadable"] = len(skipped)
-            metrics["skipped_unreadable"] = skipped
-        metrics["protocol"] = self.protocol
-        metrics["predictions_file"] = predictions_file
+        return metrics
 
-        if is_main_process():
-            write_json(records, predictions_file)
-            metrics_file = os.path.join(result_dir, "%s_vqa_metrics.json" % split_name)
-            write_json(metrics, metrics_file)
-            if "accuracy" in metrics:
-                append_evaluate_line(metrics, registry.get_path("output_dir"))
-                title = "[%s, %s] Zero-shot VQA, split %r: %d questions (%s, beams %d, length penalty %g)" % (
-                    self.benchmark, self.metric,
-                    split_name, metrics["num_questions"], _prompt_label(self.prompt),
-                    self.num_beams, self.length_penalty)
-                print(metrics_table(metrics, title))
-            if skipped:
-                print("skipped %d questions whose image could not be read (listed in %s under "
-                      "skipped_unreadable): %s" % (len(skipped), metrics_file,
-                                                   ", ".join(r["path"] for r in skipped[:5])
-                                                   + (", ..." if len(skipped) > 5 else "")))
-            print("predictions: %s\nmetrics: %s" % (predictions_file, metrics_file))
-        compat.barrier()  # the files exist on every rank's return
-        return dict(metrics)
+    def scored(self, metrics):
+        return "accuracy" in metrics
 
-
-def model_info(model_cfg):
-    """What a comparison report needs to tell runs apart: arch, model_type, fusion (X-Former
-    models; "blip2" for the stock BLIP-2 twin), the checkpoint."""
-    arch = model_cfg.get("arch", None)
-    fusion = model_cfg.get("fusion", None)
-    if fusion is None and arch is not None and arch.startswith("blip2"):
-        fusion = "blip2"
-    pretrained = model_cfg.get("pretrained", None)
-    if pretrained is not None and not isinstance(pretrained, str):
-        pretrained = [str(p) for p in pretrained]  # a list of checkpoints loaded in order
-    return OrderedDict([("arch", arch), ("model_type", model_cfg.get("model_type", None)),
-                        ("fusion", fusion), ("pretrained", pretrained)])
+    def table(self, metrics, split_name):
+        title = "[%s, %s] Zero-shot VQA, split %r: %d questions (%s, beams %d, length penalty %g)" % (
+            self.benchmark, self.metric, split_name, metrics["num_questions"],
+            _prompt_label(self.prompt), self.num_beams, self.length_penalty)
+        return metrics_table(metrics, title)
 
 
 def _prompt_label(prompt):

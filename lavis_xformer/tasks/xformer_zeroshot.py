@@ -23,22 +23,16 @@ Per split, in the run's ``result/`` folder: ``<split>_<benchmark>_predictions.js
 record per image) and ``<split>_<benchmark>_metrics.json``. Under torchrun each process
 scores its share and the records are merged (results.py).
 """
-import os
 from collections import OrderedDict
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lavis.common.dist_utils import is_main_process
-from lavis.common.logger import MetricLogger
 from lavis.common.registry import registry
-from lavis.datasets.data_utils import prepare_sample
-from lavis.tasks.base_task import BaseTask
 
-from lavis_xformer import compat
 from lavis_xformer.models.retrieval import itc_similarity, itm_scores, text_features
-from lavis_xformer.tasks.results import append_evaluate_line, format_table, gather_results, write_json
-from lavis_xformer.tasks.xformer_vqa import model_info
+from lavis_xformer.tasks.evaluation import XFormerEvalTask
+from lavis_xformer.tasks.results import format_table
 
 SUGARCREPE_SCORES = ("itc", "itm", "itm_itc")
 
@@ -102,74 +96,22 @@ def sugarcrepe_metrics(records):
 
 # ----------------------------------------------------------------- tasks
 
-class _ZeroShotTask(BaseTask):
-    """Shared: a stage-1 model, a CPU-safe loop over the split, merge, write, print."""
-
-    KIND = None
-
-    def __init__(self, log_freq=10, benchmark=None, model_info=None):
-        super().__init__()
-        self.log_freq = max(1, int(log_freq))
-        self.benchmark = benchmark
-        self.model_info = model_info or OrderedDict()
-        self._dataset = None
-
-    @classmethod
-    def setup_task(cls, cfg):
-        run_cfg = cfg.run_cfg
-        return cls(log_freq=run_cfg.get("log_freq", 10),
-                   benchmark=run_cfg.get("benchmark", None) or "+".join(cfg.datasets_cfg.keys()),
-                   model_info=model_info(cfg.model_cfg))
+class _ZeroShotTask(XFormerEvalTask):
+    """Shared: a stage-1 model; the loop, the merge and the files are XFormerEvalTask's."""
 
     def before_evaluation(self, model, dataset, **kwargs):
         for attr in ("vision_proj", "text_proj", "itm_head"):
             if not hasattr(model, attr):
                 raise TypeError("%s needs a stage-1 model (arch xformer, with ITC and ITM heads); "
                                 "got %s" % (self.KIND, type(model).__name__))
-        self._dataset = dataset
 
-    def score_batch(self, model, samples):
+    def metrics_of(self, records, dataset):
         raise NotImplementedError
 
-    @torch.no_grad()
-    def evaluation(self, model, data_loader, cuda_enabled=None):
-        # LAVIS's BaseTask.evaluation moves every batch to CUDA; here batches go to the
-        # model's device, so the evaluation also runs on a CPU.
-        if cuda_enabled is None:
-            cuda_enabled = next(model.parameters()).is_cuda
-        logger = MetricLogger(delimiter="  ")
-        records = []
-        for samples in logger.log_every(data_loader, self.log_freq, "Evaluation (%s)" % self.KIND):
-            samples = prepare_sample(samples, cuda_enabled=cuda_enabled)
-            records.extend(self.score_batch(model, samples))
-        compat.barrier()
-        return records
-
-    def metrics_of(self, records):
-        raise NotImplementedError
-
-    def table(self, metrics, split_name):
-        raise NotImplementedError
-
-    def after_evaluation(self, val_result, split_name, epoch=None, **kwargs):
-        records = gather_results(val_result, key="image_id")
-        metrics = OrderedDict(benchmark=self.benchmark, split=split_name, metric=self.KIND,
-                              model=self.model_info)
-        if isinstance(epoch, int):
-            metrics["epoch"] = epoch
-        metrics.update(self.metrics_of(records))
-        metrics["protocol"] = self.protocol
-        result_dir = registry.get_path("result_dir")
-        stem = os.path.join(result_dir, "%s_%s" % (split_name, self.KIND))
-        metrics["predictions_file"] = stem + "_predictions.json"
-        if is_main_process():
-            write_json(records, metrics["predictions_file"])
-            write_json(metrics, stem + "_metrics.json")
-            append_evaluate_line(metrics, registry.get_path("output_dir"))
-            print(self.table(metrics, split_name))
-            print("predictions: %s\nmetrics: %s" % (metrics["predictions_file"], stem + "_metrics.json"))
-        compat.barrier()
-        return dict(metrics)
+    def split_metrics(self, records, skipped, dataset, split_name, epoch):
+        metrics = self.metrics_head(split_name, epoch, self.KIND)
+        metrics.update(self.metrics_of(records, dataset))
+        return metrics
 
 
 @registry.register_task("xformer_classification")
@@ -177,6 +119,7 @@ class XFormerClassificationTask(_ZeroShotTask):
     """Zero-shot classification by ITC against class-name prompts (Flowers-102, Food-101)."""
 
     KIND = "classification"
+    LOG_HEADER = "Evaluation (classification)"
 
     def before_evaluation(self, model, dataset, **kwargs):
         super().before_evaluation(model, dataset, **kwargs)
@@ -185,12 +128,15 @@ class XFormerClassificationTask(_ZeroShotTask):
                 raise TypeError("xformer_classification needs a classification dataset with "
                                 "classnames and templates (flowers102_eval, food101_eval); got %s"
                                 % type(dataset).__name__)
-        self._class_feats = class_text_features(model, dataset.classnames, dataset.templates,
-                                                getattr(dataset, "text_processor", None))
 
-    def score_batch(self, model, samples):
+    def split_state(self, model, dataset):
+        """The class text features (C, E), computed once per split."""
+        return class_text_features(model, dataset.classnames, dataset.templates,
+                                   getattr(dataset, "text_processor", None))
+
+    def valid_step(self, model, samples, state=None):
         feats, _, _ = image_itc(model, samples["image"])
-        scores = itc_similarity(feats, self._class_feats.to(feats.device)).float().cpu()
+        scores = itc_similarity(feats, state.to(feats.device)).float().cpu()
         top = scores.topk(min(5, scores.shape[1]), dim=1)
         records = []
         for i, (image_id, label) in enumerate(zip(samples["image_id"].tolist(), samples["label"].tolist())):
@@ -201,23 +147,22 @@ class XFormerClassificationTask(_ZeroShotTask):
                 label_score=round(float(scores[i, label]), 5)))
         return records
 
-    def metrics_of(self, records):
-        n = len(self._dataset.classnames)
+    def metrics_of(self, records, dataset):
+        n = len(dataset.classnames)
         scores = np.full((len(records), n), -np.inf)
         for row, r in enumerate(records):  # only the ranks matter: the top 5 in order
             for rank, c in enumerate(r["top5"]):
                 scores[row, c] = -rank
         return classification_metrics(scores, [r["label"] for r in records], n)
 
-    @property
-    def protocol(self):
+    def protocol_of(self, dataset):
         return OrderedDict(score="ITC: max over queries of cosine(query, class text feature)",
-                           templates=list(getattr(self._dataset, "templates", [])),
-                           num_classes=len(getattr(self._dataset, "classnames", [])))
+                           templates=list(getattr(dataset, "templates", [])),
+                           num_classes=len(getattr(dataset, "classnames", [])))
 
     def table(self, metrics, split_name):
         title = "[%s] Zero-shot classification, split %r: %d images, %d classes (ITC)" % (
-            self.benchmark, split_name, metrics["num_images"], self.protocol["num_classes"])
+            self.benchmark, split_name, metrics["num_images"], metrics["protocol"]["num_classes"])
         return title + "\n" + format_table(
             ["images", "top-1 %", "top-5 %", "mean per class %"],
             [[metrics["num_images"], "%.2f" % metrics["accuracy"], "%.2f" % metrics["top5_accuracy"],
@@ -229,12 +174,17 @@ class XFormerSugarCrepeTask(_ZeroShotTask):
     """SugarCrepe: the positive caption against the hard negative, by ITC, ITM and both."""
 
     KIND = "sugarcrepe"
+    LOG_HEADER = "Evaluation (sugarcrepe)"
 
-    def score_batch(self, model, samples):
+    def split_state(self, model, dataset):
+        return dataset  # the captions are looked up in its annotation by image id
+
+    def valid_step(self, model, samples, state=None):
+        dataset = state
         feats, prefix, context = image_itc(model, samples["image"])
-        process = getattr(self._dataset, "text_processor", None) or (lambda t: t)
+        process = getattr(dataset, "text_processor", None) or (lambda t: t)
         image_ids = samples["image_id"].tolist()
-        anns = [self._dataset.annotation[i] for i in image_ids]
+        anns = [dataset.annotation[i] for i in image_ids]
         out = {}
         for side, key in (("pos", "caption"), ("neg", "negative_caption")):
             text_feats, ids, masks = text_features(model, [process(a[key]) for a in anns])
@@ -252,7 +202,7 @@ class XFormerSugarCrepeTask(_ZeroShotTask):
             records.append(r)
         return records
 
-    def metrics_of(self, records):
+    def metrics_of(self, records, dataset):
         return sugarcrepe_metrics(records)
 
     @property
