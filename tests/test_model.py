@@ -206,7 +206,7 @@ def test_missing_weight_path_is_one_clear_error(key, tmp_path):
 def test_unreadable_checkpoint_is_one_clear_error(tmp_path):
     corrupt = tmp_path / "eva_vit_g.pth"
     corrupt.write_bytes(b"not a checkpoint")
-    with pytest.raises(WeightSourceError, match=f"model.clip_vit_weights='{corrupt}': cannot load it"):
+    with pytest.raises(WeightSourceError, match=f"model.clip_vit_weights: {corrupt} is truncated or not a torch checkpoint"):
         registry.get_model_class("xformer").from_config(tiny_cfg(clip_vit_weights=str(corrupt)))
 
 

@@ -168,7 +168,11 @@ def read_checkpoint(path: str, key: str):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights only load failed" not in str(e).lower():
+        # torch's weights-only unpickler also wraps plain garbage ("Unsupported operand",
+        # "invalid load key"): that is a damaged or foreign file, not a refused object
+        text = str(e).lower()
+        if "weights only load failed" not in text or any(
+                sign in text for sign in ("unsupported operand", "invalid load key")):
             raise CorruptCheckpointError("%s: %s is truncated or not a torch checkpoint (%s)" % (
                 key, path, _first_line(e))) from None
         raise UnsafeCheckpointError(_unsafe_message(key, path, e)) from None

@@ -128,7 +128,7 @@ def load_config(args):
 
 def new_job_id():
     """A job directory name of its own for every run and evaluation: the start time to the
-    second, then the process id and 4 random hex digits (e.g. ``20261201113519_4242_9f3a``).
+    second, then the process id and 8 random hex digits (e.g. ``20261201113519_4242_9f3a07c1``).
 
     Why: LAVIS's ``now()`` keeps the time to the ten minutes, so runs started within the same
     ten minutes wrote into one folder and replaced each other's checkpoints and metrics. The
@@ -138,7 +138,7 @@ def new_job_id():
     import secrets
     import time
 
-    return "%s_%d_%s" % (time.strftime("%Y%m%d%H%M%S"), os.getpid(), secrets.token_hex(2))
+    return "%s_%d_%s" % (time.strftime("%Y%m%d%H%M%S"), os.getpid(), secrets.token_hex(4))
 
 
 def init_distributed(cfg, job_id):

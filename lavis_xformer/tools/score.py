@@ -173,6 +173,7 @@ def rescore(benchmark, annotation_paths, predictions_path, name=None, split=None
         metrics["split"] = split
     metrics["metric"] = metric
     metrics.update(score(records, None, metric))
+    metrics["questions_in_split"] = len(annotations)  # as an evaluation run counts its split
     files = []
     for path in annotation_paths:
         digest = sha256(path)
