@@ -82,6 +82,7 @@ def test_model_glue_agrees_with_extract_features(tiny_xformer):
     assert len(summary["per_query_mean_score"]) == model.query_tokens.shape[1]
 
 
+@pytest.mark.slow
 def test_query_diversity_command_two_models_side_by_side(tmp_path, capsys):
     out = tmp_path / "qd"
     results = qd.main(["xformer:tiny", "xformer:tiny", "--options", "model.fusion=blip2",
@@ -144,6 +145,7 @@ def test_reconstruction_panels_mask_and_differ(tiny_xformer):
     assert not torch.allclose(patchify(again["xformer"], p)[~mask], original[~mask])
 
 
+@pytest.mark.slow
 def test_reconstruction_grid_command_writes_the_png(tmp_path, capsys):
     out = tmp_path / "grid.png"
     recon_grid.main(["xformer:tiny", "--out", str(out), "--num-images", "3", "--scale", "1"])
@@ -333,6 +335,7 @@ def test_compare_errors_are_clear(tmp_path, capsys):
     assert (result.benchmark, result.variant, result.metrics) == ("OK-VQA", "?", {"accuracy": 30.0})
 
 
+@pytest.mark.slow
 def test_a_training_run_folder_names_its_model(tmp_path):
     """A run's output_dir -> its latest job's highest checkpoint -> the model rebuilt from the
     stored configuration with the checkpoint's weights."""

@@ -85,6 +85,7 @@ def test_unreadable_images_are_replaced_by_the_next_and_recorded(damaged_root, c
         wrapped[5]
 
 
+@pytest.mark.slow
 def test_training_skips_counts_and_logs_unreadable_images(damaged_root, tmp_path):
     out = tmp_path / "out"
     result = subprocess.run(
@@ -154,6 +155,7 @@ def test_check_finite_names_the_step_and_what_is_not_finite():
         check_finite(torch.tensor(2.0), grads_finite(layer.parameters()), {}, 0, 0, 1)
 
 
+@pytest.mark.slow
 def test_diverging_run_stops_naming_the_step_and_keeps_the_last_checkpoint(tmp_path):
     """A learning rate of 1e30 is a real divergence: after two updates the ITM negative mining
     meets NaN similarities (torch.multinomial fails) at iteration 2; the run stops there with
@@ -180,6 +182,7 @@ def test_diverging_run_stops_naming_the_step_and_keeps_the_last_checkpoint(tmp_p
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
+@pytest.mark.slow
 def test_infinite_loss_stops_every_process_at_the_same_step(tmp_path):
     """An infinite loss weight (model.loss_weights.lm: .inf) under torchrun: the check is
     all-reduced, so the processes stop together at iteration 0 with exit status 3 (in the

@@ -193,6 +193,7 @@ def test_malformed_yaml_is_one_clear_error(tmp_path):
         launch.load_config(_args(tmp_path / "absent.yaml"))
 
 
+@pytest.mark.slow
 def test_cli_stops_at_once_on_missing_data(tmp_path):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p])

@@ -302,6 +302,7 @@ def _build(name, seed=0, **overrides):
     return build_model(name, "tiny", seed, **overrides).eval()
 
 
+@pytest.mark.slow
 def test_blip2_twin_answers_as_xformer_opt_with_blip2_fusion_for_the_same_weights():
     from lavis.models.blip2_models.blip2_opt import Blip2OPT
 
@@ -329,6 +330,7 @@ def test_blip2_twin_answers_as_xformer_opt_with_blip2_fusion_for_the_same_weight
         twin.predict_answers({"image": torch.randn(1, 3, 32, 32), "text_input": ["q"]})
 
 
+@pytest.mark.slow
 def test_both_models_decode_through_the_one_shared_function(monkeypatch):
     from lavis_xformer.models import blip2_twin, generation, xformer_llm
 
@@ -386,6 +388,7 @@ def _result(cwd, name):
         return json.load(f)
 
 
+@pytest.mark.slow
 def test_vqav2_project_runs_with_lavis_evaluate(data, tmp_path):
     ann = data / "coco" / "annotations"
     cfg = _tiny_project(EVAL / "vqav2.yaml", tmp_path / "vqav2.yaml", {
@@ -423,6 +426,7 @@ def _same_scores_from_the_score_tool(metrics, run_dir, predictions_name, benchma
         k: v for k, v in metrics.items() if k not in own}
 
 
+@pytest.mark.slow
 def test_oc_twin_project_runs_with_lavis_evaluate(data, tmp_path):
     cfg = _tiny_project(EVAL / "oc_coco_blip2.yaml", tmp_path / "oc.yaml", {
         "datasets.gvtbench.build_info.annotations.test.storage": [str(data / "gvt" / "coco_oc.json")],
@@ -469,6 +473,7 @@ def test_nocaps_captioning_in_process(data, tmp_path, monkeypatch, capsys):
     assert "Captioning  [0/2]" in out and "CIDEr" in out
 
 
+@pytest.mark.slow
 def test_flickr_retrieval_in_process_reranks_with_itm(data, tmp_path, monkeypatch, capsys):
     from lavis_xformer.models import retrieval
 
@@ -531,6 +536,7 @@ def test_missing_benchmark_data_stops_at_launch_naming_the_keys(tmp_path, monkey
     assert "datasets.vqav2_eval.build_info.annotations.val.storage" in message
 
 
+@pytest.mark.slow
 def test_retrieval_under_torchrun_equals_one_process(data, tmp_path):
     """Two gloo processes split the ITM re-ranking; the merged matrices give the same
     metrics and predictions as one process. The trainable weights come from one checkpoint
@@ -580,6 +586,7 @@ def test_model_type_option_selects_that_types_defaults(tmp_path, monkeypatch):
     assert cfg.model_cfg.llm_precision == "fp32"  # the other options still apply
 
 
+@pytest.mark.slow
 def test_caption_task_captions_with_stage2_prompt_and_with_a_stage1_model():
     from lavis_xformer.tasks.xformer_caption import XFormerCaptionTask
 

@@ -68,6 +68,7 @@ def test_fused_attention_gives_the_frozen_encoders_results(model, images):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_fused_attention_gives_lavis_results_in_eval(model, images):
     """Every Q-Former attention is exercised: query self-attention and cross-attention (ITC),
     padded bidirectional text (ITM), causal text with the query prefix (ITG), and cached
@@ -87,6 +88,7 @@ def test_fused_attention_gives_lavis_results_in_eval(model, images):
     assert fused_captions == lavis_captions
 
 
+@pytest.mark.slow
 def test_fused_attention_gives_lavis_gradients_without_dropout(images):
     model = build(**{"qformer.attention_probs_dropout_prob": 0.0, "qformer.hidden_dropout_prob": 0.0})
     model.train()
@@ -108,6 +110,7 @@ def test_fused_attention_gives_lavis_gradients_without_dropout(images):
         assert error <= 1e-4 * lavis[name].norm() + 1e-6, (name, error.item(), lavis[name].norm().item())
 
 
+@pytest.mark.slow
 def test_fused_attention_applies_dropout_in_training(images):
     """Training with attention dropout must stay stochastic (the fused kernel gets dropout_p)."""
     model = build(**{"qformer.hidden_dropout_prob": 0.0})
@@ -115,6 +118,7 @@ def test_fused_attention_applies_dropout_in_training(images):
     assert losses(model, images, seed=3).loss_lm != losses(model, images, seed=4).loss_lm
 
 
+@pytest.mark.slow
 def test_frozen_encoders_hand_normal_tensors_to_trained_layers(model, images):
     """The frozen ViTs run under inference mode; what trained layers receive must be ordinary
     tensors, or autograd could not save them for backward."""
@@ -125,6 +129,7 @@ def test_frozen_encoders_hand_normal_tensors_to_trained_layers(model, images):
     losses(model, images).loss.backward()  # would raise on an inference tensor
 
 
+@pytest.mark.slow
 def test_bench_runs_both_models_side_by_side_and_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     cmd = [sys.executable, "-m", "bench", "--size", "tiny", "--device", "cpu",

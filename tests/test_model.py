@@ -39,6 +39,7 @@ def run(model, samples, seed=0):
     return model(samples)
 
 
+@pytest.mark.slow
 def test_forward_returns_finite_losses_that_sum_to_loss(model, batch):
     model.train()
     out = run(model, batch)
@@ -78,6 +79,7 @@ def test_loss_weights_scale_the_parts():
         registry.get_model_class("xformer").from_config(tiny_cfg(loss_weights={"itg": 1.0}))
 
 
+@pytest.mark.slow
 def test_gradients_reach_every_trainable_parameter_and_no_frozen_one(model, batch):
     model.train()
     model.zero_grad(set_to_none=True)
@@ -98,6 +100,7 @@ def test_gradients_reach_every_trainable_parameter_and_no_frozen_one(model, batc
     model.zero_grad(set_to_none=True)
 
 
+@pytest.mark.slow
 def test_frozen_weights_bit_identical_after_an_optimizer_step(batch):
     torch.manual_seed(0)
     model = load_model("xformer", "tiny")
@@ -117,6 +120,7 @@ def test_frozen_weights_bit_identical_after_an_optimizer_step(batch):
     assert not model.mae_branch.mae.training and not model.visual_encoder.training
 
 
+@pytest.mark.slow
 def test_itc_image_features_do_not_depend_on_the_text(model, batch):
     model.train()
     captured = []
@@ -158,6 +162,7 @@ def test_itm_sees_the_text(model, batch):
     assert not torch.allclose(outputs[0], outputs[1])
 
 
+@pytest.mark.slow
 def test_every_loss_changes_when_only_the_mae_input_changes(batch):
     torch.manual_seed(0)
     model = load_model("xformer", "tiny")
@@ -170,6 +175,7 @@ def test_every_loss_changes_when_only_the_mae_input_changes(batch):
         assert not torch.isclose(before[name], after[name]), name
 
 
+@pytest.mark.slow
 def test_generate_returns_one_string_per_image_and_caption(model, batch):
     model.eval()
     images = {"image": batch["image"][:2]}
@@ -237,6 +243,7 @@ def test_unknown_fusion_is_a_clear_error():
         registry.get_model_class("xformer").from_config(tiny_cfg(fusion="sum"))
 
 
+@pytest.mark.slow
 def test_checkpoint_round_trip_through_pretrained_key(tmp_path, batch):
     torch.manual_seed(0)
     model = load_model("xformer", "tiny")
@@ -250,6 +257,7 @@ def test_checkpoint_round_trip_through_pretrained_key(tmp_path, batch):
         assert torch.equal(restored.state_dict()[name], value), name
 
 
+@pytest.mark.slow
 def test_load_model_and_preprocess_in_a_fresh_offline_process():
     code = (
         "import lavis_xformer, torch\n"

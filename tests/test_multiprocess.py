@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from _testlib import subprocess_env
@@ -82,6 +83,7 @@ def _initial_weights(checkpoint):
     return registry.get_model_class(cfg.arch).from_config(cfg).state_dict()
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
     one_out, one_stats, one = _train(tmp_path, "one", processes=1, batch_size=4)
     two_out, two_stats, two = _train(tmp_path, "two", processes=2, batch_size=2)

@@ -86,6 +86,7 @@ def test_startup_cost(tmp_path):
     print("\nstart-up hook (.pth line): median %.2f ms, min %.2f ms" % (times[2], times[0]))
 
 
+@pytest.mark.slow
 def test_import_lavis_alone_registers_the_plugin(tmp_path):
     """A LAVIS user's process: only `lavis` is imported, the plugin comes with it."""
     code = """
@@ -105,6 +106,7 @@ print("OK", type(model).__name__)
     assert "OK XFormer" in ok(py(["-c", code], tmp_path)).stdout
 
 
+@pytest.mark.slow
 def test_import_plugin_first_then_lavis(tmp_path):
     """lavis_xformer imports lavis itself: no recursion, registrations once, zoo refreshed."""
     code = """
@@ -120,18 +122,21 @@ print("OK")
     assert ok(py(["-c", code], tmp_path)).stdout.strip().endswith("OK")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("entry", ["train", "evaluate"])
 def test_python_m_lavis_entry_point(tmp_path, entry):
     out = ok(py(["-m", "lavis." + entry, "--help"], tmp_path)).stdout
     assert "--cfg-path" in out
 
 
+@pytest.mark.slow
 def test_torchrun_m_lavis_train(tmp_path):
     proc = py(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
                "-m", "lavis.train", "--help"], tmp_path)
     assert "--cfg-path" in ok(proc).stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_env_switch_disables_the_hook(tmp_path):
     code = ("import sys; print(any(getattr(f, '_lavis_xformer_hook', False) "
             "for f in sys.meta_path), 'lavis_xformer._hook' in sys.modules)")

@@ -113,6 +113,7 @@ def test_sigterm_checkpoints_and_the_printed_command_resumes_exactly(tmp_path):
     assert not different, different[:5]
 
 
+@pytest.mark.slow
 def test_second_signal_stops_at_once(tmp_path):
     cmd = [sys.executable, "-m", "lavis.train", "--cfg-path", str(TINY), "--options",
            *_options(tmp_path / "out")]

@@ -228,6 +228,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_killed_mid_epoch_run_resumes_to_the_same_weights(tmp_path, one_thread):
     killed = tmp_path / "killed"
     cmd = [sys.executable, "-m", "lavis.train", "--cfg-path", str(TINY), "--options",

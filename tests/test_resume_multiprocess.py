@@ -3,6 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from _testlib import subprocess_env
@@ -15,6 +16,7 @@ def _env():
     return subprocess_env(threads=1)
 
 
+@pytest.mark.slow
 def test_resume_under_torchrun_restores_every_process_random_state(tmp_path):
     """Two epochs under torchrun vs one epoch, then a resumed second epoch: the same weights.
     Every random draw is on (augmentation, MAE masks, ITM negatives, dropout), and each

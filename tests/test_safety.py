@@ -137,6 +137,7 @@ def test_from_pretrained_folder_with_pickled_weights_is_refused(crafted, tmp_pat
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_resume_file_is_refused_in_a_real_run(crafted, tmp_path):
     """The training command itself: one line, exit status 2, no traceback, no payload."""
     path, marker = crafted
@@ -228,6 +229,7 @@ def test_pretrained_matching_no_tensor_is_an_error(tmp_path):
         XFormer.from_config(_model_cfg(pretrained=str(tmp_path / "other.pth")))
 
 
+@pytest.mark.slow
 def test_stage1_checkpoint_without_fusion_block_is_an_error_unless_allowed(tmp_path):
     from lavis_xformer.models.xformer import XFormer
     from lavis_xformer.models.xformer_llm import XFormerOPT

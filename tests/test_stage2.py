@@ -30,6 +30,7 @@ def images():
     return torch.randn(3, 3, 64, 64)
 
 
+@pytest.mark.slow
 def test_loss_is_finite_and_gradients_reach_only_xformer_and_projection(opt, images):
     opt.train()
     opt.zero_grad(set_to_none=True)
@@ -72,6 +73,7 @@ def test_labels_mask_queries_prompt_and_padding(images):
         assert mask[i, nq + len(ids):].sum() == 0
 
 
+@pytest.mark.slow
 def test_stage1_checkpoint_round_trips_into_stage2(tmp_path, caplog):
     stage1 = build("xformer")
     trainable = {n for n, p in stage1.named_parameters() if p.requires_grad}
@@ -98,6 +100,7 @@ def test_missing_stage1_checkpoint_is_a_clear_error(tmp_path):
         build("xformer_opt", pretrained=str(missing))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_beams", [1, 3])
 def test_generate_and_predict_answers_return_strings_of_the_right_count(opt, images, num_beams):
     opt.eval()

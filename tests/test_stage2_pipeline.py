@@ -205,6 +205,7 @@ def test_latest_link_is_relative_and_replaced(tmp_path):
 
 # --- end to end -----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_stage1_then_stage2_then_vqa_in_one_process_and_under_torchrun(tmp_path, monkeypatch, capsys):
     from lavis_xformer import evaluate, train
 

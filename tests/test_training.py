@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from _testlib import subprocess_env
@@ -68,6 +69,7 @@ def _assert_only_trainable(checkpoint):
         assert state[name].data_ptr() in trainable_storage, name
 
 
+@pytest.mark.slow
 def test_tiny_stage1_trains_in_one_process_and_resumes(tmp_path):
     out = tmp_path / "out"
     output = _run([sys.executable, "-m", "lavis.train", "--cfg-path", str(TINY),
@@ -94,6 +96,7 @@ def test_tiny_stage1_trains_in_one_process_and_resumes(tmp_path):
     assert torch.load(_checkpoint(resumed, 1), map_location="cpu")["epoch"] == 1
 
 
+@pytest.mark.slow
 def test_tiny_stage1_trains_under_torchrun_with_two_gloo_processes(tmp_path):
     out = tmp_path / "out"
     output = _run([sys.executable, "-m", "torch.distributed.run", "--standalone",

@@ -43,6 +43,7 @@ def _train_options(output_dir, fusion, pretrained=None):
     return options + (["model.pretrained=%s" % pretrained] if pretrained else [])
 
 
+@pytest.mark.slow
 @pytest.mark.variant_comparison
 def test_every_variant_trains_both_stages_evaluates_and_is_compared(tmp_path, monkeypatch, capsys):
     from lavis_xformer import evaluate, train

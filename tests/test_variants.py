@@ -45,6 +45,7 @@ def images():
 
 # ----------------------------------------------------------------- every variant, both stages
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fusion", VARIANTS)
 def test_variant_trains_in_stage1_and_stage2_and_answers(fusion, images, tmp_path):
     stage1 = build(fusion=fusion)
@@ -148,6 +149,7 @@ def one_process_group(tmp_path):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_blip2_losses_equal_stock_lavis_blip2(images, one_process_group, monkeypatch):
     """Same weights, same inputs: ITC, ITM (with the same negatives) and ITG equal LAVIS's.
 
@@ -177,6 +179,7 @@ def test_blip2_losses_equal_stock_lavis_blip2(images, one_process_group, monkeyp
 
 # ----------------------------------------------------------------- ablations
 
+@pytest.mark.slow
 def test_no_reconstruction_with_unmasked_mae_leaves_nothing_unused(images):
     model = build(**{"loss_weights": {"itc": 1.0, "itm": 1.0, "lm": 1.0, "rec": 0.0}, "mask_ratio": 0.0})
     assert model.mae_branch.mae.decoder is None and model.fusion.mae_out is None
@@ -189,6 +192,7 @@ def test_no_reconstruction_with_unmasked_mae_leaves_nothing_unused(images):
     assert unused_after_backward(model) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("off", [("itc",), ("itm", "lm")])
 def test_switched_off_loss_freezes_its_head(off, images):
     """Without ITC its projections still mine ITM's negatives, so they are frozen, not dropped."""

@@ -39,6 +39,7 @@ def model():
     return build(qformer_text_input=True, unfreeze_vit_layernorm=True, prompt=PROMPT).eval()
 
 
+@pytest.mark.slow
 def test_question_goes_through_the_qformer_as_in_lavis_instruct(model):
     torch.manual_seed(0)
     image = torch.randn(2, 3, 64, 64)
@@ -113,6 +114,7 @@ def test_vqa_loss_is_on_the_answer_tokens_only(model):
     assert format_prompts(["q"], PROMPT) == ["Question: q Short Answer:"]
 
 
+@pytest.mark.slow
 def test_only_the_clip_layernorms_train_in_the_vit(model):
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     vit = {n for n in trainable if n.startswith("visual_encoder.")}
@@ -132,6 +134,7 @@ def test_only_the_clip_layernorms_train_in_the_vit(model):
         build(unfreeze_vit_layernorm=True, use_grad_checkpoint=True)
 
 
+@pytest.mark.slow
 def test_larger_images_interpolate_clip_and_mae_position_embeddings(tmp_path):
     small = build(qformer_text_input=True)
     clip_file = tmp_path / "clip.pth"

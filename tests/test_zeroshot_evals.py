@@ -192,6 +192,7 @@ def _caption(text):
     return registry.get_processor_class("blip_caption").from_config(OmegaConf.create({}))(text)
 
 
+@pytest.mark.slow
 def test_flowers_project_classifies_by_itc_as_computed_directly(data, tiny_model, tmp_path, monkeypatch, capsys):
     model, ckpt = tiny_model
     names = ["pink primrose", "sweet pea", "sunflower"]
@@ -225,6 +226,7 @@ def test_flowers_project_classifies_by_itc_as_computed_directly(data, tiny_model
     assert "Zero-shot classification" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_sugarcrepe_project_scores_itc_and_itm_as_computed_directly(data, tiny_model, tmp_path, monkeypatch):
     model, ckpt = tiny_model
     cfg = _tiny_project(EVAL / "sugarcrepe_blip2.yaml", tmp_path / "sc.yaml", ckpt, {
