@@ -13,3 +13,4 @@ PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 from lavis_xformer import compat  # noqa: E402,F401  (LAVIS 1.0.2 work-arounds first)
 from lavis_xformer import datasets, models, runners, tasks  # noqa: E402,F401
 from lavis_xformer import optims  # noqa: E402,F401  (per-iteration lr schedules)
+from lavis_xformer.world import datasets as _world_datasets  # noqa: E402,F401  (mini_world_caption)

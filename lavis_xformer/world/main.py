@@ -1,0 +1,197 @@
+"""The main job: the miniature world end to end, in one command.
+
+    python -m lavis_xformer.world.main --config mini
+
+1. builds the world (or reuses it), 2. pretrains the frozen CLIP side, MAE and OPT (or reuses
+them), 3. for every variant and seed of the config's ``job`` section runs stage 1 and stage 2
+through ``python -m lavis.train`` and the three held-out evaluations (OC, MCI, colour/shape)
+through ``python -m lavis.evaluate``, with the project files under projects/xformer/mini/,
+4. prints the models side by side with the majority baseline (mean ± std over seeds), per count
+bin and per hard case, and writes ``output/<name>/report.json`` (and, with ``--results-dir``,
+a copy with the printed tables).
+
+Run it from the repository's root (the project files and output/ are relative to it).
+Progress: each stage's training/evaluation progress lines are shown; full logs go to
+``output/<name>/runs/<variant>-s<seed>/<stage>.log``.
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+
+from lavis_xformer.world import build as world_build
+from lavis_xformer.world import cache, config as world_config, pretrain, report
+
+EVALS = (("oc", "oc.yaml"), ("mci", "mci.yaml"), ("attr", "attr.yaml"))
+# what each named variant changes (model keys); its stage-1 keys go to stage 1 only
+VARIANTS = {
+    "blip2": {"model": {"fusion": "blip2"}},
+    "xformer": {"model": {"fusion": "xformer"}},
+    "xformer_no_rec": {"model": {"fusion": "xformer"},
+                       "stage1": {"loss_weights.rec": 0, "mask_ratio": 0}},
+    "concat": {"model": {"fusion": "concat"}},
+}
+SHOWN = ("Train: data epoch", "Evaluation", "Averaged stats", "[mini_world", "accuracy")
+
+
+def _opts(prefix, values):
+    return ["%s%s=%s" % (prefix, k, "null" if v is None else v) for k, v in values.items()]
+
+
+class Job:
+    def __init__(self, cfg, projects, cache_dir=None, quiet=False):
+        self.cfg, self.projects, self.quiet = cfg, projects, quiet
+        self.job = cfg.get("job", {})
+        self.name = cfg["name"]
+        self.out = os.path.join("output", self.name)
+        self.assets = {}
+        self.cache_dir = cache_dir
+        self.lock = None
+
+    def prepare(self):
+        self.assets["world"] = os.path.abspath(world_build.ensure_world(self.cfg, self.cache_dir))
+        for part in pretrain.PARTS:
+            self.assets[part] = os.path.abspath(pretrain.ensure_part(self.cfg, part, self.cache_dir))
+
+    def asset_options(self, stage):
+        a = self.assets
+        opts = ["model.clip_vit_weights=%s" % os.path.join(a["clip"], "vit.pth"),
+                "model.mae_weights=%s" % a["mae"]]
+        if stage == "stage1":
+            opts.append("model.tokenizer=%s" % os.path.join(a["world"], "tokenizer"))
+        else:
+            opts += ["model.llm_weights=%s" % a["lm"], "model.llm_tokenizer=%s" % a["lm"]]
+        return opts
+
+    def run_dir(self, variant, seed):
+        return os.path.join(self.out, "runs", "%s-s%d" % (variant, seed))
+
+    def command(self, variant, seed, stage):
+        spec = VARIANTS[variant]
+        run = os.path.join(self.run_dir(variant, seed), stage)
+        opts = self.asset_options(stage) + _opts("model.", spec.get("model", {}))
+        opts += ["run.output_dir=%s" % run, "run.seed=%d" % seed]
+        if stage in ("stage1", "stage2"):
+            settings = dict(self.job.get(stage, {}))
+            data = "datasets.mini_world_caption.build_info."
+            opts += ["%sroot=%s" % (data, self.assets["world"]),
+                     "%smax_images=%s" % (data, settings.pop("max_images", None) or "null")]
+            opts += _opts("run.", settings)
+            if stage == "stage1":
+                opts += _opts("model.", spec.get("stage1", {}))
+            else:
+                epochs = int(self.job.get("stage1", {}).get("max_epoch", 1))
+                opts.append("model.pretrained=%s" % os.path.abspath(os.path.join(
+                    self.run_dir(variant, seed), "stage1", "latest", "checkpoint_%d.pth" % (epochs - 1))))
+            return [sys.executable, "-m", "lavis.train", "--cfg-path",
+                    os.path.join(self.projects, "%s.yaml" % stage), "--options"] + opts
+        epochs = int(self.job.get("stage2", {}).get("max_epoch", 1))
+        data = "datasets.gvtbench.build_info."
+        opts += ["model.pretrained=%s" % os.path.abspath(os.path.join(
+                     self.run_dir(variant, seed), "stage2", "latest", "checkpoint_%d.pth" % (epochs - 1))),
+                 "%sannotations.test.storage=%s" % (data, os.path.join(self.assets["world"], "test", "%s.json" % stage)),
+                 "%simages.storage=%s/" % (data, self.assets["world"]),
+                 "%smax_items=%s" % (data, self.job.get("eval", {}).get("max_items", None) or "null")]
+        opts += _opts("run.", {k: v for k, v in self.job.get("eval", {}).items() if k != "max_items"})
+        return [sys.executable, "-m", "lavis.evaluate", "--cfg-path",
+                os.path.join(self.projects, "%s.yaml" % stage), "--options"] + opts
+
+    def execute(self, variant, seed, stage):
+        cmd = self.command(variant, seed, stage)
+        log = os.path.join(self.run_dir(variant, seed), "%s.log" % stage)
+        os.makedirs(os.path.dirname(log), exist_ok=True)
+        env = dict(os.environ, OMP_NUM_THREADS=str(self.job.get("threads", 2)),
+                   HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+        tag = "%s-s%d %s" % (variant, seed, stage)
+        start = time.time()
+        with open(log, "w") as f:
+            f.write(" ".join(cmd) + "\n")
+            f.flush()
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+            for line in proc.stdout:
+                f.write(line)
+                if not self.quiet and any(s in line for s in SHOWN):
+                    print("[%s] %s" % (tag, line.rstrip()[:160]), flush=True)
+            proc.wait()
+        if proc.returncode:
+            raise RuntimeError("%s failed (exit %d); log: %s" % (tag, proc.returncode, log))
+        seconds = time.time() - start
+        print("[%s] done in %.0f s" % (tag, seconds), flush=True)
+        return seconds
+
+    def pipeline(self, variant, seed):
+        times = OrderedDict()
+        for stage in ("stage1", "stage2") + tuple(name for name, _ in EVALS):
+            times[stage] = round(self.execute(variant, seed, stage), 1)
+        predictions = {}
+        for name, _ in EVALS:
+            path = os.path.join(self.run_dir(variant, seed), name, "latest", "result", "test_vqa_predictions.json")
+            predictions[name] = report.load_json(path)
+        metrics = report.score_predictions(report.world_questions(self.assets["world"], "test"), predictions)
+        metrics["seconds"] = times
+        return metrics
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="The miniature world's main job: BLIP-2 against X-Former.")
+    parser.add_argument("--config", default="mini", help="world config: a path or a packaged name (mini, ci, finding)")
+    parser.add_argument("--cache-dir", default=None, help="cache root (default: $%s or ~/.cache/lavis_xformer/mini)" % cache.ENV_CACHE)
+    parser.add_argument("--projects", default=os.path.join("projects", "xformer", "mini"),
+                        help="folder of the project files (default: projects/xformer/mini, from the repository root)")
+    parser.add_argument("--results-dir", default=None, help="also copy report.json and the tables here")
+    parser.add_argument("--quiet", action="store_true", help="show only each stage's end")
+    args = parser.parse_args(argv)
+    if not os.path.isfile(os.path.join(args.projects, "stage1.yaml")):
+        parser.error("no project files in %s: run from the repository's root or pass --projects" % args.projects)
+    start = time.time()
+    cfg = world_config.load(args.config)
+    job = Job(cfg, args.projects, args.cache_dir, args.quiet)
+    job.prepare()
+    prepared = time.time() - start
+    variants = list(cfg.get("job", {}).get("variants", ["blip2", "xformer"]))
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        parser.error("job.variants: %s not known; known: %s" % (unknown, ", ".join(VARIANTS)))
+    seeds = [int(s) for s in cfg.get("job", {}).get("seeds", [42])]
+    tasks = [(v, s) for s in seeds for v in variants]
+    with ThreadPoolExecutor(max_workers=int(cfg.get("job", {}).get("parallel", 1))) as pool:
+        outcomes = list(pool.map(lambda vs: (vs, job.pipeline(*vs)), tasks))
+    results = OrderedDict((v, []) for v in variants)
+    for (variant, seed), metrics in outcomes:
+        metrics["seed"] = seed
+        results[variant].append(metrics)
+    world = job.assets["world"]
+    max_items = cfg.get("job", {}).get("eval", {}).get("max_items", None)
+    test = {k: v[:max_items] if max_items else v for k, v in report.world_questions(world, "test").items()}
+    baseline = report.majority_baseline(report.world_questions(world, "train"), test)
+    total = time.time() - start
+    main_table = report.table(results, baseline)
+    keys = [(k, k) for k in baseline if k.startswith(("oc_acc[", "mci_acc["))]
+    detail_table = report.table(results, baseline, keys)
+    text = ("Miniature world %r: held-out test questions (%s), mean ± std over seeds %s\n%s\n\n"
+            "Per count bin and hard case:\n%s\n" % (
+                cfg["name"], baseline["num_questions"], seeds, main_table, detail_table))
+    print("\n" + text)
+    print("total %.0f s (world + frozen parts %.0f s)" % (total, prepared))
+    out = OrderedDict(config=cfg, assets=job.assets, baseline=baseline, results=results,
+                      seconds={"total": round(total, 1), "world_and_frozen_parts": round(prepared, 1)})
+    os.makedirs(job.out, exist_ok=True)
+    with open(os.path.join(job.out, "report.json"), "w") as f:
+        json.dump(out, f, indent=1)
+    with open(os.path.join(job.out, "report.txt"), "w") as f:
+        f.write(text)
+    print("report: %s" % os.path.join(job.out, "report.json"))
+    if args.results_dir:
+        os.makedirs(args.results_dir, exist_ok=True)
+        for name in ("report.json", "report.txt"):
+            shutil.copy(os.path.join(job.out, name), os.path.join(args.results_dir, name))
+    return out
+
+
+if __name__ == "__main__":
+    main()
