@@ -53,9 +53,25 @@ class Job:
         self.cache_dir = cache_dir
         self.lock = None
 
-    def prepare(self):
+    def env(self):
+        return dict(os.environ, OMP_NUM_THREADS=str(self.job.get("threads", 1)),
+                    HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+
+    def prepare(self, config_path):
+        """The world, then the three frozen parts: each part not cached yet is trained by its own
+        command (``python -m lavis_xformer.world.pretrain <part>``), up to ``job.parallel``
+        at once, with ``job.threads`` threads each."""
         self.assets["world"] = os.path.abspath(world_build.ensure_world(self.cfg, self.cache_dir))
-        for part in pretrain.PARTS:
+
+        def train(part):
+            cmd = [sys.executable, "-m", "lavis_xformer.world.pretrain", part, "--config", config_path]
+            if self.cache_dir:
+                cmd += ["--cache-dir", self.cache_dir]
+            subprocess.run(cmd, check=True, env=self.env())
+
+        with ThreadPoolExecutor(max_workers=int(self.job.get("parallel", 1))) as pool:
+            list(pool.map(train, pretrain.PARTS))
+        for part in pretrain.PARTS:  # cached now: only looked up and linked
             self.assets[part] = os.path.abspath(pretrain.ensure_part(self.cfg, part, self.cache_dir))
 
     def asset_options(self, stage):
@@ -105,8 +121,7 @@ class Job:
         cmd = self.command(variant, seed, stage)
         log = os.path.join(self.run_dir(variant, seed), "%s.log" % stage)
         os.makedirs(os.path.dirname(log), exist_ok=True)
-        env = dict(os.environ, OMP_NUM_THREADS=str(self.job.get("threads", 2)),
-                   HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+        env = self.env()
         tag = "%s-s%d %s" % (variant, seed, stage)
         start = time.time()
         with open(log, "w") as f:
@@ -151,7 +166,7 @@ def main(argv=None):
     start = time.time()
     cfg = world_config.load(args.config)
     job = Job(cfg, args.projects, args.cache_dir, args.quiet)
-    job.prepare()
+    job.prepare(args.config)
     prepared = time.time() - start
     variants = list(cfg.get("job", {}).get("variants", ["blip2", "xformer"]))
     unknown = [v for v in variants if v not in VARIANTS]

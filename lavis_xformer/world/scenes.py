@@ -23,7 +23,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 from PIL import Image, ImageDraw
 
-GENERATOR_VERSION = "1"  # part of every cache key: bump when a scene or its text changes
+GENERATOR_VERSION = "2"  # part of every cache key: bump when a scene or its text changes
 
 SHAPES = ("circle", "square", "triangle", "diamond")
 COLOURS = {  # name -> RGB; neighbouring hues make the similar-colour case
@@ -137,14 +137,24 @@ def _jitter(rng, rgb, amount):
     return tuple(int(np.clip(c + rng.integers(-amount, amount + 1), 0, 255)) for c in rgb)
 
 
-def _place(rng, objects, r, size, touching_with=None, tries=400):
+# how far a shape's corners reach, as a multiple of its radius r (see _polygon)
+EXTENT = {"circle": 1.0, "square": 0.86 * 2 ** 0.5, "diamond": 1.15, "triangle": 1.25}
+
+
+def extent(o):
+    return o.r * EXTENT[o.shape]
+
+
+def _place(rng, objects, shape, r, size, touching_with=None, tries=400):
     """A centre for a new object of radius r: inside the image, apart from the others by at
-    least 1.5 px (edges); with ``touching_with`` an object, edge to edge with that one."""
+    least 2 px (between the circles around their corners); with ``touching_with`` an object,
+    edge to edge with that one."""
+    r = r * EXTENT[shape]
     margin = r + 1.0
     for _ in range(tries):
         if touching_with is not None:
             a = rng.uniform(0, 2 * math.pi)
-            d = touching_with.r + r + rng.uniform(-0.3, 0.3)
+            d = extent(touching_with) + r * rng.uniform(0.85, 0.95)
             x, y = touching_with.x + d * math.cos(a), touching_with.y + d * math.sin(a)
         else:
             x, y = rng.uniform(margin, size - margin), rng.uniform(margin, size - margin)
@@ -152,8 +162,8 @@ def _place(rng, objects, r, size, touching_with=None, tries=400):
             continue
         ok = True
         for o in objects:
-            gap = math.hypot(o.x - x, o.y - y) - o.r - r
-            need = -0.6 if o is touching_with else 1.5
+            gap = math.hypot(o.x - x, o.y - y) - extent(o) - r
+            need = -0.25 * r if o is touching_with else 2.0
             if gap < need:
                 ok = False
                 break
@@ -199,15 +209,15 @@ def sample_scene(rng, settings: WorldSettings, index: int, split: str) -> Scene:
             # each shape comes in one or two colours
             colours = list(rng.choice(palette, size=min(len(palette), int(rng.integers(1, 3))),
                                       replace=False))
-            if k == 0 and hard_case == "camouflage" and stripe_colour not in colours:
-                colours[0] = stripe_colour  # the asked shape has the hiding one
+            if k == 0 and hard_case == "camouflage":  # the asked shape's first object hides
+                colours = [stripe_colour] + [c for c in colours if c != stripe_colour][:1]
             cluster = int(rng.integers(2, min(3, n) + 1)) if (k == 0 and hard_case == "touching") else 0
             for i in range(n):
                 colour = colours[0] if (i < cluster or i == 0) else _choice(rng, colours)
                 size_name = _choice(rng, sizes)
                 r = rng.uniform(*SIZES[size_name]) * scale
                 anchor = objects[-1] if 0 < i < cluster else None
-                pos = _place(rng, objects, r, size, touching_with=anchor)
+                pos = _place(rng, objects, shape, r, size, touching_with=anchor)
                 if pos is None:
                     failed = True
                     break
