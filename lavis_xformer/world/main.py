@@ -152,6 +152,29 @@ class Job:
         return metrics
 
 
+def compare_runs(job, tasks):
+    """The evaluation runs through ``lavis_xformer.tools.compare`` too: its markdown table and
+    PNG chart (per benchmark: mini_world_oc, _mci, _attr) under output/<name>/compare/."""
+    from lavis_xformer.tools import compare
+
+    runs, labels = [], []
+    for variant, seed in tasks:
+        for name, _ in EVALS:
+            runs.append(os.path.join(job.run_dir(variant, seed), name))
+            labels.append("%s-s%d" % (variant, seed))
+    out = os.path.join(job.out, "compare")
+    try:
+        with open(os.devnull, "w") as devnull:
+            stdout, sys.stdout = sys.stdout, devnull
+            try:
+                compare.main(runs + ["--out", out, "--labels"] + labels + ["--paper", "none"])
+            finally:
+                sys.stdout = stdout
+        print("comparison chart: %s" % os.path.join(out, "comparison.png"))
+    except (Exception, SystemExit) as e:  # the report above stands on its own
+        print("lavis_xformer.tools.compare could not chart the runs: %s" % e)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="The miniature world's main job: BLIP-2 against X-Former.")
     parser.add_argument("--config", default="mini", help="world config: a path or a packaged name (mini, ci, finding)")
@@ -201,6 +224,7 @@ def main(argv=None):
     with open(os.path.join(job.out, "report.txt"), "w") as f:
         f.write(text)
     print("report: %s" % os.path.join(job.out, "report.json"))
+    compare_runs(job, tasks)
     if args.results_dir:
         os.makedirs(args.results_dir, exist_ok=True)
         for name in ("report.json", "report.txt"):
