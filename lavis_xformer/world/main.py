@@ -55,7 +55,7 @@ class Job:
 
     def env(self):
         return dict(os.environ, OMP_NUM_THREADS=str(self.job.get("threads", 1)),
-                    HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+                    HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
 
     def prepare(self, config_path):
         """The world, then the three frozen parts: each part not cached yet is trained by its own
@@ -124,7 +124,7 @@ class Job:
         env = self.env()
         tag = "%s-s%d %s" % (variant, seed, stage)
         start = time.time()
-        with open(log, "w") as f:
+        with open(log, "w", buffering=1) as f:  # line-buffered: the log shows progress
             f.write(" ".join(cmd) + "\n")
             f.flush()
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -149,7 +149,15 @@ class Job:
             predictions[name] = report.load_json(path)
         metrics = report.score_predictions(report.world_questions(self.assets["world"], "test"), predictions)
         metrics["seconds"] = times
+        metrics["seed"] = seed
+        with open(os.path.join(self.run_dir(variant, seed), "metrics.json"), "w") as f:
+            json.dump(metrics, f, indent=1)
         return metrics
+
+    def finished(self, variant, seed):
+        """The metrics of a pipeline that has finished (None otherwise)."""
+        path = os.path.join(self.run_dir(variant, seed), "metrics.json")
+        return report.load_json(path) if os.path.isfile(path) else None
 
 
 def compare_runs(job, tasks):
@@ -183,13 +191,18 @@ def main(argv=None):
                         help="folder of the project files (default: projects/xformer/mini, from the repository root)")
     parser.add_argument("--results-dir", default=None, help="also copy report.json and the tables here")
     parser.add_argument("--quiet", action="store_true", help="show only each stage's end")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: report the pipelines that have finished (their metrics.json)")
     args = parser.parse_args(argv)
     if not os.path.isfile(os.path.join(args.projects, "stage1.yaml")):
         parser.error("no project files in %s: run from the repository's root or pass --projects" % args.projects)
     start = time.time()
     cfg = world_config.load(args.config)
     job = Job(cfg, args.projects, args.cache_dir, args.quiet)
-    job.prepare(args.config)
+    if args.report_only:
+        job.assets["world"] = os.path.abspath(world_build.ensure_world(cfg, args.cache_dir, link=False))
+    else:
+        job.prepare(args.config)
     prepared = time.time() - start
     variants = list(cfg.get("job", {}).get("variants", ["blip2", "xformer"]))
     unknown = [v for v in variants if v not in VARIANTS]
@@ -197,12 +210,16 @@ def main(argv=None):
         parser.error("job.variants: %s not known; known: %s" % (unknown, ", ".join(VARIANTS)))
     seeds = [int(s) for s in cfg.get("job", {}).get("seeds", [42])]
     tasks = [(v, s) for s in seeds for v in variants]
-    with ThreadPoolExecutor(max_workers=int(cfg.get("job", {}).get("parallel", 1))) as pool:
-        outcomes = list(pool.map(lambda vs: (vs, job.pipeline(*vs)), tasks))
+    if args.report_only:  # what has finished so far (e.g. while a long job still runs)
+        tasks = [vs for vs in tasks if job.finished(*vs) is not None]
+        outcomes = [(vs, job.finished(*vs)) for vs in tasks]
+    else:
+        with ThreadPoolExecutor(max_workers=int(cfg.get("job", {}).get("parallel", 1))) as pool:
+            outcomes = list(pool.map(lambda vs: (vs, job.pipeline(*vs)), tasks))
     results = OrderedDict((v, []) for v in variants)
     for (variant, seed), metrics in outcomes:
-        metrics["seed"] = seed
         results[variant].append(metrics)
+    results = OrderedDict((v, r) for v, r in results.items() if r)
     world = job.assets["world"]
     max_items = cfg.get("job", {}).get("eval", {}).get("max_items", None)
     test = {k: v[:max_items] if max_items else v for k, v in report.world_questions(world, "test").items()}
