@@ -169,3 +169,30 @@ def test_written_world_has_its_files_and_a_bert_vocab(tmp_path):
         assert tokenizer.unk_token_id not in tokenizer(record["caption"]).input_ids
     # every word the generator can write fits the fixed vocabulary
     assert info["words"] < world_build.VOCAB_SIZE - len(world_build.SPECIAL_TOKENS)
+
+
+def test_report_scores_by_kind_bin_and_hard_case():
+    from lavis_xformer.world import report
+
+    def q(kind, answer, case="plain"):
+        return {"kind": kind, "text_out": answer, "hard_case": case}
+
+    questions = {"oc": [q("oc", "1"), q("oc", "4", "touching"), q("oc", "7", "touching")],
+                 "mci": [q("mci", "Yes"), q("mci", "No", "camouflage")],
+                 "attr": [q("colour", "red"), q("shape", "circle")]}
+    predictions = {"oc": [{"question_id": 0, "prediction": "1"}, {"question_id": 1, "prediction": "three"},
+                          {"question_id": 2, "prediction": "none"}],
+                   "mci": [{"question_id": 0, "prediction": "yes"}, {"question_id": 1, "prediction": "Yes"}],
+                   "attr": [{"question_id": 0, "prediction": "Red"}, {"question_id": 1, "prediction": "square"}]}
+    m = report.score_predictions(questions, predictions)
+    assert m["oc_acc"] == round(100 / 3, 2)
+    assert m["oc_mae"] == round((0 + 1 + 7) / 3, 3)  # no number counts as 0
+    assert (m["mci_acc"], m["colour_acc"], m["shape_acc"]) == (50.0, 100.0, 0.0)
+    assert (m["oc_acc[1-2]"], m["oc_acc[3-4]"], m["oc_acc[7-8]"], m["oc_acc[5-6]"]) == (100.0, 0.0, 0.0, None)
+    assert (m["oc_acc[touching]"], m["mci_acc[camouflage]"]) == (0.0, 0.0)
+    train = {"oc": [q("oc", "4"), q("oc", "4"), q("oc", "1")], "mci": [q("mci", "No")],
+             "attr": [q("colour", "red"), q("shape", "square")]}
+    b = report.majority_baseline(train, questions)
+    assert b["answers"] == {"oc": "4", "mci": "no", "colour": "red", "shape": "square"}
+    assert b["oc_acc"] == round(100 / 3, 2) and b["oc_mae"] == round((3 + 0 + 3) / 3, 3)
+    assert (b["mci_acc"], b["colour_acc"], b["shape_acc"]) == (50.0, 100.0, 0.0)
