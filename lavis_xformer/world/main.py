@@ -143,16 +143,31 @@ class Job:
         times = OrderedDict()
         for stage in ("stage1", "stage2") + tuple(name for name, _ in EVALS):
             times[stage] = round(self.execute(variant, seed, stage), 1)
+        metrics_itc = self.stage1_itc(variant, seed)
         predictions = {}
         for name, _ in EVALS:
             path = os.path.join(self.run_dir(variant, seed), name, "latest", "result", "test_vqa_predictions.json")
             predictions[name] = report.load_json(path)
         metrics = report.score_predictions(report.world_questions(self.assets["world"], "test"), predictions)
+        metrics["stage1_itc"] = metrics_itc
         metrics["seconds"] = times
         metrics["seed"] = seed
         with open(os.path.join(self.run_dir(variant, seed), "metrics.json"), "w") as f:
             json.dump(metrics, f, indent=1)
         return metrics
+
+    def stage1_itc(self, variant, seed):
+        """Held-out image -> caption retrieval of the stage-1 checkpoint (retrieval.py)."""
+        from lavis_xformer.world.retrieval import stage1_retrieval
+
+        spec = VARIANTS[variant]
+        epochs = int(self.job.get("stage1", {}).get("max_epoch", 1))
+        checkpoint = os.path.join(self.run_dir(variant, seed), "stage1", "latest", "checkpoint_%d.pth" % (epochs - 1))
+        options = dict(spec.get("model", {}), **spec.get("stage1", {}))
+        result = stage1_retrieval(checkpoint, self.assets, options)
+        print("[%s-s%d stage1] held-out image->caption ITC retrieval: R@1 %.1f R@5 %.1f (chance %.1f / %.1f)" % (
+            variant, seed, result["r1"], result["r5"], result["chance_r1"], result["chance_r5"]), flush=True)
+        return result
 
     def finished(self, variant, seed):
         """The metrics of a pipeline that has finished (None otherwise)."""
@@ -213,6 +228,11 @@ def main(argv=None):
     if args.report_only:  # what has finished so far (e.g. while a long job still runs)
         tasks = [vs for vs in tasks if job.finished(*vs) is not None]
         outcomes = [(vs, job.finished(*vs)) for vs in tasks]
+        for (variant, seed), metrics in outcomes:  # runs of a driver that did not measure it
+            if "stage1_itc" not in metrics:
+                job.assets.update({p: os.path.realpath(os.path.join(world_config.assets_dir(cfg), p))
+                                   for p in pretrain.PARTS})
+                metrics["stage1_itc"] = job.stage1_itc(variant, seed)
     else:
         with ThreadPoolExecutor(max_workers=int(cfg.get("job", {}).get("parallel", 1))) as pool:
             outcomes = list(pool.map(lambda vs: (vs, job.pipeline(*vs)), tasks))
@@ -224,11 +244,15 @@ def main(argv=None):
     max_items = cfg.get("job", {}).get("eval", {}).get("max_items", None)
     test = {k: v[:max_items] if max_items else v for k, v in report.world_questions(world, "test").items()}
     baseline = report.majority_baseline(report.world_questions(world, "train"), test)
+    itc = [r["stage1_itc"] for runs in results.values() for r in runs if r.get("stage1_itc")]
+    if itc:
+        baseline["itc_r5"] = itc[0]["chance_r5"]  # the baseline row shows chance for retrieval
     total = time.time() - start
     main_table = report.table(results, baseline)
     keys = [(k, k) for k in baseline if k.startswith(("oc_acc[", "mci_acc["))]
     detail_table = report.table(results, baseline, keys)
-    text = ("Miniature world %r: held-out test questions (%s), mean ± std over seeds %s\n%s\n\n"
+    text = ("Miniature world %r: held-out test questions (%s), mean ± std over seeds %s; the "
+            "baseline row shows chance for the retrieval column\n%s\n\n"
             "Per count bin and hard case:\n%s\n" % (
                 cfg["name"], baseline["num_questions"], seeds, main_table, detail_table))
     print("\n" + text)

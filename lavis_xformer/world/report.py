@@ -105,7 +105,14 @@ def mean_std(values):
 
 
 MAIN_COLUMNS = (("oc_acc", "OC acc %"), ("oc_mae", "OC MAE"), ("mci_acc", "MCI acc %"),
-                ("colour_acc", "colour acc %"), ("shape_acc", "shape acc %"))
+                ("colour_acc", "colour acc %"), ("shape_acc", "shape acc %"),
+                ("itc_r5", "stage-1 ITC R@5 %"))
+
+
+def _value(run, key):
+    if key == "itc_r5":
+        return (run.get("stage1_itc") or {}).get("r5")
+    return run.get(key)
 
 
 def table(results, baseline, keys=MAIN_COLUMNS):
@@ -117,7 +124,7 @@ def table(results, baseline, keys=MAIN_COLUMNS):
     for name, runs in results.items():
         cells = [name, str(len(runs))]
         for k, _ in keys:
-            mean, std = mean_std([r.get(k) for r in runs])
+            mean, std = mean_std([_value(r, k) for r in runs])
             cells.append("-" if mean is None else ("%.2f" % mean if len(runs) == 1 else "%.2f ± %.2f" % (mean, std)))
         rows.append(cells)
     rows.append(["majority baseline", "-"] + ["-" if baseline.get(k) is None else "%.2f" % baseline[k] for k, _ in keys])
