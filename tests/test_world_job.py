@@ -33,7 +33,7 @@ def test_ci_world_learns(tmp_path):
     report = json.loads((tmp_path / "output" / "ci" / "report.json").read_text())
     baseline = report["baseline"]
     (run,) = report["results"]["xformer"]
-    assert run["num_questions"]["oc"] == 200 and run["num_questions"]["mci"] == 200
+    assert run["num_questions"]["oc"] == 100 and run["num_questions"]["mci"] == 100
     # learning at CI size: stage 1's queries tell held-out scenes apart (image -> caption
     # retrieval by ITC well above chance); a Q-Former whose queries ignore the image stays at
     # chance whatever its language losses did
