@@ -257,7 +257,9 @@ def main(argv=None):
                 cfg["name"], baseline["num_questions"], seeds, main_table, detail_table))
     print("\n" + text)
     print("total %.0f s (world + frozen parts %.0f s)" % (total, prepared))
-    out = OrderedDict(config=cfg, assets=job.assets, baseline=baseline, results=results,
+    quality = OrderedDict((part, cache.read_done(job.assets[part]).get("result"))
+                          for part in pretrain.PARTS if part in job.assets)
+    out = OrderedDict(config=cfg, assets=job.assets, frozen_parts=quality, baseline=baseline, results=results,
                       seconds={"total": round(total, 1), "world_and_frozen_parts": round(prepared, 1)})
     os.makedirs(job.out, exist_ok=True)
     with open(os.path.join(job.out, "report.json"), "w") as f:
@@ -266,10 +268,16 @@ def main(argv=None):
         f.write(text)
     print("report: %s" % os.path.join(job.out, "report.json"))
     compare_runs(job, tasks)
-    if args.results_dir:
+    if args.results_dir:  # for the repository: cache folders by name, not by machine path
         os.makedirs(args.results_dir, exist_ok=True)
-        for name in ("report.json", "report.txt"):
-            shutil.copy(os.path.join(job.out, name), os.path.join(args.results_dir, name))
+        out["assets"] = OrderedDict((k, os.path.basename(v)) for k, v in job.assets.items())
+        with open(os.path.join(args.results_dir, "report.json"), "w") as f:
+            json.dump(out, f, indent=1)
+        shutil.copy(os.path.join(job.out, "report.txt"), os.path.join(args.results_dir, "report.txt"))
+        for name in ("comparison.md", "comparison.png"):
+            path = os.path.join(job.out, "compare", name)
+            if os.path.isfile(path):
+                shutil.copy(path, os.path.join(args.results_dir, name))
     return out
 
 
