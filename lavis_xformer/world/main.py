@@ -228,10 +228,10 @@ def main(argv=None):
     if args.report_only:  # what has finished so far (e.g. while a long job still runs)
         tasks = [vs for vs in tasks if job.finished(*vs) is not None]
         outcomes = [(vs, job.finished(*vs)) for vs in tasks]
+        job.assets.update({p: os.path.realpath(os.path.join(world_config.assets_dir(cfg), p))
+                           for p in pretrain.PARTS})  # the parts the runs were linked to
         for (variant, seed), metrics in outcomes:  # runs of a driver that did not measure it
             if "stage1_itc" not in metrics:
-                job.assets.update({p: os.path.realpath(os.path.join(world_config.assets_dir(cfg), p))
-                                   for p in pretrain.PARTS})
                 metrics["stage1_itc"] = job.stage1_itc(variant, seed)
     else:
         with ThreadPoolExecutor(max_workers=int(cfg.get("job", {}).get("parallel", 1))) as pool:
