@@ -196,16 +196,14 @@ def test_readme_commands_and_ci_agree():
     """README's two set-up lines exist, and .ci/run runs the README's test line."""
     readme = (REPO / "README.md").read_text()
     start = "${PYTHON:-python3} -m venv"  # PYTHON=python3.12 before the line picks another
-    main = [l for l in readme.splitlines() if l.startswith(start) and "lavis.train" in l]
+    main = [l for l in readme.splitlines() if l.startswith(start) and "world.main" in l]
     test = [l for l in readme.splitlines() if l.startswith(start) and "pytest" in l]
     assert len(main) == 1 and len(test) == 1
     for line in main + test:
         assert ("--no-deps --no-warn-conflicts -r requirements-lavis.txt "
                 "-r requirements-assets.txt") in line
-    cfgs = re.findall(r"--cfg-path (\S+)", main[0])
-    assert cfgs[0] == "projects/xformer/tiny/stage1.yaml" and len(cfgs) == 3
-    for cfg in cfgs:
-        assert (REPO / cfg).is_file(), cfg
+    assert main[0].endswith("-m lavis_xformer.world.main --config mini")  # the miniature world
+    assert (REPO / "lavis_xformer" / "configs" / "world" / "mini.yaml").is_file()
     assert "'.[test]'" in test[0] and test[0].endswith("-m pytest -q tests")
     ci = (REPO / ".ci" / "run").read_text()
     assert "README.md" in ci and "PIP_CONSTRAINT=" in ci and "constraints/lavis-1.0.2-pins.txt" in ci

@@ -31,8 +31,12 @@ def _as_list(value):
 
 
 def _storage_path(path):
-    """LAVIS's rule: relative storage paths are taken under registry path cache_root."""
+    """LAVIS's rule: relative storage paths are taken under registry path cache_root; a path
+    written ``./...`` or ``../...`` is taken from the current directory instead (the
+    miniature world's project files point at output/ that way)."""
     path = str(path)
+    if path.startswith(("./", "../")):
+        return os.path.abspath(path)
     return path if os.path.isabs(path) else get_cache_path(path)
 
 

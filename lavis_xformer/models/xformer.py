@@ -72,6 +72,7 @@ class XFormer(XFormerBase):
     PRETRAINED_MODEL_CONFIG_DICT = {
         "pretrain": os.path.join(PACKAGE_DIR, "configs/models/xformer_pretrain.yaml"),
         "tiny": os.path.join(PACKAGE_DIR, "configs/models/xformer_tiny.yaml"),
+        "mini": os.path.join(PACKAGE_DIR, "configs/models/xformer_mini.yaml"),
     }
 
     def __init__(self, cfg):

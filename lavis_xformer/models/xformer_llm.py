@@ -209,6 +209,7 @@ class XFormerOPT(XFormerLLMBase):
         "pretrain_opt2.7b": os.path.join(PACKAGE_DIR, "configs/models/xformer_opt2.7b.yaml"),
         "pretrain_opt6.7b": os.path.join(PACKAGE_DIR, "configs/models/xformer_opt6.7b.yaml"),
         "tiny": os.path.join(PACKAGE_DIR, "configs/models/xformer_opt_tiny.yaml"),
+        "mini": os.path.join(PACKAGE_DIR, "configs/models/xformer_opt_mini.yaml"),
     }
 
     @cached_property

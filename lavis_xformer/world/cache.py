@@ -1,0 +1,83 @@
+"""Where the miniature world and its pretrained parts live, and when they are reused.
+
+Each product (the world, the CLIP side, the MAE, the language model) is a folder
+``<cache root>/<kind>-<key>``, where the key is a hash of everything that decides it: its own
+settings, the settings of what it is trained on, and ``GENERATOR_VERSION``. A folder counts
+only when it holds ``DONE.json`` (written last, after an atomic rename of a temporary folder),
+so an interrupted build is rebuilt, never half reused. A changed setting gives a new key, hence
+a rebuild; an unchanged one reuses the folder.
+
+The cache root is ``$LAVIS_XFORMER_CACHE`` if set, else ``~/.cache/lavis_xformer/mini`` (or
+``$XDG_CACHE_HOME/lavis_xformer/mini``); every command also takes ``--cache-dir``. It is never
+inside the repository. The project files find the products through links that the commands
+publish under ``output/<config name>/assets/`` (``world``, ``clip``, ``mae``, ``lm``).
+"""
+import hashlib
+import json
+import os
+import shutil
+import time
+
+from lavis_xformer.world.scenes import GENERATOR_VERSION
+
+ENV_CACHE = "LAVIS_XFORMER_CACHE"
+
+
+def cache_root(override=None):
+    if override:
+        return os.path.abspath(os.path.expanduser(override))
+    if os.environ.get(ENV_CACHE):
+        return os.path.abspath(os.path.expanduser(os.environ[ENV_CACHE]))
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "lavis_xformer", "mini")
+
+
+def key(*parts):
+    """12 hex digits of the SHA-256 of the parts (JSON, sorted keys) and the generator version."""
+    blob = json.dumps({"generator_version": GENERATOR_VERSION, "parts": parts}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def entry(root, kind, k):
+    return os.path.join(root, "%s-%s" % (kind, k))
+
+
+def is_done(path):
+    return os.path.isfile(os.path.join(path, "DONE.json"))
+
+
+def build(path, fn, info):
+    """Run ``fn(tmp_dir)`` and move the result to ``path`` atomically; ``info`` (a dict) goes
+    into DONE.json with the time taken. Returns ``path``."""
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = "%s.tmp-%d" % (path, os.getpid())
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    start = time.time()
+    try:
+        extra = fn(tmp) or {}
+        with open(os.path.join(tmp, "DONE.json"), "w") as f:
+            json.dump(dict(info, **extra, seconds=round(time.time() - start, 1)), f, indent=1)
+        if os.path.exists(path):  # an unfinished earlier build
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def publish(path, link):
+    """Point ``link`` (e.g. output/mini/assets/clip) at the cache folder ``path``."""
+    os.makedirs(os.path.dirname(os.path.abspath(link)), exist_ok=True)
+    tmp = "%s.tmp-%d" % (link, os.getpid())
+    if os.path.lexists(tmp):
+        os.remove(tmp)
+    os.symlink(os.path.abspath(path), tmp)
+    os.replace(tmp, link)
+    return link
+
+
+def read_done(path):
+    with open(os.path.join(path, "DONE.json")) as f:
+        return json.load(f)

@@ -1,0 +1,285 @@
+"""The main job: the miniature world end to end, in one command.
+
+    python -m lavis_xformer.world.main --config mini
+
+1. builds the world (or reuses it), 2. pretrains the frozen CLIP side, MAE and OPT (or reuses
+them), 3. for every variant and seed of the config's ``job`` section runs stage 1 and stage 2
+through ``python -m lavis.train`` and the three held-out evaluations (OC, MCI, colour/shape)
+through ``python -m lavis.evaluate``, with the project files under projects/xformer/mini/,
+4. prints the models side by side with the majority baseline (mean ± std over seeds), per count
+bin and per hard case, and writes ``output/<name>/report.json`` (and, with ``--results-dir``,
+a copy with the printed tables).
+
+Run it from the repository's root (the project files and output/ are relative to it).
+Progress: each stage's training/evaluation progress lines are shown; full logs go to
+``output/<name>/runs/<variant>-s<seed>/<stage>.log``.
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+
+from lavis_xformer.world import build as world_build
+from lavis_xformer.world import cache, config as world_config, pretrain, report
+
+EVALS = (("oc", "oc.yaml"), ("mci", "mci.yaml"), ("attr", "attr.yaml"))
+# what each named variant changes (model keys); its stage-1 keys go to stage 1 only
+VARIANTS = {
+    "blip2": {"model": {"fusion": "blip2"}},
+    "xformer": {"model": {"fusion": "xformer"}},
+    "xformer_no_rec": {"model": {"fusion": "xformer"},
+                       "stage1": {"loss_weights.rec": 0, "mask_ratio": 0}},
+    "concat": {"model": {"fusion": "concat"}},
+}
+SHOWN = ("Train: data epoch", "Evaluation", "Averaged stats", "[mini_world", "accuracy")
+
+
+def _opts(prefix, values):
+    return ["%s%s=%s" % (prefix, k, "null" if v is None else v) for k, v in values.items()]
+
+
+class Job:
+    def __init__(self, cfg, projects, cache_dir=None, quiet=False):
+        self.cfg, self.projects, self.quiet = cfg, projects, quiet
+        self.job = cfg.get("job", {})
+        self.name = cfg["name"]
+        self.out = os.path.join("output", self.name)
+        self.assets = {}
+        self.cache_dir = cache_dir
+        self.lock = None
+
+    def env(self):
+        return dict(os.environ, OMP_NUM_THREADS=str(self.job.get("threads", 1)),
+                    HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
+
+    def prepare(self, config_path):
+        """The world, then the three frozen parts: each part not cached yet is trained by its own
+        command (``python -m lavis_xformer.world.pretrain <part>``), up to ``job.parallel``
+        at once, with ``job.threads`` threads each."""
+        self.assets["world"] = os.path.abspath(world_build.ensure_world(self.cfg, self.cache_dir))
+
+        def train(part):
+            cmd = [sys.executable, "-m", "lavis_xformer.world.pretrain", part, "--config", config_path]
+            if self.cache_dir:
+                cmd += ["--cache-dir", self.cache_dir]
+            subprocess.run(cmd, check=True, env=self.env())
+
+        with ThreadPoolExecutor(max_workers=int(self.job.get("parallel", 1))) as pool:
+            list(pool.map(train, pretrain.PARTS))
+        for part in pretrain.PARTS:  # cached now: only looked up and linked
+            self.assets[part] = os.path.abspath(pretrain.ensure_part(self.cfg, part, self.cache_dir))
+
+    def asset_options(self, stage):
+        a = self.assets
+        opts = ["model.clip_vit_weights=%s" % os.path.join(a["clip"], "vit.pth"),
+                "model.mae_weights=%s" % a["mae"]]
+        if stage == "stage1":
+            opts.append("model.tokenizer=%s" % os.path.join(a["world"], "tokenizer"))
+        else:
+            opts += ["model.llm_weights=%s" % a["lm"], "model.llm_tokenizer=%s" % a["lm"]]
+        return opts
+
+    def run_dir(self, variant, seed):
+        return os.path.join(self.out, "runs", "%s-s%d" % (variant, seed))
+
+    def command(self, variant, seed, stage):
+        spec = VARIANTS[variant]
+        run = os.path.join(self.run_dir(variant, seed), stage)
+        opts = self.asset_options(stage) + _opts("model.", spec.get("model", {}))
+        opts += ["run.output_dir=%s" % run, "run.seed=%d" % seed]
+        if stage in ("stage1", "stage2"):
+            settings = dict(self.job.get(stage, {}))
+            data = "datasets.mini_world_caption.build_info."
+            opts += ["%sroot=%s" % (data, self.assets["world"]),
+                     "%smax_images=%s" % (data, settings.pop("max_images", None) or "null")]
+            opts += _opts("run.", settings)
+            if stage == "stage1":
+                opts += _opts("model.", spec.get("stage1", {}))
+            else:
+                epochs = int(self.job.get("stage1", {}).get("max_epoch", 1))
+                opts.append("model.pretrained=%s" % os.path.abspath(os.path.join(
+                    self.run_dir(variant, seed), "stage1", "latest", "checkpoint_%d.pth" % (epochs - 1))))
+            return [sys.executable, "-m", "lavis.train", "--cfg-path",
+                    os.path.join(self.projects, "%s.yaml" % stage), "--options"] + opts
+        epochs = int(self.job.get("stage2", {}).get("max_epoch", 1))
+        data = "datasets.gvtbench.build_info."
+        opts += ["model.pretrained=%s" % os.path.abspath(os.path.join(
+                     self.run_dir(variant, seed), "stage2", "latest", "checkpoint_%d.pth" % (epochs - 1))),
+                 "%sannotations.test.storage=%s" % (data, os.path.join(self.assets["world"], "test", "%s.json" % stage)),
+                 "%simages.storage=%s/" % (data, self.assets["world"]),
+                 "%smax_items=%s" % (data, self.job.get("eval", {}).get("max_items", None) or "null")]
+        opts += _opts("run.", {k: v for k, v in self.job.get("eval", {}).items() if k != "max_items"})
+        return [sys.executable, "-m", "lavis.evaluate", "--cfg-path",
+                os.path.join(self.projects, "%s.yaml" % stage), "--options"] + opts
+
+    def execute(self, variant, seed, stage):
+        cmd = self.command(variant, seed, stage)
+        log = os.path.join(self.run_dir(variant, seed), "%s.log" % stage)
+        os.makedirs(os.path.dirname(log), exist_ok=True)
+        env = self.env()
+        tag = "%s-s%d %s" % (variant, seed, stage)
+        start = time.time()
+        with open(log, "w", buffering=1) as f:  # line-buffered: the log shows progress
+            f.write(" ".join(cmd) + "\n")
+            f.flush()
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+            for line in proc.stdout:
+                f.write(line)
+                if not self.quiet and any(s in line for s in SHOWN):
+                    print("[%s] %s" % (tag, line.rstrip()[:160]), flush=True)
+            proc.wait()
+        if proc.returncode:
+            raise RuntimeError("%s failed (exit %d); log: %s" % (tag, proc.returncode, log))
+        seconds = time.time() - start
+        print("[%s] done in %.0f s" % (tag, seconds), flush=True)
+        return seconds
+
+    def pipeline(self, variant, seed):
+        times = OrderedDict()
+        for stage in ("stage1", "stage2") + tuple(name for name, _ in EVALS):
+            times[stage] = round(self.execute(variant, seed, stage), 1)
+        metrics_itc = self.stage1_itc(variant, seed)
+        predictions = {}
+        for name, _ in EVALS:
+            path = os.path.join(self.run_dir(variant, seed), name, "latest", "result", "test_vqa_predictions.json")
+            predictions[name] = report.load_json(path)
+        metrics = report.score_predictions(report.world_questions(self.assets["world"], "test"), predictions)
+        metrics["stage1_itc"] = metrics_itc
+        metrics["seconds"] = times
+        metrics["seed"] = seed
+        with open(os.path.join(self.run_dir(variant, seed), "metrics.json"), "w") as f:
+            json.dump(metrics, f, indent=1)
+        return metrics
+
+    def stage1_itc(self, variant, seed):
+        """Held-out image -> caption retrieval of the stage-1 checkpoint (retrieval.py)."""
+        from lavis_xformer.world.retrieval import stage1_retrieval
+
+        spec = VARIANTS[variant]
+        epochs = int(self.job.get("stage1", {}).get("max_epoch", 1))
+        checkpoint = os.path.join(self.run_dir(variant, seed), "stage1", "latest", "checkpoint_%d.pth" % (epochs - 1))
+        options = dict(spec.get("model", {}), **spec.get("stage1", {}))
+        result = stage1_retrieval(checkpoint, self.assets, options)
+        print("[%s-s%d stage1] held-out image->caption ITC retrieval: R@1 %.1f R@5 %.1f (chance %.1f / %.1f)" % (
+            variant, seed, result["r1"], result["r5"], result["chance_r1"], result["chance_r5"]), flush=True)
+        return result
+
+    def finished(self, variant, seed):
+        """The metrics of a pipeline that has finished (None otherwise)."""
+        path = os.path.join(self.run_dir(variant, seed), "metrics.json")
+        return report.load_json(path) if os.path.isfile(path) else None
+
+
+def compare_runs(job, tasks):
+    """The evaluation runs through ``lavis_xformer.tools.compare`` too: its markdown table and
+    PNG chart (per benchmark: mini_world_oc, _mci, _attr) under output/<name>/compare/."""
+    from lavis_xformer.tools import compare
+
+    runs, labels = [], []
+    for variant, seed in tasks:
+        for name, _ in EVALS:
+            runs.append(os.path.join(job.run_dir(variant, seed), name))
+            labels.append("%s-s%d" % (variant, seed))
+    out = os.path.join(job.out, "compare")
+    try:
+        with open(os.devnull, "w") as devnull:
+            stdout, sys.stdout = sys.stdout, devnull
+            try:
+                compare.main(runs + ["--out", out, "--labels"] + labels + ["--paper", "none"])
+            finally:
+                sys.stdout = stdout
+        print("comparison chart: %s" % os.path.join(out, "comparison.png"))
+    except (Exception, SystemExit) as e:  # the report above stands on its own
+        print("lavis_xformer.tools.compare could not chart the runs: %s" % e)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="The miniature world's main job: BLIP-2 against X-Former.")
+    parser.add_argument("--config", default="mini", help="world config: a path or a packaged name (mini, ci, finding)")
+    parser.add_argument("--cache-dir", default=None, help="cache root (default: $%s or ~/.cache/lavis_xformer/mini)" % cache.ENV_CACHE)
+    parser.add_argument("--projects", default=os.path.join("projects", "xformer", "mini"),
+                        help="folder of the project files (default: projects/xformer/mini, from the repository root)")
+    parser.add_argument("--results-dir", default=None, help="also copy report.json and the tables here")
+    parser.add_argument("--quiet", action="store_true", help="show only each stage's end")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: report the pipelines that have finished (their metrics.json)")
+    args = parser.parse_args(argv)
+    if not os.path.isfile(os.path.join(args.projects, "stage1.yaml")):
+        parser.error("no project files in %s: run from the repository's root or pass --projects" % args.projects)
+    start = time.time()
+    cfg = world_config.load(args.config)
+    job = Job(cfg, args.projects, args.cache_dir, args.quiet)
+    if args.report_only:
+        job.assets["world"] = os.path.abspath(world_build.ensure_world(cfg, args.cache_dir, link=False))
+    else:
+        job.prepare(args.config)
+    prepared = time.time() - start
+    variants = list(cfg.get("job", {}).get("variants", ["blip2", "xformer"]))
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        parser.error("job.variants: %s not known; known: %s" % (unknown, ", ".join(VARIANTS)))
+    seeds = [int(s) for s in cfg.get("job", {}).get("seeds", [42])]
+    tasks = [(v, s) for s in seeds for v in variants]
+    if args.report_only:  # what has finished so far (e.g. while a long job still runs)
+        tasks = [vs for vs in tasks if job.finished(*vs) is not None]
+        outcomes = [(vs, job.finished(*vs)) for vs in tasks]
+        job.assets.update({p: os.path.realpath(os.path.join(world_config.assets_dir(cfg), p))
+                           for p in pretrain.PARTS})  # the parts the runs were linked to
+        for (variant, seed), metrics in outcomes:  # runs of a driver that did not measure it
+            if "stage1_itc" not in metrics:
+                metrics["stage1_itc"] = job.stage1_itc(variant, seed)
+    else:
+        with ThreadPoolExecutor(max_workers=int(cfg.get("job", {}).get("parallel", 1))) as pool:
+            outcomes = list(pool.map(lambda vs: (vs, job.pipeline(*vs)), tasks))
+    results = OrderedDict((v, []) for v in variants)
+    for (variant, seed), metrics in outcomes:
+        results[variant].append(metrics)
+    results = OrderedDict((v, r) for v, r in results.items() if r)
+    world = job.assets["world"]
+    max_items = cfg.get("job", {}).get("eval", {}).get("max_items", None)
+    test = {k: v[:max_items] if max_items else v for k, v in report.world_questions(world, "test").items()}
+    baseline = report.majority_baseline(report.world_questions(world, "train"), test)
+    itc = [r["stage1_itc"] for runs in results.values() for r in runs if r.get("stage1_itc")]
+    if itc:
+        baseline["itc_r5"] = itc[0]["chance_r5"]  # the baseline row shows chance for retrieval
+    total = time.time() - start
+    main_table = report.table(results, baseline)
+    keys = [(k, k) for k in baseline if k.startswith(("oc_acc[", "mci_acc["))]
+    detail_table = report.table(results, baseline, keys)
+    text = ("Miniature world %r: held-out test questions (%s), mean ± std over seeds %s; the "
+            "baseline row shows chance for the retrieval column\n%s\n\n"
+            "Per count bin and hard case:\n%s\n" % (
+                cfg["name"], baseline["num_questions"], seeds, main_table, detail_table))
+    print("\n" + text)
+    print("total %.0f s (world + frozen parts %.0f s)" % (total, prepared))
+    quality = OrderedDict((part, cache.read_done(job.assets[part]).get("result"))
+                          for part in pretrain.PARTS if part in job.assets)
+    out = OrderedDict(config=cfg, assets=job.assets, frozen_parts=quality, baseline=baseline, results=results,
+                      seconds={"total": round(total, 1), "world_and_frozen_parts": round(prepared, 1)})
+    os.makedirs(job.out, exist_ok=True)
+    with open(os.path.join(job.out, "report.json"), "w") as f:
+        json.dump(out, f, indent=1)
+    with open(os.path.join(job.out, "report.txt"), "w") as f:
+        f.write(text)
+    print("report: %s" % os.path.join(job.out, "report.json"))
+    compare_runs(job, tasks)
+    if args.results_dir:  # for the repository: cache folders by name, not by machine path
+        os.makedirs(args.results_dir, exist_ok=True)
+        out["assets"] = OrderedDict((k, os.path.basename(v)) for k, v in job.assets.items())
+        with open(os.path.join(args.results_dir, "report.json"), "w") as f:
+            json.dump(out, f, indent=1)
+        shutil.copy(os.path.join(job.out, "report.txt"), os.path.join(args.results_dir, "report.txt"))
+        for name in ("comparison.md", "comparison.png"):
+            path = os.path.join(job.out, "compare", name)
+            if os.path.isfile(path):
+                shutil.copy(path, os.path.join(args.results_dir, name))
+    return out
+
+
+if __name__ == "__main__":
+    main()
