@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from _testlib import subprocess_env
 from PIL import Image
 
 import lavis_xformer  # noqa: F401  (registers builders, models, tasks, runner)
@@ -195,8 +197,7 @@ def test_malformed_yaml_is_one_clear_error(tmp_path):
 
 @pytest.mark.slow
 def test_cli_stops_at_once_on_missing_data(tmp_path):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p])
+    env = subprocess_env()
     result = subprocess.run(
         [sys.executable, "-m", "lavis_xformer.train", "--cfg-path", str(TINY), "--options",
          "datasets.easyvqa_caption.build_info.root=%s" % (tmp_path / "nowhere"),

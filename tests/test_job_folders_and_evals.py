@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from _testlib import subprocess_env
+
 import lavis_xformer  # noqa: F401
 from lavis_xformer.datasets import easyvqa
 from lavis_xformer.runners import launch
@@ -26,10 +28,7 @@ IMAGES, TRUNCATED = 4, 2
 
 
 def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p])
-    env["OMP_NUM_THREADS"] = "1"
-    return env
+    return subprocess_env(threads=1)
 
 
 def _train_cmd(out):

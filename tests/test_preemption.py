@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from _testlib import subprocess_env
+
 from lavis_xformer.models import sources
 from lavis_xformer.runners import checkpoints
 from lavis_xformer.runners.preemption import EXIT_PREEMPTED
@@ -23,10 +25,7 @@ TINY = REPO / "projects" / "xformer" / "tiny" / "stage1.yaml"
 
 
 def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p])
-    env["OMP_NUM_THREADS"] = "1"
-    return env
+    return subprocess_env(threads=1)
 
 
 def _options(out, images=8):

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from _testlib import subprocess_env
 from omegaconf import OmegaConf
 
 import lavis_xformer  # noqa: F401  (registers builders, models, tasks, runner)
@@ -28,10 +30,7 @@ TINY = REPO / "projects" / "xformer" / "tiny" / "stage1.yaml"
 
 
 def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p])
-    env["OMP_NUM_THREADS"] = "1"
-    return env
+    return subprocess_env(threads=1)
 
 
 def _args(cfg_path, *options):

@@ -12,15 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from _testlib import subprocess_env
+
 REPO = Path(__file__).resolve().parents[1]
 MARGIN_RETRIEVAL = 2.5  # percentage points of R@5 above chance (2.5 % for 200 scenes)
 
 
 def _env(**extra):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p])
-    env.update(extra)
-    return env
+    return subprocess_env(**extra)
 
 
 @pytest.mark.slow

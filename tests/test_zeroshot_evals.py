@@ -2,7 +2,6 @@
 publishers' formats, the scores against a direct computation, and the project files run
 through lavis.evaluate's entry point with the tiny stage-1 model."""
 import json
-import os
 from pathlib import Path
 
 import numpy as np
