@@ -234,7 +234,7 @@ def test_bad_samples_get_clear_errors(model, batch):
 
 
 def test_unknown_model_type_is_a_clear_error():
-    with pytest.raises(ValueError, match="Unknown model type 'huge' for 'xformer'; available: \\['pretrain', 'tiny'\\]"):
+    with pytest.raises(ValueError, match="Unknown model type 'huge' for 'xformer'; available: \\['mini', 'pretrain', 'tiny'\\]"):
         load_model("xformer", "huge")
 
 
