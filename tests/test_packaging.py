@@ -219,8 +219,11 @@ def test_ci_runs_both_stacks_with_the_readme_command(tmp_path):
     (repo / "README.md").write_text(
         "${PYTHON:-python3} -m venv --clear .venv && echo \"ran with $PYTHON "
         "${PIP_CONSTRAINT:-none}\" >> log.txt && false -m pytest -q tests\n")
+    env = _env(CI_SPLIT="none")
+    for name in ("CI_STACKS", "PIP_CONSTRAINT", "PYTHON"):  # set when this runs inside .ci/run
+        env.pop(name, None)
     proc = subprocess.run(["bash", ".ci/run"], cwd=repo, capture_output=True, text=True,
-                          timeout=300, env=_env(CI_SPLIT="none"))
+                          timeout=300, env=env)
     assert proc.returncode == 1
     ran = (repo / "log.txt").read_text().splitlines()
     out = proc.stdout + proc.stderr
