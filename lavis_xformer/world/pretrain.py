@@ -70,6 +70,26 @@ def _lr(step, total, peak, warmup):
     return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
+def _train(part, model, opt, steps, peak_lr, warmup, batch_loss, digits=3):
+    """The one training loop of the frozen parts: warm-up + cosine lr, ``batch_loss()`` (which
+    draws its own batch) per step, progress ten times; leaves ``model`` in eval mode and
+    returns the last step's loss."""
+    start = time.time()
+    model.train()
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, steps, peak_lr, warmup)
+        loss = batch_loss()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % max(1, steps // 10) == 0 or step == steps - 1:
+            _log(part, "step %d/%d  loss %.*f  (%.0f s)" % (step + 1, steps, digits, loss.item(),
+                                                         time.time() - start))
+    model.eval()
+    return loss.item()
+
+
 def load_images(world, split):
     """(N, 3, H, W) uint8 tensor of a split's images, in index order, and the caption records."""
     from PIL import Image
@@ -184,20 +204,14 @@ def train_clip(world, settings, arch, out, seed):
     batch, steps = int(settings.get("batch_size", 128)), int(settings.get("steps", 300))
     opt = torch.optim.AdamW(model.parameters(), lr=settings.get("lr", 1e-3),
                             weight_decay=settings.get("weight_decay", 0.05))
-    start = time.time()
-    model.train()
-    for step in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = _lr(step, steps, settings.get("lr", 1e-3), settings.get("warmup", 20))
+
+    def batch_loss():
         idx = torch.randint(len(images), (batch,), generator=gen)
         x = flip(normalise(images[idx], CLIP_MEAN, CLIP_STD), gen)
-        loss = model(x, tok([alt[i] for i in idx.tolist()]))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if step % max(1, steps // 10) == 0 or step == steps - 1:
-            _log("clip", "step %d/%d  loss %.3f  (%.0f s)" % (step + 1, steps, loss.item(), time.time() - start))
-    model.eval()
+        return model(x, tok([alt[i] for i in idx.tolist()]))
+
+    final_loss = _train("clip", model, opt, steps, settings.get("lr", 1e-3),
+                        settings.get("warmup", 20), batch_loss)
     quality = _retrieval(model, val_x, val_tokens)
     _log("clip", "zero-shot retrieval on val (%d images vs their alt text): image->text R@1 %.1f "
          "R@5 %.1f, text->image R@1 %.1f R@5 %.1f (chance R@1 %.1f)" % (
@@ -208,7 +222,7 @@ def train_clip(world, settings, arch, out, seed):
     tokenizer.save_pretrained(os.path.join(out, "text_tokenizer"))
     torch.save({k: v.detach().clone() for k, v in model.state_dict().items() if not k.startswith("vit.")},
                os.path.join(out, "text_tower_and_heads.pth"))
-    return {"quality": quality, "final_loss": loss.item()}
+    return {"quality": quality, "final_loss": final_loss}
 
 
 # ----------------------------------------------------------------------------- MAE
@@ -226,20 +240,14 @@ def train_mae(world, settings, arch, out, seed):
     batch, steps = int(settings.get("batch_size", 128)), int(settings.get("steps", 300))
     opt = torch.optim.AdamW(model.parameters(), lr=settings.get("lr", 1.5e-3), betas=(0.9, 0.95),
                             weight_decay=settings.get("weight_decay", 0.05))
-    start = time.time()
-    model.train()
-    for step in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = _lr(step, steps, settings.get("lr", 1.5e-3), settings.get("warmup", 20))
+
+    def batch_loss():
         idx = torch.randint(len(images), (batch,), generator=gen)
         x = flip(normalise(images[idx], IMAGENET_MEAN, IMAGENET_STD), gen)
-        loss = model(pixel_values=x).loss  # MAE's own objective: MSE on the masked patches
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if step % max(1, steps // 10) == 0 or step == steps - 1:
-            _log("mae", "step %d/%d  loss %.4f  (%.0f s)" % (step + 1, steps, loss.item(), time.time() - start))
-    model.eval()
+        return model(pixel_values=x).loss  # MAE's own objective: MSE on the masked patches
+
+    _train("mae", model, opt, steps, settings.get("lr", 1.5e-3), settings.get("warmup", 20),
+           batch_loss, digits=4)
     val_x = normalise(val_images, IMAGENET_MEAN, IMAGENET_STD)
     torch.manual_seed(seed + 1)
     with torch.no_grad():
@@ -341,20 +349,13 @@ def train_lm(world, settings, arch, out, seed):
         labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
         return enc, labels
 
-    start = time.time()
-    model.train()
-    for step in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = _lr(step, steps, settings.get("lr", 1e-3), settings.get("warmup", 20))
+
+    def batch_loss():
         idx = torch.randint(len(texts), (batch,), generator=gen).tolist()
         enc, labels = encode([texts[i] for i in idx])
-        loss = model(input_ids=enc.input_ids, attention_mask=enc.attention_mask, labels=labels).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if step % max(1, steps // 10) == 0 or step == steps - 1:
-            _log("lm", "step %d/%d  loss %.3f  (%.0f s)" % (step + 1, steps, loss.item(), time.time() - start))
-    model.eval()
+        return model(input_ids=enc.input_ids, attention_mask=enc.attention_mask, labels=labels).loss
+
+    _train("lm", model, opt, steps, settings.get("lr", 1e-3), settings.get("warmup", 20), batch_loss)
     total, count = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(val_texts), 128):
