@@ -5,12 +5,16 @@
 ``build_info.splits``: the splits to build. ``build_info.text``:
 
     caption      one item per image: its COCO-like caption (stage 1; stage 2 as BLIP-2 does).
-    caption+qa   also one item per train-split question, its text in the zero-shot prompt's
-                 format ("Question: {q} Short Answer: {a}", the question as LAVIS's
-                 ``blip_question`` gives it), so that the small LLM learns to answer from the
-                 visual prefix. The questions of the held-out test split are never used.
+    caption+qa   also one item per train-split question (stage 2), so that the small LLM
+                 learns to answer from the visual prefix. The questions of the held-out test
+                 split are never used.
 
-Items are ``{"image", "text_input", "image_id"}`` as in LAVIS's image-text datasets.
+Items are ``{"image", "text_input", "image_id"}`` as in LAVIS's image-text datasets; with
+``caption+qa`` every item is a (``text_input``, ``text_output``) pair instead, which the stage-2
+model reads as prompt -> target with the loss on the target only (its VQA path): a question
+is the zero-shot prompt "Question: {q} Short Answer:" (the question as LAVIS's
+``blip_question`` gives it) -> its answer, a caption is "" -> the caption. One key set for
+every item, because LAVIS's collater keeps only the keys all samples share.
 The held-out questions are read by the ``gvtbench`` builder (their files are in its layout).
 """
 import json
@@ -24,6 +28,7 @@ from lavis.processors.blip_processors import BlipQuestionProcessor
 from PIL import Image
 
 from lavis_xformer import PACKAGE_DIR
+from lavis_xformer.models.generation import VQA_PROMPT
 from lavis_xformer.world.text import qa_text
 
 TEXT_MODES = ("caption", "caption+qa")
@@ -31,7 +36,8 @@ QUESTION_FILES = ("oc", "mci", "attr")
 
 
 def load_items(split_dir, text="caption", max_images=None):
-    """[{"image": path, "text": str, "kind": "caption" | "qa", "image_id": int}]."""
+    """[{"image": path, "text": str, "kind": "caption" | "qa", "image_id": int}]; a "qa"
+    item also has "prompt" (the question in the zero-shot prompt) and "answer"."""
     if text not in TEXT_MODES:
         raise ValueError("datasets.mini_world_caption.build_info.text=%r is not known; use one of %s"
                          % (text, ", ".join(TEXT_MODES)))
@@ -49,9 +55,11 @@ def load_items(split_dir, text="caption", max_images=None):
                 for q in json.load(f):
                     image_id = int(os.path.basename(q["image_id"])[:-4])
                     if image_id in keep:
+                        asked = question(q["text_in"])
                         items.append({"image": os.path.join(split_dir, "images", "%05d.png" % image_id),
-                                      "text": qa_text(question(q["text_in"]), q["text_out"]),
-                                      "kind": "qa", "image_id": image_id})
+                                      "text": qa_text(asked, q["text_out"]), "kind": "qa",
+                                      "prompt": VQA_PROMPT.format(asked), "answer": q["text_out"],
+                                      "image_id": image_id})
     return items
 
 
@@ -60,15 +68,20 @@ class MiniWorldCaptionDataset(BaseDataset):
         super().__init__(vis_processor=vis_processor, text_processor=text_processor,
                          vis_root=os.path.join(split_dir, "images"), ann_paths=[])
         self.annotation = load_items(split_dir, text, max_images)
+        self.pairs = text == "caption+qa"
         self._add_instance_ids()
 
     def __getitem__(self, index):
         ann = self.annotation[index]
         image = self.vis_processor(Image.open(ann["image"]).convert("RGB"))
-        # captions go through the text processor; question/answer text is already in the
-        # prompt's exact format (the caption processor would strip its colons)
-        text = self.text_processor(ann["text"]) if ann["kind"] == "caption" else ann["text"]
-        return {"image": image, "text_input": text, "image_id": ann["image_id"]}
+        if not self.pairs:
+            return {"image": image, "text_input": self.text_processor(ann["text"]), "image_id": ann["image_id"]}
+        # the prompt is already in its exact format (the caption processor would strip its colons)
+        if ann["kind"] == "qa":
+            prompt, target = ann["prompt"], ann["answer"]
+        else:
+            prompt, target = "", self.text_processor(ann["text"])
+        return {"image": image, "text_input": prompt, "text_output": target, "image_id": ann["image_id"]}
 
 
 @registry.register_builder("mini_world_caption")
