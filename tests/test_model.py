@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 import lavis_xformer  # noqa: F401  (registers the plugin)
 from lavis.common.registry import registry
 from lavis.models import load_model
+from lavis_xformer.models.base import ImageFeatures
 from lavis_xformer.models.sources import WeightSourceError
 
 TEXTS = ["a blue circle", "a red rectangle on the left", "a green triangle", "a gray circle"]
@@ -50,13 +51,15 @@ def test_forward_returns_finite_losses_that_sum_to_loss(model, batch):
 
 def test_shapes_of_image_path_and_features(model, batch):
     model.eval()
-    image_embeds, enhanced, enriched, mae = model.encode_image(batch["image"])
-    assert image_embeds.shape == (4, 1 + 64, 192)  # CLIP tokens: CLS + (64/8)^2 patches
-    assert enhanced.shape == (4, 16, 384)  # 16 queries at the Q-Former width
-    assert enriched.shape == (4, 1 + 64, 192) and mae.mask.sum() == 0  # no masking at inference
+    feats = model.encode_image(batch["image"])
+    assert isinstance(feats, ImageFeatures)
+    assert feats.context.shape == (4, 1 + 64, 192)  # CLIP tokens: CLS + (64/8)^2 patches
+    assert feats.queries.shape == (4, 16, 384)  # 16 queries at the Q-Former width
+    assert feats.enriched.shape == (4, 1 + 64, 192) and feats.side.mask.sum() == 0  # no masking at inference
+    assert feats.side.tokens.shape == (4, 1 + 64, 192)  # the MAE encoder's tokens (CLS + visible)
     model.train()
-    _, _, enriched, mae = model.encode_image(batch["image"])
-    assert enriched.shape == (4, 1 + 32, 192) and mae.mask.sum() == 4 * 32  # ratio 0.5
+    feats = model.encode_image(batch["image"])
+    assert feats.enriched.shape == (4, 1 + 32, 192) and feats.side.mask.sum() == 4 * 32  # ratio 0.5
     model.eval()
     feats = model.extract_features(batch, mode="image")
     assert feats.image_embeds_proj.shape == (4, 16, 128)
@@ -137,7 +140,8 @@ def test_itc_image_features_do_not_depend_on_the_text(model, batch):
 def test_itg_logits_at_position_t_ignore_later_tokens(model, batch):
     model.eval()
     with torch.no_grad():
-        image_embeds, enhanced, _, _ = model.encode_image(batch["image"])
+        feats = model.encode_image(batch["image"])
+        image_embeds, enhanced = feats.context, feats.queries
         tokens = model.tokenize(TEXTS, "cpu")
         ids = tokens.input_ids.clone()
         ids[:, 0] = model.tokenizer.bos_token_id
@@ -153,7 +157,8 @@ def test_itg_logits_at_position_t_ignore_later_tokens(model, batch):
 def test_itm_sees_the_text(model, batch):
     model.eval()
     with torch.no_grad():
-        image_embeds, enhanced, _, _ = model.encode_image(batch["image"])
+        feats = model.encode_image(batch["image"])
+        image_embeds, enhanced = feats.context, feats.queries
         outputs = []
         for text in (TEXTS, ["zebra zebra"] * 4):
             tokens = model.tokenize(text, "cpu")

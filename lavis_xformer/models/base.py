@@ -35,6 +35,7 @@ Stage 1 (``xformer``) adds the text losses and the reconstruction; stage 2 (``xf
 import dataclasses
 import logging
 from contextlib import contextmanager
+from typing import Optional
 
 import torch
 from torch import nn
@@ -57,6 +58,26 @@ FUSION_CLASSES = {
 }
 FUSIONS = tuple(FUSION_CLASSES)
 MAE_SOURCES = ("mae", "clip_layer", "clip")
+
+
+@dataclasses.dataclass
+class ImageFeatures:
+    """What ``XFormerBase.encode_image`` returns (B images, Nq queries).
+
+    context: (B, Nc, Dc) the Q-Former's cross-attention input: the CLIP tokens, with the
+        projected MAE tokens appended for concat/early_ca (what the ITM/ITG passes attend to).
+    queries: (B, Nq, D) the output queries: the enhanced queries Q' for X-Former, the
+        Q-Former's query output for the other variants.
+    enriched: (B, 1 + N_visible, Dm) the enriched MAE tokens for the MAE decoder, or None
+        (no reconstruction path).
+    side: the side encoder's output (``MAEEncoding``: tokens, mask, ids_restore, pixels), or
+        None without MAE.
+    """
+
+    context: torch.Tensor
+    queries: torch.Tensor
+    enriched: Optional[torch.Tensor]
+    side: Optional[MAEEncoding]
 
 
 def build_fusion(cfg, qformer, side_dim: int, clip_dim: int, clip_tokens: int, decoder_dim: int):
@@ -372,10 +393,7 @@ class XFormerBase(Blip2Base):
     def encode_image(self, image, mask_ratio=None, text_tokens=None):
         """The image path shared by every loss and by inference.
 
-        Returns (context (B, Nc, Dc): the Q-Former's cross-attention input, i.e. the CLIP
-        tokens, with the projected MAE tokens appended for concat/early_ca;
-        output queries (B, Nq, D); enriched MAE tokens (B, 1+N_visible, Dm) or None;
-        side encoding (``MAEEncoding``) or None).
+        Returns ``ImageFeatures`` (context, queries, enriched, side; shapes there).
         Patches are masked only while training (``mask_ratio`` overrides).
         ``text_tokens`` (BERT tokens with ``input_ids`` and ``attention_mask``, (B, L)): text
         fed to the Q-Former beside the queries, as BLIP-2 feeds the question in VQA
@@ -403,4 +421,4 @@ class XFormerBase(Blip2Base):
             **text,
         ).last_hidden_state[:, : query_tokens.shape[1]]
         enhanced, enriched = self.fusion(queries, side_tokens)
-        return context, enhanced, enriched, side
+        return ImageFeatures(context, enhanced, enriched, side)

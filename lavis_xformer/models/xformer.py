@@ -175,12 +175,13 @@ class XFormer(XFormerBase):
         if len(text) != image.shape[0]:
             raise ValueError(f"{image.shape[0]} images but {len(text)} texts in samples")
         w = self.loss_weights
-        image_embeds, enhanced, enriched, mae = self.encode_image(image)
+        feats = self.encode_image(image)
+        image_embeds, enhanced = feats.context, feats.queries
         zero = image_embeds.new_zeros(())
 
         loss_rec = zero
         if w["rec"] and self.training and self.mask_ratio > 0:  # masked patches exist
-            loss_rec = self.mae_branch.reconstruction_loss(enriched, mae)
+            loss_rec = self.mae_branch.reconstruction_loss(feats.enriched, feats.side)
 
         tokens = self.tokenize(text, image.device)
         text_cls = self.Qformer.bert(
@@ -265,7 +266,8 @@ class XFormer(XFormerBase):
         if mode in ("image", "multimodal"):
             if "image" not in samples:
                 raise KeyError(f"extract_features(mode={mode!r}) needs samples['image']")
-            clip_embeds, image_embeds, _, _ = self.encode_image(samples["image"], mask_ratio=0.0)
+            feats = self.encode_image(samples["image"], mask_ratio=0.0)
+            clip_embeds, image_embeds = feats.context, feats.queries
             image_features = F.normalize(self.vision_proj(image_embeds), dim=-1)
         if mode in ("text", "multimodal"):
             text = self.check_text(samples)
@@ -304,7 +306,8 @@ class XFormer(XFormerBase):
 
         Returns a list of ``B * num_captions`` strings, image-major.
         """
-        image_embeds, enhanced, _, _ = self.encode_image(samples["image"], mask_ratio=0.0)
+        feats = self.encode_image(samples["image"], mask_ratio=0.0)
+        image_embeds, enhanced = feats.context, feats.queries
         repeat = num_captions if use_nucleus_sampling else num_beams
         image_embeds = image_embeds.repeat_interleave(repeat, dim=0)
         prefix = self.text_prefix(enhanced).repeat_interleave(repeat, dim=0)

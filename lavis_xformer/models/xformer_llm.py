@@ -161,11 +161,11 @@ class XFormerLLMBase(LLMDecodingMixin, XFormerBase):
         reconstruction loss when it is switched on (else None). ``qformer_text``: B strings
         the Q-Former reads beside its queries (the questions), with ``qformer_text_input``."""
         tokens = self.qformer_text(qformer_text, image.device)
-        _, enhanced, enriched, mae = self.encode_image(image, mask_ratio, text_tokens=tokens)
+        feats = self.encode_image(image, mask_ratio, text_tokens=tokens)
         loss_rec = None
         if self.rec_weight and self.training:
-            loss_rec = self.mae_branch.reconstruction_loss(enriched, mae)
-        return self.llm_proj(enhanced), loss_rec
+            loss_rec = self.mae_branch.reconstruction_loss(feats.enriched, feats.side)
+        return self.llm_proj(feats.queries), loss_rec
 
     def forward(self, samples):
         if "image" not in samples:

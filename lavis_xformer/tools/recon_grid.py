@@ -91,7 +91,8 @@ def reconstruction_panels(model, images, mask_ratio=0.5, seed=0, paste=True):
     """
     branch = model.mae_branch
     torch.manual_seed(seed)
-    _, _, enriched, side = model.encode_image(images, mask_ratio=mask_ratio)
+    feats = model.encode_image(images, mask_ratio=mask_ratio)
+    enriched, side = feats.enriched, feats.side
     if enriched is None or side is None or side.mask is None:
         raise ToolError("the model returned no enriched MAE features; it cannot reconstruct")
     p = branch.patch_size
