@@ -332,7 +332,7 @@ def test_blip2_twin_answers_as_xformer_opt_with_blip2_fusion_for_the_same_weight
 
 @pytest.mark.slow
 def test_both_models_decode_through_the_one_shared_function(monkeypatch):
-    from lavis_xformer.models import blip2_twin, generation, xformer_llm
+    from lavis_xformer.models import generation, llm_head
 
     calls = []
     original = generation.opt_generate
@@ -341,8 +341,7 @@ def test_both_models_decode_through_the_one_shared_function(monkeypatch):
         calls.append(list(prompts))
         return original(llm, tokenizer, prefix, prompts, eos, **kwargs)
 
-    monkeypatch.setattr(xformer_llm, "opt_generate", spy)
-    monkeypatch.setattr(blip2_twin, "opt_generate", spy)
+    monkeypatch.setattr(llm_head, "opt_generate", spy)  # the one call site of both models
     samples = {"image": torch.randn(1, 3, 64, 64), "text_input": ["is it red?"]}
     _build("xformer_opt").predict_answers(samples, max_len=2)
     _build("blip2_opt_twin").predict_answers(samples, max_len=2)

@@ -207,10 +207,78 @@ def _clone_out(value):
     return value
 
 
-class XFormerBase(Blip2Base):
-    """Frozen CLIP ViT + frozen MAE + Q-Former + fusion block, built from a model config."""
+def check_image(image, image_size: int):
+    """A clear error unless ``image`` is a (B, 3, image_size, image_size) tensor."""
+    if not torch.is_tensor(image) or image.dim() != 4 or image.shape[1] != 3:
+        shape = tuple(image.shape) if torch.is_tensor(image) else type(image).__name__
+        raise ValueError(f"samples['image'] must be a (B, 3, H, W) tensor, got {shape}")
+    if image.shape[-2:] != (image_size, image_size):
+        raise ValueError(
+            f"samples['image'] is {image.shape[-2]}x{image.shape[-1]} but this model takes "
+            f"{image_size}x{image_size}; use the model's image processors "
+            f"(load_model_and_preprocess) or set image_size in the processor config"
+        )
+
+
+def ones(tokens):
+    """An all-ones attention mask for (B, N, D) tokens."""
+    return torch.ones(tokens.shape[:-1], dtype=torch.long, device=tokens.device)
+
+
+def query_pass(qformer, query_tokens, context, text_tokens=None):
+    """The Q-Former's query pass, as BLIP-2 runs it: the learned ``query_tokens`` (1, Nq, D)
+    cross-attend to ``context`` (B, Nc, Dc); returns the query outputs (B, Nq, D).
+
+    ``text_tokens`` (BERT tokens with ``input_ids`` and ``attention_mask``, (B, L)): text the
+    Q-Former reads beside the queries (LAVIS's ``qformer_text_input``); [queries; text] share
+    the self-attention (bi-directional) and only the query outputs are returned.
+    """
+    queries = query_tokens.expand(context.shape[0], -1, -1)
+    text = {}
+    if text_tokens is not None:
+        text = dict(input_ids=text_tokens.input_ids, attention_mask=torch.cat(
+            [ones(queries), text_tokens.attention_mask], dim=1))
+    return qformer.bert(
+        query_embeds=queries,
+        encoder_hidden_states=context,
+        encoder_attention_mask=ones(context),
+        return_dict=True,
+        **text,
+    ).last_hidden_state[:, : queries.shape[1]]
+
+
+class PluginModel:
+    """LAVIS's model-type lookup and ``from_config`` for every model of the plugin: model
+    types map to the yaml files in ``PRETRAINED_MODEL_CONFIG_DICT``; ``model.pretrained`` is
+    loaded after building (``sources.load_pretrained``)."""
 
     PRETRAINED_MODEL_CONFIG_DICT = {}
+
+    @classmethod
+    def default_config_path(cls, model_type):
+        if model_type not in cls.PRETRAINED_MODEL_CONFIG_DICT:
+            raise ValueError(
+                f"Unknown model type {model_type!r} for {cls.registered_name()!r}; available: "
+                f"{sorted(cls.PRETRAINED_MODEL_CONFIG_DICT)}"
+            )
+        return cls.PRETRAINED_MODEL_CONFIG_DICT[model_type]
+
+    @classmethod
+    def registered_name(cls):
+        from lavis.common.registry import registry
+
+        names = [k for k, v in registry.mapping["model_name_mapping"].items() if v is cls]
+        return names[0] if names else cls.__name__
+
+    @classmethod
+    def from_config(cls, cfg):
+        """Build from a model config; ``pretrained`` (a checkpoint path or URL) is then loaded
+        non-strictly and what was loaded, missing and ignored is logged."""
+        return sources.load_pretrained(cls(cfg), cfg)
+
+
+class XFormerBase(PluginModel, Blip2Base):
+    """Frozen CLIP ViT + frozen MAE + Q-Former + fusion block, built from a model config."""
 
     def __init__(self, cfg):
         super().__init__()
@@ -290,43 +358,10 @@ class XFormerBase(Blip2Base):
             self.fusion.drop_reconstruction_head()
         return weight
 
-    @classmethod
-    def default_config_path(cls, model_type):
-        if model_type not in cls.PRETRAINED_MODEL_CONFIG_DICT:
-            raise ValueError(
-                f"Unknown model type {model_type!r} for {cls.registered_name()!r}; available: "
-                f"{sorted(cls.PRETRAINED_MODEL_CONFIG_DICT)}"
-            )
-        return cls.PRETRAINED_MODEL_CONFIG_DICT[model_type]
-
-    @classmethod
-    def registered_name(cls):
-        from lavis.common.registry import registry
-
-        names = [k for k, v in registry.mapping["model_name_mapping"].items() if v is cls]
-        return names[0] if names else cls.__name__
-
-    @classmethod
-    def from_config(cls, cfg):
-        """Build from a model config; ``pretrained`` (a checkpoint path) is then loaded
-        non-strictly and what was loaded, missing and ignored is logged."""
-        return sources.load_pretrained(cls(cfg), cfg)
-
-    @staticmethod
-    def ones(tokens):
-        """An all-ones attention mask for (B, N, D) tokens."""
-        return torch.ones(tokens.shape[:-1], dtype=torch.long, device=tokens.device)
+    ones = staticmethod(ones)
 
     def check_image(self, image):
-        if not torch.is_tensor(image) or image.dim() != 4 or image.shape[1] != 3:
-            shape = tuple(image.shape) if torch.is_tensor(image) else type(image).__name__
-            raise ValueError(f"samples['image'] must be a (B, 3, H, W) tensor, got {shape}")
-        if image.shape[-2:] != (self.image_size, self.image_size):
-            raise ValueError(
-                f"samples['image'] is {image.shape[-2]}x{image.shape[-1]} but this model takes "
-                f"{self.image_size}x{self.image_size}; use the model's image processors "
-                f"(load_model_and_preprocess) or set image_size in the processor config"
-            )
+        check_image(image, self.image_size)
 
     @staticmethod
     def check_text(samples, key="text_input"):
@@ -395,10 +430,8 @@ class XFormerBase(Blip2Base):
 
         Returns ``ImageFeatures`` (context, queries, enriched, side; shapes there).
         Patches are masked only while training (``mask_ratio`` overrides).
-        ``text_tokens`` (BERT tokens with ``input_ids`` and ``attention_mask``, (B, L)): text
-        fed to the Q-Former beside the queries, as BLIP-2 feeds the question in VQA
-        fine-tuning (LAVIS's ``qformer_text_input``): [queries; text] share the Q-Former's
-        self-attention (bi-directional) and only the query outputs go on.
+        ``text_tokens``: text fed to the Q-Former beside the queries, as BLIP-2 feeds the
+        question in VQA fine-tuning (``query_pass``).
         """
         self.check_image(image)
         if mask_ratio is None:
@@ -408,17 +441,6 @@ class XFormerBase(Blip2Base):
         side_tokens = None if side is None else side.tokens.float()
         context = self.fusion.context(image_embeds, side_tokens)
         shared_kv.register_base(context)  # inside XFormer.forward: keys/values computed once
-        query_tokens = self.query_tokens.expand(image.shape[0], -1, -1)
-        text = {}
-        if text_tokens is not None:
-            text = dict(input_ids=text_tokens.input_ids, attention_mask=torch.cat(
-                [self.ones(query_tokens), text_tokens.attention_mask], dim=1))
-        queries = self.Qformer.bert(
-            query_embeds=query_tokens,
-            encoder_hidden_states=context,
-            encoder_attention_mask=self.ones(context),
-            return_dict=True,
-            **text,
-        ).last_hidden_state[:, : query_tokens.shape[1]]
+        queries = query_pass(self.Qformer, self.query_tokens, context, text_tokens)
         enhanced, enriched = self.fusion(queries, side_tokens)
         return ImageFeatures(context, enhanced, enriched, side)

@@ -194,3 +194,14 @@ def build_tokenizer(cfg):
         tokenizer = BertTokenizer.from_pretrained(source)
     tokenizer.add_special_tokens({"bos_token": "[DEC]"})
     return tokenizer
+
+
+def strip_qformer_text_parts(qformer) -> None:
+    """Remove the Q-Former's text-only parts (LM head, word and position embeddings, text
+    FFNs), unused by a query pass without text, as BLIP-2's stage 2 does."""
+    qformer.cls = None
+    qformer.bert.embeddings.word_embeddings = None
+    qformer.bert.embeddings.position_embeddings = None
+    for layer in qformer.bert.encoder.layer:
+        layer.output = None
+        layer.intermediate = None
