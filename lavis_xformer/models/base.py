@@ -26,7 +26,7 @@ model only asks the fusion object (``uses_mae``, ``context``, ``fused_prefix``,
                 through the fusion and the frozen MAE decoder (supplementary Table 12 row 1).
 
 Without a reconstruction path (blip2, concat, early_ca, clip_layer) or with its weight at 0 the
-MAE decoder and the fusion's reconstruction head are dropped, so no trainable parameter goes
+MAE decoder and the fusion's reconstruction head are not built, so no trainable parameter goes
 unused; variants that cannot reconstruct also never mask the MAE input.
 
 Stage 1 (``xformer``) adds the text losses and the reconstruction; stage 2 (``xformer_opt``,
@@ -80,10 +80,12 @@ class ImageFeatures:
     side: Optional[MAEEncoding]
 
 
-def build_fusion(cfg, qformer, side_dim: int, clip_dim: int, clip_tokens: int, decoder_dim: int):
+def build_fusion(cfg, qformer, side_dim: int, clip_dim: int, clip_tokens: int, decoder_dim: int,
+                 reconstruct: bool = True):
     """The module that fuses the Q-Former with the side (MAE) tokens, picked by ``model.fusion``.
 
-    ``early_ca`` also installs its blocks into ``qformer``.
+    ``early_ca`` also installs its blocks into ``qformer``. ``reconstruct``: build X-Former's
+    head to the MAE decoder (``decoder_dim`` wide), only when a reconstruction loss uses it.
     """
     name = cfg.get("fusion", "xformer")
     dim = qformer.config.hidden_size
@@ -95,6 +97,7 @@ def build_fusion(cfg, qformer, side_dim: int, clip_dim: int, clip_tokens: int, d
             mlp_ratio=cfg.get("fusion_mlp_ratio", 4.0),
             self_attn=cfg.get("fusion_self_attn", True),
             out_dim=decoder_dim,
+            reconstruct=reconstruct,
         )
     if name == "blip2":
         return QueryPassthrough()
@@ -280,7 +283,17 @@ class PluginModel:
 class XFormerBase(PluginModel, Blip2Base):
     """Frozen CLIP ViT + frozen MAE + Q-Former + fusion block, built from a model config."""
 
-    def __init__(self, cfg):
+    # parts a checkpoint of another stage may hold that this class never builds
+    # (sources.check_pretrained_fit ignores their keys deliberately)
+    UNBUILT = ()
+
+    def __init__(self, cfg, rec_weight: float = 0.0, qformer_text: str = "all"):
+        """``qformer_text``: the Q-Former text parts the model uses (``encoders.build_qformer``).
+        ``rec_weight``: the reconstruction loss's weight the model asks for. Without a
+        reconstruction path (blip2, concat, early_ca, clip_layer) it is 0 and the side encoder
+        sees whole images; at 0 neither the MAE decoder nor the fusion's reconstruction head is
+        kept (an unused trainable parameter would stop DDP without find_unused_parameters).
+        The weight in force is ``self.rec_weight``."""
         super().__init__()
         random_init = cfg.get("random_init", False)
         self.image_size = cfg.get("image_size")
@@ -295,6 +308,13 @@ class XFormerBase(PluginModel, Blip2Base):
         if self.mae_source not in MAE_SOURCES:
             raise ValueError(f"model.mae_source={self.mae_source!r} is not known; available: {', '.join(MAE_SOURCES)}")
         uses_mae = FUSION_CLASSES[fusion].uses_mae
+        if not (FUSION_CLASSES[fusion].reconstructs and self.mae_source in ("mae", "clip")):
+            if rec_weight:
+                logging.info("model.fusion=%s with mae_source=%s has no reconstruction: loss_weights.rec ignored",
+                             fusion, self.mae_source)
+            rec_weight = 0.0
+            self.mask_ratio = 0.0
+        self.rec_weight = float(rec_weight)
         if not uses_mae and self.mae_source != "mae":
             raise ValueError(f"model.mae_source={self.mae_source!r} needs a fusion that uses it; model.fusion={fusion!r} uses no MAE features")
         clip_dim = self.visual_encoder.num_features
@@ -306,10 +326,12 @@ class XFormerBase(PluginModel, Blip2Base):
             depth = len(self.visual_encoder.blocks)
             if not 1 <= self.clip_layer_index <= depth:
                 raise ValueError(f"model.clip_layer_index={self.clip_layer_index} is outside 1..{depth} (CLIP ViT blocks)")
-        # The MAE (encoder + decoder): for the MAE source, or for its decoder with the CLIP source.
+        # The MAE: its encoder for the MAE source, its decoder for the reconstruction loss.
         self.mae_branch = None
         if uses_mae and self.mae_source in ("mae", "clip"):
-            self.mae_branch = MAEBranch(encoders.build_mae(cfg, random_init), mask_ratio=self.mask_ratio)
+            mae = encoders.build_mae(cfg, random_init, encoder=self.mae_source == "mae",
+                                     decoder=bool(self.rec_weight))
+            self.mae_branch = MAEBranch(mae, mask_ratio=self.mask_ratio)
             # Frozen, so half precision loses nothing trainable; the decoder stays differentiable.
             mae_precision = cfg.get("mae_precision", "fp32")
             if mae_precision not in PRECISIONS:
@@ -320,17 +342,22 @@ class XFormerBase(PluginModel, Blip2Base):
                 self.mae_branch.mae.half()
             if mae_precision == "fp8" and self.mae_branch.mae.vit is not None:
                 fp8.convert_to_fp8(self.mae_branch.mae.vit)  # the encoder; the decoder keeps fp16
-            if self.mae_source == "clip":
-                self.mae_branch.mae.vit = None  # the CLIP ViT encodes; only the decoder is used
         side_dim = self.mae_branch.width if self.mae_source == "mae" and self.mae_branch else clip_dim
         decoder_dim = self.mae_branch.width if self.mae_branch is not None else side_dim
         # With a `pretrained` X-Former checkpoint, which always holds the Q-Former, the BERT
         # weights would be overwritten at once: skip loading them (no download needed).
         self.Qformer, self.query_tokens = encoders.build_qformer(
-            cfg, clip_dim, random_init or bool(cfg.get("pretrained"))
+            cfg, clip_dim, random_init or bool(cfg.get("pretrained")), text=qformer_text
         )
+        self.unbuilt_parts = self.UNBUILT + encoders.text_parts_unbuilt(
+            qformer_text, len(self.Qformer.bert.encoder.layer))
+        if not self.rec_weight:
+            self.unbuilt_parts += ("mae_branch.mae.decoder", "fusion.mae_out")
+        if self.mae_source == "clip":
+            self.unbuilt_parts += ("mae_branch.mae.vit",)
         clip_tokens = 1 + self.visual_encoder.patch_embed.num_patches
-        self.fusion = build_fusion(cfg, self.Qformer, side_dim, clip_dim, clip_tokens, decoder_dim)
+        self.fusion = build_fusion(cfg, self.Qformer, side_dim, clip_dim, clip_tokens, decoder_dim,
+                                   reconstruct=bool(self.rec_weight))
         if cfg.get("fused_attention", True):
             use_fused_attention(self)  # Q-Former, CLIP ViT and MAE attention (fused_attention.py)
         # torch.compile of the small modules and the ViT's norm path (compiled.py), off by default
@@ -338,25 +365,8 @@ class XFormerBase(PluginModel, Blip2Base):
 
     @property
     def can_reconstruct(self) -> bool:
-        return (self.fusion.reconstructs and self.mae_branch is not None
-                and self.mae_branch.mae.decoder is not None)
-
-    def setup_reconstruction(self, weight: float) -> float:
-        """Returns the reconstruction weight in force. Without a reconstruction path it is 0
-        and the side encoder sees whole images; at 0 the MAE decoder and the fusion's
-        reconstruction head are dropped (an unused trainable parameter would stop DDP
-        without find_unused_parameters)."""
-        if not self.can_reconstruct:
-            if weight:
-                logging.info("model.fusion=%s with mae_source=%s has no reconstruction: loss_weights.rec ignored",
-                             type(self.fusion).__name__, self.mae_source)
-            weight = 0.0
-            self.mask_ratio = 0.0
-        if not weight:
-            if self.mae_branch is not None:
-                self.mae_branch.mae.decoder = None
-            self.fusion.drop_reconstruction_head()
-        return weight
+        """Whether the model was built with its reconstruction path (MAE decoder, fusion head)."""
+        return bool(self.rec_weight)
 
     ones = staticmethod(ones)
 

@@ -64,9 +64,12 @@ class Blip2OPTTwin(OPTHead, PluginModel, Blip2OPT):
         self.image_size = cfg.get("image_size")
         self.visual_encoder, self.ln_vision = build_clip(cfg, random_init)
         # the released BLIP-2 checkpoint holds the Q-Former: BERT is then not loaded
+        # the query pass alone, as Blip2OPT (no LM head, text embeddings or text FFNs)
         self.Qformer, self.query_tokens = encoders.build_qformer(
-            cfg, self.visual_encoder.num_features, random_init or bool(cfg.get("pretrained")))
-        encoders.strip_qformer_text_parts(self.Qformer)  # as Blip2OPT
+            cfg, self.visual_encoder.num_features, random_init or bool(cfg.get("pretrained")),
+            text="none")
+        self.unbuilt_parts = encoders.text_parts_unbuilt(
+            "none", len(self.Qformer.bert.encoder.layer))
         self.build_llm_head(cfg, self.Qformer.config.hidden_size)
 
     # Blip2OPT.forward reads the tokenizer under this name (Blip2OPT loads it in __init__)

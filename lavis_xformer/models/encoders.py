@@ -56,8 +56,26 @@ def mae_config(cfg):
     return ViTMAEConfig(image_size=cfg.get("image_size"), **dict(cfg.get("mae")))
 
 
-def build_mae(cfg, random_init: bool) -> nn.Module:
-    """transformers' ``ViTMAEForPreTraining`` (encoder + decoder), e.g. facebook/vit-mae-huge."""
+def build_mae(cfg, random_init: bool, encoder: bool = True, decoder: bool = True) -> nn.Module:
+    """transformers' ``ViTMAEForPreTraining``, e.g. facebook/vit-mae-huge, holding the parts the
+    model uses: the encoder (``.vit``) unless ``encoder`` is False (the CLIP ViT stands in), the
+    decoder (``.decoder``) unless ``decoder`` is False (no reconstruction loss); an unused part
+    is None.
+
+    Both parts come from one source as one model: the released weights are one
+    ``from_pretrained`` checkpoint, and random weights are drawn for the whole model under the
+    config's seed, so that a part has the same values whichever parts a stage keeps (stage 1
+    and stage 2 of a tiny run share their frozen MAE).
+    """
+    model = _load_mae(cfg, random_init)
+    if not encoder:
+        model.vit = None
+    if not decoder:
+        model.decoder = None
+    return model
+
+
+def _load_mae(cfg, random_init: bool) -> nn.Module:
     from transformers import ViTMAEForPreTraining
 
     source = None if random_init else sources.resolve("mae_weights", cfg.get("mae_weights"))
@@ -127,13 +145,24 @@ def qformer_config(cfg, vision_width: int):
     return config
 
 
-def build_qformer(cfg, vision_width: int, random_init: bool):
+QFORMER_TEXT = ("all", "encoder", "none")
+
+
+def build_qformer(cfg, vision_width: int, random_init: bool, text: str = "all"):
     """LAVIS's Q-Former (``BertLMHeadModel`` with cross-attention every N-th layer).
 
     The text embeddings get one extra row for the ``[DEC]`` token the tokenizer adds, and the
     query FFNs start as copies of the text FFNs, as in ``Blip2Qformer``.
+    ``text`` says which text parts the model uses: "all" (stage 1: text encoder and LM head),
+    "encoder" (text read beside the queries: no LM head), "none" (the query pass alone, as
+    BLIP-2's stage 2: no LM head, word and position embeddings or text FFNs). The others are
+    not kept (``text_parts_unbuilt`` names their keys); they are part of the BERT checkpoint
+    and the query FFNs are initialised from the text FFNs, so they are dropped here, after
+    loading, and never reach the model.
     Returns ``(qformer, query_tokens)``.
     """
+    if text not in QFORMER_TEXT:
+        raise ValueError(f"Q-Former text parts {text!r} is not one of {QFORMER_TEXT}")
     # LAVIS's class with the generation cache passed on (lavis_patches/generation_cache.py)
     from lavis_xformer.lavis_patches.generation_cache import BertLMHeadModel
 
@@ -152,7 +181,30 @@ def build_qformer(cfg, vision_width: int, random_init: bool):
             param.data.copy_(state_dict[name.replace("_query", "")])
     query_tokens = nn.Parameter(torch.zeros(1, config.query_length, config.hidden_size))
     query_tokens.data.normal_(mean=0.0, std=config.initializer_range)
+    if text != "all":
+        qformer.cls = None
+    if text == "none":
+        qformer.bert.embeddings.word_embeddings = None
+        qformer.bert.embeddings.position_embeddings = None
+        for layer in qformer.bert.encoder.layer:
+            layer.output = None
+            layer.intermediate = None
     return qformer, query_tokens
+
+
+def text_parts_unbuilt(text: str, num_layers: int) -> tuple:
+    """Names (state-dict key prefixes) of the Q-Former parts ``build_qformer(text=...)`` leaves out,
+    whose weights a checkpoint of a stage that has them (stage 1) may hold."""
+    if text == "all":
+        return ()
+    prefixes = ("Qformer.cls",)
+    if text == "none":
+        prefixes += ("Qformer.bert.embeddings.word_embeddings",
+                     "Qformer.bert.embeddings.position_embeddings")
+        for i in range(num_layers):
+            prefixes += (f"Qformer.bert.encoder.layer.{i}.output",
+                         f"Qformer.bert.encoder.layer.{i}.intermediate")
+    return prefixes
 
 
 def add_token_rows(qformer, count: int) -> None:
@@ -194,14 +246,3 @@ def build_tokenizer(cfg):
         tokenizer = BertTokenizer.from_pretrained(source)
     tokenizer.add_special_tokens({"bos_token": "[DEC]"})
     return tokenizer
-
-
-def strip_qformer_text_parts(qformer) -> None:
-    """Remove the Q-Former's text-only parts (LM head, word and position embeddings, text
-    FFNs), unused by a query pass without text, as BLIP-2's stage 2 does."""
-    qformer.cls = None
-    qformer.bert.embeddings.word_embeddings = None
-    qformer.bert.embeddings.position_embeddings = None
-    for layer in qformer.bert.encoder.layer:
-        layer.output = None
-        layer.intermediate = None

@@ -285,7 +285,11 @@ def check_pretrained_fit(model, state_dict, result, path, allow_partial=False):
       from their own weight sources and are not needed; parts new in this stage (the class's
       ``PRETRAINED_MAY_LACK`` prefixes, e.g. the LLM projection) are not needed either, but
       are recorded in ``model.pretrained_lacks`` so that an evaluation can refuse to run with
-      them untrained.
+      them untrained;
+    * keys of parts the model deliberately does not build (``model.unbuilt_parts``: e.g. stage
+      1's LM head and ITM head in stage 2, the MAE decoder without reconstruction) are ignored;
+      any other key that fits no part of the model is named in a warning, as it may be a real
+      mismatch (a checkpoint of another model, a renamed module).
     """
     loaded = len(state_dict) - len(result.unexpected_keys)
     if state_dict and loaded == 0:
@@ -293,6 +297,13 @@ def check_pretrained_fit(model, state_dict, result, path, allow_partial=False):
             "model.pretrained=%r: none of its %d tensors fits model %s (its keys look like %s); "
             "point model.pretrained at a checkpoint of this model or of its previous stage"
             % (path, len(state_dict), type(model).__name__, list(state_dict)[:3]))
+    unbuilt = tuple(getattr(model, "unbuilt_parts", ()))
+    strays = [k for k in result.unexpected_keys
+              if not any(k == p or k.startswith(p + ".") for p in unbuilt)]
+    if strays:
+        logging.warning("model.pretrained=%s holds %d tensors that fit no part of %s, built or "
+                        "deliberately left out: %s", path, len(strays), type(model).__name__,
+                        _groups(strays))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     fresh = tuple(getattr(model, "PRETRAINED_MAY_LACK", ()))
     lacking = [k for k in result.missing_keys if k in trainable]

@@ -76,16 +76,17 @@ class XFormer(XFormerBase):
     }
 
     def __init__(self, cfg):
-        super().__init__(cfg)
-        self.cfg_tokenizer = {"tokenizer": cfg.get("tokenizer")}
-        self._tokenizer = None
-        self.max_txt_len = cfg.get("max_txt_len", 32)
-        self.share_image_kv = cfg.get("share_image_kv", True)
         weights = dict(cfg.get("loss_weights") or {})
         unknown = set(weights) - set(LOSS_NAMES)
         if unknown:
             raise ValueError(f"model.loss_weights has unknown keys {sorted(unknown)}; known: {LOSS_NAMES}")
+        super().__init__(cfg, rec_weight=float(weights.get("rec", 1.0)))
         self.loss_weights = {name: float(weights.get(name, 1.0)) for name in LOSS_NAMES}
+        self.loss_weights["rec"] = self.rec_weight
+        self.cfg_tokenizer = {"tokenizer": cfg.get("tokenizer")}
+        self._tokenizer = None
+        self.max_txt_len = cfg.get("max_txt_len", 32)
+        self.share_image_kv = cfg.get("share_image_kv", True)
 
         width = self.Qformer.config.hidden_size
         embed_dim = cfg.get("embed_dim", 256)
@@ -93,7 +94,6 @@ class XFormer(XFormerBase):
         self.text_proj = nn.Linear(width, embed_dim)
         self.itm_head = nn.Linear(width, 2)
         self.temp = nn.Parameter(0.07 * torch.ones([]))
-        self.loss_weights["rec"] = self.setup_reconstruction(self.loss_weights["rec"])
         self.freeze_unused_heads()
 
     def freeze_unused_heads(self):

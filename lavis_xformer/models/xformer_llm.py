@@ -16,9 +16,9 @@ Q-Former beside the queries, in training and in ``predict_answers``.
 
 Both image encoders and the LLM are frozen; the Q-Former, the fusion block and the projection
 train (``freeze_fusion: true``: only the projection). The Q-Former's text-only parts (word and position embeddings, text FFNs, LM head) are
-deleted, as BLIP-2's stage 2 does, so DDP needs no ``find_unused_parameters``. The masked-patch
+not built, as in BLIP-2's stage 2, so DDP needs no ``find_unused_parameters``. The masked-patch
 reconstruction is off by default in stage 2 (``loss_weights.rec: 0``, the paper's ablation shows
-it hurts); then the MAE sees every patch, as at inference, and its decoder is dropped.
+it hurts); then the MAE sees every patch, as at inference, and its decoder is not built.
 
 Zero-shot VQA follows the paper: prompt "Question: {} Short Answer:", beam 5, length penalty 0,
 generation stops at a newline and answers are cut there, as BLIP-2 does.
@@ -44,27 +44,26 @@ class XFormerLLMBase(FrozenLLMHead, XFormerBase):
 
     # new in stage 2: a stage-1 `pretrained` checkpoint cannot hold it (sources.check_pretrained_fit)
     PRETRAINED_MAY_LACK = ("llm_proj.",)
+    # stage 1's ITC/ITM heads, which a stage-1 `pretrained` checkpoint holds
+    UNBUILT = ("vision_proj", "text_proj", "itm_head", "temp")
 
     def __init__(self, cfg):
-        super().__init__(cfg)
         weights = dict(cfg.get("loss_weights") or {})
         unknown = set(weights) - {"lm", "rec"}
         if unknown:
             raise ValueError(f"model.loss_weights has unknown keys {sorted(unknown)}; known: lm, rec")
-        rec_weight = float(weights.get("rec", 0.0))
-        if rec_weight and self.can_reconstruct and not self.mask_ratio:
+        # VQA fine-tuning (supplementary section 2): the question also goes into the Q-Former,
+        # as BLIP-2's fine-tuning does, so its text encoder is built (from the stage-1
+        # checkpoint); otherwise only the query pass, as BLIP-2's stage 2.
+        qformer_text_input = bool(cfg.get("qformer_text_input", False))
+        super().__init__(cfg, rec_weight=float(weights.get("rec", 0.0)),
+                         qformer_text="encoder" if qformer_text_input else "none")
+        self.qformer_text_input = qformer_text_input
+        if self.rec_weight and not self.mask_ratio:
             raise ValueError("model.loss_weights.rec > 0 needs masked patches: set model.mask_ratio (e.g. 0.5)")
-        self.rec_weight = self.setup_reconstruction(rec_weight)
         if not self.rec_weight:
             self.mask_ratio = 0.0  # the MAE sees the whole image, as at inference
-        # VQA fine-tuning (supplementary section 2): the question also goes into the Q-Former,
-        # as BLIP-2's fine-tuning does, so its text parts stay (from the stage-1 checkpoint).
-        self.qformer_text_input = bool(cfg.get("qformer_text_input", False))
         self.cfg_qformer_tokenizer = {"tokenizer": cfg.get("tokenizer", None)}
-        if self.qformer_text_input:
-            self.Qformer.cls = None  # the LM head alone is unused
-        else:
-            encoders.strip_qformer_text_parts(self.Qformer)
         if cfg.get("freeze_fusion", False):
             if self.rec_weight:
                 raise ValueError("model.freeze_fusion: true leaves the reconstruction loss nothing to train; set loss_weights.rec: 0")
@@ -74,8 +73,6 @@ class XFormerLLMBase(FrozenLLMHead, XFormerBase):
     @cached_property
     def qformer_tokenizer(self):
         """The Q-Former's BERT tokenizer (``model.tokenizer``), for ``qformer_text_input``."""
-        from lavis_xformer.models import encoders
-
         return encoders.build_tokenizer(self.cfg_qformer_tokenizer)
 
     def qformer_text(self, texts, device):

@@ -11,7 +11,8 @@ model never branches on the variant's name:
   the MAE decoder or None)``.
 * ``fused_prefix``: whether the ITM/ITG passes take the fused output as their query prefix
   (X-Former) or the learned query tokens, as BLIP-2 does (the Q-Former-side variants).
-* ``reconstructs``: whether it produces features for the MAE decoder.
+* ``reconstructs``: whether it can produce features for the MAE decoder (a class attribute;
+  ``XFormerFusion`` built with ``reconstruct=False`` sets it False on the instance).
 
 Nothing here knows about LAVIS.
 """
@@ -33,9 +34,6 @@ class QueryPassthrough(nn.Module):
 
     def forward(self, queries: torch.Tensor, side: Optional[torch.Tensor]):
         return queries, None
-
-    def drop_reconstruction_head(self):
-        """Nothing to drop."""
 
 
 class ConcatFusion(QueryPassthrough):

@@ -128,10 +128,13 @@ class XFormerFusion(nn.Module):
 
         out_dim: width of the enriched features handed to the MAE decoder; defaults to
             ``mae_dim`` (differs when another encoder stands in for the MAE encoder).
+        reconstruct: build ``mae_out``, the head to the MAE decoder's input; without a
+            reconstruction loss it is not built (an unused trainable parameter would stop
+            DDP without find_unused_parameters).
 
     ``forward(queries (B, Nq, D), mae_tokens (B, Nm, Dm))`` returns
-    ``(enhanced_queries (B, Nq, D), enriched_mae (B, Nm, out_dim))``; enriched_mae is None once
-    ``drop_reconstruction_head()`` removed ``mae_out`` (no reconstruction loss).
+    ``(enhanced_queries (B, Nq, D), enriched_mae (B, Nm, out_dim))``; enriched_mae is None
+    without the reconstruction head.
 
     The fusion interface the models use (shared with the baselines in ``fusions.py``):
     ``uses_mae``, ``reconstructs``, ``fused_prefix`` (the ITM/ITG query prefix is the fused
@@ -150,12 +153,16 @@ class XFormerFusion(nn.Module):
         mlp_ratio: float = 4.0,
         self_attn: bool = True,
         out_dim: Optional[int] = None,
+        reconstruct: bool = True,
     ):
         super().__init__()
         self.mae_in = nn.Linear(mae_dim, dim)
         self.mae_block = CrossBlock(dim, num_heads, mlp_ratio=mlp_ratio, self_attn=self_attn)
         self.query_block = CrossBlock(dim, num_heads, mlp_ratio=mlp_ratio, self_attn=self_attn)
-        self.mae_out = nn.Sequential(nn.LayerNorm(dim, eps=1e-6), nn.Linear(dim, out_dim or mae_dim))
+        self.reconstructs = reconstruct
+        self.mae_out = None
+        if reconstruct:
+            self.mae_out = nn.Sequential(nn.LayerNorm(dim, eps=1e-6), nn.Linear(dim, out_dim or mae_dim))
 
     def context(self, image_embeds: torch.Tensor, mae_tokens: Optional[torch.Tensor]) -> torch.Tensor:
         """The Q-Former cross-attends to the CLIP tokens alone (MAE enters after it)."""
@@ -167,8 +174,3 @@ class XFormerFusion(nn.Module):
         enriched = self.mae_block(self.mae_in(mae_tokens), context=queries)
         enhanced = self.query_block(queries, context=enriched)
         return enhanced, None if self.mae_out is None else self.mae_out(enriched)
-
-    def drop_reconstruction_head(self):
-        """Remove the projection to the MAE decoder's input, unused without reconstruction
-        (an unused trainable parameter would stop DDP without find_unused_parameters)."""
-        self.mae_out = None
