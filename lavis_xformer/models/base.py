@@ -15,7 +15,8 @@ model only asks the fusion object (``uses_mae``, ``context``, ``fused_prefix``,
     blip2     BLIP-2: no MAE branch at all; Q' = Q.
     concat    Concat (Fig. 1b): C = [CLIP; Linear(MAE)] along the tokens; Q' = Q.
     early_ca  Early cross-attention (Fig. 1c): C = [CLIP; Linear(MAE)]; the Q-Former's layers
-              without CLIP cross-attention get MAE cross-attention blocks (models/early_ca.py).
+              without CLIP cross-attention get MAE cross-attention blocks (nn/fusions.py,
+              models/early_ca.py).
 
 ``model.mae_source`` says what stands in the MAE encoder's place (paper's ablations):
 
@@ -42,13 +43,11 @@ from torch import nn
 
 from lavis.models.blip2_models.blip2 import Blip2Base, LayerNorm, disabled_train
 
-from lavis_xformer.models import encoders, fp8, shared_kv, sources
+from lavis_xformer.models import early_ca, encoders, fp8, shared_kv, sources
 from lavis_xformer.models.compiled import compile_modules
-from lavis_xformer.models.early_ca import EarlyCAFusion
 from lavis_xformer.models.fused_attention import use_fused_attention
-from lavis_xformer.modules import MAEBranch, MAEEncoding, XFormerFusion
-from lavis_xformer.modules.fusions import ConcatFusion, QueryPassthrough
-from lavis_xformer.modules.mae_branch import random_patch_mask
+from lavis_xformer.nn import (ConcatFusion, EarlyCAFusion, MAEBranch, MAEEncoding, QueryPassthrough,
+                              XFormerFusion, random_patch_mask)
 
 FUSION_CLASSES = {
     "xformer": XFormerFusion,
@@ -104,12 +103,16 @@ def build_fusion(cfg, qformer, side_dim: int, clip_dim: int, clip_tokens: int, d
     if name == "concat":
         return ConcatFusion(side_dim, clip_dim)
     if name == "early_ca":
-        return EarlyCAFusion(side_dim, clip_dim, clip_tokens).install(
-            qformer,
+        fusion = EarlyCAFusion(side_dim, clip_dim, clip_tokens)
+        blocks = fusion.layer_blocks(
+            dim,
+            [layer.has_cross_attention for layer in qformer.bert.encoder.layer],
             num_heads=cfg.get("fusion_num_heads", 12),
             mlp_ratio=cfg.get("early_ca_mlp_ratio", 5.0),
             self_attn=cfg.get("fusion_self_attn", True),
         )
+        early_ca.install(qformer, blocks, clip_tokens)
+        return fusion
     raise ValueError(f"model.fusion={name!r} is not known; available: {', '.join(FUSIONS)}")
 
 
@@ -389,19 +392,20 @@ class XFormerBase(PluginModel, Blip2Base):
             embeds = self.ln_vision(run_frozen(self.visual_encoder, self.visual_encoder, image))
         return embeds.float()
 
-    def encode_side(self, image, mask_ratio):
-        """The side tokens the fusion consumes (an ``MAEEncoding``), or None without MAE."""
+    def encode_side(self, image, mask_ratio, noise=None):
+        """The side tokens the fusion consumes (an ``MAEEncoding``), or None without MAE.
+        ``noise`` (B, N): which patches stay visible, as in ``nn.mae.random_patch_mask``."""
         if not self.fusion.uses_mae:
             return None
         if self.mae_source == "clip_layer":
             return MAEEncoding(self.encode_clip_layer(image, self.clip_layer_index), None, None, None)
         if self.mae_source == "clip":
-            return self.encode_clip_masked(image, mask_ratio)
+            return self.encode_clip_masked(image, mask_ratio, noise)
         with self.maybe_autocast():
-            return run_frozen(self.mae_branch.mae, self.mae_branch.encode, image, mask_ratio)
+            return run_frozen(self.mae_branch.mae, self.mae_branch.encode, image, mask_ratio, noise)
 
     @torch.no_grad()
-    def clip_tokens_in(self, image, mask_ratio=0.0):
+    def clip_tokens_in(self, image, mask_ratio=0.0, noise=None):
         """Frozen CLIP ViT input tokens (CLS + visible patches, positions added), with the
         patch mask as in ``random_patch_mask``."""
         vit = self.visual_encoder
@@ -409,7 +413,7 @@ class XFormerBase(PluginModel, Blip2Base):
         B, N, D = patches.shape
         pos = vit.pos_embed if vit.pos_embed is not None else patches.new_zeros(1, 1 + N, D)
         patches = patches + pos[:, 1:]
-        ids_keep, ids_restore, mask = random_patch_mask(B, N, mask_ratio, image.device)
+        ids_keep, ids_restore, mask = random_patch_mask(B, N, mask_ratio, image.device, noise)
         visible = torch.gather(patches, 1, ids_keep.unsqueeze(-1).expand(-1, -1, D))
         cls = (vit.cls_token + pos[:, :1]).expand(B, -1, -1)
         return torch.cat([cls, visible], dim=1), ids_restore, mask
@@ -428,18 +432,19 @@ class XFormerBase(PluginModel, Blip2Base):
             tokens, _, _ = self.clip_tokens_in(image)
             return self.run_clip_blocks(tokens, index).float()
 
-    def encode_clip_masked(self, image, mask_ratio):
+    def encode_clip_masked(self, image, mask_ratio, noise=None):
         """The frozen CLIP ViT on the visible patches, in the MAE encoder's place."""
         with self.maybe_autocast():
-            tokens, ids_restore, mask = self.clip_tokens_in(image, mask_ratio)
+            tokens, ids_restore, mask = self.clip_tokens_in(image, mask_ratio, noise)
             tokens = self.run_clip_blocks(tokens).float()
         return MAEEncoding(tokens, mask, ids_restore, self.mae_branch.renormalize(image))
 
-    def encode_image(self, image, mask_ratio=None, text_tokens=None):
+    def encode_image(self, image, mask_ratio=None, text_tokens=None, noise=None):
         """The image path shared by every loss and by inference.
 
         Returns ``ImageFeatures`` (context, queries, enriched, side; shapes there).
-        Patches are masked only while training (``mask_ratio`` overrides).
+        Patches are masked only while training (``mask_ratio`` overrides); ``noise`` (B, N)
+        chooses the visible ones, as transformers' ViT-MAE takes it (random when None).
         ``text_tokens``: text fed to the Q-Former beside the queries, as BLIP-2 feeds the
         question in VQA fine-tuning (``query_pass``).
         """
@@ -447,7 +452,7 @@ class XFormerBase(PluginModel, Blip2Base):
         if mask_ratio is None:
             mask_ratio = self.mask_ratio if self.training else 0.0
         image_embeds = self.encode_clip(image)
-        side = self.encode_side(image, mask_ratio)
+        side = self.encode_side(image, mask_ratio, noise)
         side_tokens = None if side is None else side.tokens.float()
         context = self.fusion.context(image_embeds, side_tokens)
         shared_kv.register_base(context)  # inside XFormer.forward: keys/values computed once

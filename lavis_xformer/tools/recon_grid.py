@@ -29,7 +29,7 @@ import sys
 
 import torch
 
-from lavis_xformer.modules.mae_branch import IMAGENET_MEAN, IMAGENET_STD, patchify, unpatchify
+from lavis_xformer.nn.mae import IMAGENET_MEAN, IMAGENET_STD, patchify, unpatchify
 from lavis_xformer.tools import loading
 from lavis_xformer.tools.loading import ToolError
 from lavis_xformer.tools.results_io import ResultsError
