@@ -280,3 +280,27 @@ def test_load_model_and_preprocess_in_a_fresh_offline_process():
                             timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "1"
+
+
+def test_model_config_fields_are_the_keys_of_the_model_yamls():
+    """``ModelConfig`` (models/config.py) reads every ``model.*`` key of the plugin's
+    model-type yamls, and each of its fields is in one of them, so config_keys.py (which knows
+    a model key only from those yamls) accepts every key a model reads and no key goes unread."""
+    import dataclasses
+    import glob
+
+    from lavis_xformer import PACKAGE_DIR
+    from lavis_xformer.models.config import ModelConfig
+
+    lavis_own = {"arch", "model_type", "load_pretrained", "load_finetuned", "finetuned"}
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    in_yamls = set()
+    for path in glob.glob(os.path.join(PACKAGE_DIR, "configs", "models", "*.yaml")):
+        keys = set(OmegaConf.load(path).model) - lavis_own
+        assert keys <= fields, (os.path.basename(path), sorted(keys - fields))
+        in_yamls |= keys
+    assert fields <= in_yamls, sorted(fields - in_yamls)
+    # read once: no model file reads the config by key any more
+    for path in glob.glob(os.path.join(PACKAGE_DIR, "models", "*.py")):
+        with open(path) as f:
+            assert "cfg.get(" not in f.read().replace("task_cfg.get(", ""), path

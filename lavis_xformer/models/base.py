@@ -45,18 +45,10 @@ from lavis.models.blip2_models.blip2 import Blip2Base, LayerNorm, disabled_train
 
 from lavis_xformer.models import early_ca, encoders, fp8, shared_kv, sources
 from lavis_xformer.models.compiled import compile_modules
+from lavis_xformer.models.config import ModelConfig
 from lavis_xformer.models.fused_attention import use_fused_attention
 from lavis_xformer.nn import (ConcatFusion, EarlyCAFusion, MAEBranch, MAEEncoding, QueryPassthrough,
                               XFormerFusion, random_patch_mask)
-
-FUSION_CLASSES = {
-    "xformer": XFormerFusion,
-    "blip2": QueryPassthrough,
-    "concat": ConcatFusion,
-    "early_ca": EarlyCAFusion,
-}
-FUSIONS = tuple(FUSION_CLASSES)
-MAE_SOURCES = ("mae", "clip_layer", "clip")
 
 
 @dataclasses.dataclass
@@ -79,41 +71,38 @@ class ImageFeatures:
     side: Optional[MAEEncoding]
 
 
-def build_fusion(cfg, qformer, side_dim: int, clip_dim: int, clip_tokens: int, decoder_dim: int,
-                 reconstruct: bool = True):
+def build_fusion(c: ModelConfig, qformer, side_dim: int, clip_dim: int, clip_tokens: int,
+                 decoder_dim: int, reconstruct: bool = True):
     """The module that fuses the Q-Former with the side (MAE) tokens, picked by ``model.fusion``.
 
     ``early_ca`` also installs its blocks into ``qformer``. ``reconstruct``: build X-Former's
     head to the MAE decoder (``decoder_dim`` wide), only when a reconstruction loss uses it.
     """
-    name = cfg.get("fusion", "xformer")
     dim = qformer.config.hidden_size
-    if name == "xformer":
+    if c.fusion == "xformer":
         return XFormerFusion(
             dim=dim,
             mae_dim=side_dim,
-            num_heads=cfg.get("fusion_num_heads", 12),
-            mlp_ratio=cfg.get("fusion_mlp_ratio", 4.0),
-            self_attn=cfg.get("fusion_self_attn", True),
+            num_heads=c.fusion_num_heads,
+            mlp_ratio=c.fusion_mlp_ratio,
+            self_attn=c.fusion_self_attn,
             out_dim=decoder_dim,
             reconstruct=reconstruct,
         )
-    if name == "blip2":
+    if c.fusion == "blip2":
         return QueryPassthrough()
-    if name == "concat":
+    if c.fusion == "concat":
         return ConcatFusion(side_dim, clip_dim)
-    if name == "early_ca":
-        fusion = EarlyCAFusion(side_dim, clip_dim, clip_tokens)
-        blocks = fusion.layer_blocks(
-            dim,
-            [layer.has_cross_attention for layer in qformer.bert.encoder.layer],
-            num_heads=cfg.get("fusion_num_heads", 12),
-            mlp_ratio=cfg.get("early_ca_mlp_ratio", 5.0),
-            self_attn=cfg.get("fusion_self_attn", True),
-        )
-        early_ca.install(qformer, blocks, clip_tokens)
-        return fusion
-    raise ValueError(f"model.fusion={name!r} is not known; available: {', '.join(FUSIONS)}")
+    fusion = EarlyCAFusion(side_dim, clip_dim, clip_tokens)
+    blocks = fusion.layer_blocks(
+        dim,
+        [layer.has_cross_attention for layer in qformer.bert.encoder.layer],
+        num_heads=c.fusion_num_heads,
+        mlp_ratio=c.early_ca_mlp_ratio,
+        self_attn=c.fusion_self_attn,
+    )
+    early_ca.install(qformer, blocks, clip_tokens)
+    return fusion
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -140,51 +129,27 @@ def frozen_encoders_under_no_grad():
         _FROZEN_INFERENCE_MODE.pop()
 
 
-def build_clip(cfg, random_init: bool):
+def build_clip(c: ModelConfig):
     """The CLIP ViT (fp16 on GPU with ``vit_precision: fp16``, frozen unless
     ``freeze_vit: false``) and the trained LayerNorm on its output, as BLIP-2 has them."""
-    precision = cfg.get("vit_precision", "fp32")
-    if precision not in PRECISIONS:
-        raise ValueError(f"model.vit_precision={precision!r} is not one of {PRECISIONS}")
-    if precision == "fp8":
-        check_fp8_config(cfg, "vit_precision")
-    vit = encoders.build_eva_vit(cfg, random_init)
-    if precision in ("fp16", "fp8") and torch.cuda.is_available():
+    vit = encoders.build_eva_vit(c)
+    if c.vit_precision in ("fp16", "fp8") and torch.cuda.is_available():
         from lavis.models.eva_vit import convert_weights_to_fp16
 
         convert_weights_to_fp16(vit)
     ln_vision = LayerNorm(vit.num_features)
-    if cfg.get("freeze_vit", True):
+    if c.freeze_vit:
         vit = freeze(vit)
-        if cfg.get("unfreeze_vit_layernorm", False):
-            if cfg.get("use_grad_checkpoint", False):
-                # LAVIS's EVA ViT uses torch's reentrant checkpoint: its blocks' parameters get
-                # no gradient when the blocks' input needs none (the frozen patch embedding)
-                raise ValueError("model.unfreeze_vit_layernorm: True does not work with "
-                                 "model.use_grad_checkpoint: True (the LayerNorms would get no "
-                                 "gradient); set use_grad_checkpoint: False")
+        if c.unfreeze_vit_layernorm:
             # VQA fine-tuning (paper, supplementary section 2): only the CLIP ViT's LayerNorms
             # train; the ViT stays in eval mode (it has no dropout or drop-path to switch).
             for module in vit.modules():
                 if isinstance(module, nn.LayerNorm):
                     for param in module.parameters():
                         param.requires_grad = True
-    if precision == "fp8":
+    if c.vit_precision == "fp8":
         fp8.convert_to_fp8(vit)  # the linear layers; patch embedding and norms stay fp16
     return vit, ln_vision
-
-
-PRECISIONS = ("fp32", "fp16", "fp8")
-
-
-def check_fp8_config(cfg, key):
-    """fp8 (fp8.py) needs fp8 tensor cores, a frozen encoder and the fused attention (LAVIS's
-    own EVA attention reads its qkv weight directly)."""
-    fp8.check_fp8_device(key)
-    if key == "vit_precision" and not cfg.get("freeze_vit", True):
-        raise ValueError("model.vit_precision=fp8 needs model.freeze_vit: true (fp8 layers have no backward)")
-    if not cfg.get("fused_attention", True):
-        raise ValueError(f"model.{key}=fp8 needs model.fused_attention: true")
 
 
 def run_frozen(module: nn.Module, fn, *args):
@@ -276,11 +241,16 @@ class PluginModel:
         names = [k for k, v in registry.mapping["model_name_mapping"].items() if v is cls]
         return names[0] if names else cls.__name__
 
+    # the losses the model has and their default weights (config.py); None: no loss weights
+    LOSSES = None
+
     @classmethod
     def from_config(cls, cfg):
         """Build from a model config; ``pretrained`` (a checkpoint path or URL) is then loaded
         non-strictly and what was loaded, missing and ignored is logged."""
-        return sources.load_pretrained(cls(cfg), cfg)
+        model = cls(cfg)
+        c = model.model_config
+        return sources.load_pretrained(model, c.pretrained, c.allow_partial_pretrained)
 
 
 class XFormerBase(PluginModel, Blip2Base):
@@ -290,68 +260,43 @@ class XFormerBase(PluginModel, Blip2Base):
     # (sources.check_pretrained_fit ignores their keys deliberately)
     UNBUILT = ()
 
-    def __init__(self, cfg, rec_weight: float = 0.0, qformer_text: str = "all"):
-        """``qformer_text``: the Q-Former text parts the model uses (``encoders.build_qformer``).
-        ``rec_weight``: the reconstruction loss's weight the model asks for. Without a
-        reconstruction path (blip2, concat, early_ca, clip_layer) it is 0 and the side encoder
-        sees whole images; at 0 neither the MAE decoder nor the fusion's reconstruction head is
-        kept (an unused trainable parameter would stop DDP without find_unused_parameters).
-        The weight in force is ``self.rec_weight``."""
+    def __init__(self, cfg):
+        """``cfg``: the model config (read once, into ``self.model_config``, a ``ModelConfig``).
+
+        The reconstruction weight in force is ``self.rec_weight``: without a reconstruction
+        path (blip2, concat, early_ca, clip_layer) it is 0 and the side encoder sees whole
+        images; at 0 neither the MAE decoder nor the fusion's reconstruction head is built (an
+        unused trainable parameter would stop DDP without find_unused_parameters)."""
         super().__init__()
-        random_init = cfg.get("random_init", False)
-        self.image_size = cfg.get("image_size")
-        self.mask_ratio = cfg.get("mask_ratio", 0.5)
+        c = self.model_config = ModelConfig.from_cfg(cfg, self.LOSSES)
+        self.image_size = c.image_size
+        self.mae_source = c.mae_source
+        self.clip_layer_index = int(c.clip_layer_index) if c.mae_source == "clip_layer" else None
+        self.rec_weight = c.rec_weight
+        if c.loss_weights.get("rec") and not c.can_reconstruct:
+            logging.info("model.fusion=%s with mae_source=%s has no reconstruction: loss_weights.rec ignored",
+                         c.fusion, c.mae_source)
+        self.mask_ratio = c.mask_ratio if c.can_reconstruct else 0.0
 
-        self.visual_encoder, self.ln_vision = build_clip(cfg, random_init)
-
-        fusion = cfg.get("fusion", "xformer")
-        if fusion not in FUSIONS:
-            raise ValueError(f"model.fusion={fusion!r} is not known; available: {', '.join(FUSIONS)}")
-        self.mae_source = cfg.get("mae_source", "mae")
-        if self.mae_source not in MAE_SOURCES:
-            raise ValueError(f"model.mae_source={self.mae_source!r} is not known; available: {', '.join(MAE_SOURCES)}")
-        uses_mae = FUSION_CLASSES[fusion].uses_mae
-        if not (FUSION_CLASSES[fusion].reconstructs and self.mae_source in ("mae", "clip")):
-            if rec_weight:
-                logging.info("model.fusion=%s with mae_source=%s has no reconstruction: loss_weights.rec ignored",
-                             fusion, self.mae_source)
-            rec_weight = 0.0
-            self.mask_ratio = 0.0
-        self.rec_weight = float(rec_weight)
-        if not uses_mae and self.mae_source != "mae":
-            raise ValueError(f"model.mae_source={self.mae_source!r} needs a fusion that uses it; model.fusion={fusion!r} uses no MAE features")
+        self.visual_encoder, self.ln_vision = build_clip(c)
         clip_dim = self.visual_encoder.num_features
-        self.clip_layer_index = None
-        if self.mae_source == "clip_layer":
-            if cfg.get("clip_layer_index") is None:
-                raise ValueError("model.mae_source='clip_layer' needs model.clip_layer_index (1-based CLIP ViT block)")
-            self.clip_layer_index = int(cfg.get("clip_layer_index"))
-            depth = len(self.visual_encoder.blocks)
-            if not 1 <= self.clip_layer_index <= depth:
-                raise ValueError(f"model.clip_layer_index={self.clip_layer_index} is outside 1..{depth} (CLIP ViT blocks)")
+        qformer_text = self.qformer_text_parts(c)
         # The MAE: its encoder for the MAE source, its decoder for the reconstruction loss.
         self.mae_branch = None
-        if uses_mae and self.mae_source in ("mae", "clip"):
-            mae = encoders.build_mae(cfg, random_init, encoder=self.mae_source == "mae",
-                                     decoder=bool(self.rec_weight))
+        if c.builds_mae:
+            mae = encoders.build_mae(c, encoder=c.mae_source == "mae", decoder=bool(self.rec_weight))
             self.mae_branch = MAEBranch(mae, mask_ratio=self.mask_ratio)
             # Frozen, so half precision loses nothing trainable; the decoder stays differentiable.
-            mae_precision = cfg.get("mae_precision", "fp32")
-            if mae_precision not in PRECISIONS:
-                raise ValueError(f"model.mae_precision={mae_precision!r} is not one of {PRECISIONS}")
-            if mae_precision == "fp8":
-                check_fp8_config(cfg, "mae_precision")
-            if mae_precision in ("fp16", "fp8") and torch.cuda.is_available():
+            if c.mae_precision in ("fp16", "fp8") and torch.cuda.is_available():
                 self.mae_branch.mae.half()
-            if mae_precision == "fp8" and self.mae_branch.mae.vit is not None:
+            if c.mae_precision == "fp8" and self.mae_branch.mae.vit is not None:
                 fp8.convert_to_fp8(self.mae_branch.mae.vit)  # the encoder; the decoder keeps fp16
         side_dim = self.mae_branch.width if self.mae_source == "mae" and self.mae_branch else clip_dim
         decoder_dim = self.mae_branch.width if self.mae_branch is not None else side_dim
         # With a `pretrained` X-Former checkpoint, which always holds the Q-Former, the BERT
         # weights would be overwritten at once: skip loading them (no download needed).
         self.Qformer, self.query_tokens = encoders.build_qformer(
-            cfg, clip_dim, random_init or bool(cfg.get("pretrained")), text=qformer_text
-        )
+            c, clip_dim, load_weights=not c.pretrained, text=qformer_text)
         self.unbuilt_parts = self.UNBUILT + encoders.text_parts_unbuilt(
             qformer_text, len(self.Qformer.bert.encoder.layer))
         if not self.rec_weight:
@@ -359,12 +304,16 @@ class XFormerBase(PluginModel, Blip2Base):
         if self.mae_source == "clip":
             self.unbuilt_parts += ("mae_branch.mae.vit",)
         clip_tokens = 1 + self.visual_encoder.patch_embed.num_patches
-        self.fusion = build_fusion(cfg, self.Qformer, side_dim, clip_dim, clip_tokens, decoder_dim,
+        self.fusion = build_fusion(c, self.Qformer, side_dim, clip_dim, clip_tokens, decoder_dim,
                                    reconstruct=bool(self.rec_weight))
-        if cfg.get("fused_attention", True):
+        if c.fused_attention:
             use_fused_attention(self)  # Q-Former, CLIP ViT and MAE attention (fused_attention.py)
         # torch.compile of the small modules and the ViT's norm path (compiled.py), off by default
-        compile_modules(self, cfg.get("compile_modules") or [], cfg.get("compile_mode", "default"))
+        compile_modules(self, c.compile_modules, c.compile_mode)
+
+    def qformer_text_parts(self, c: ModelConfig) -> str:
+        """The Q-Former text parts the model uses (``encoders.build_qformer``): stage 1 all."""
+        return "all"
 
     @property
     def can_reconstruct(self) -> bool:

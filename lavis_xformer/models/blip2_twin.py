@@ -29,6 +29,7 @@ from lavis.models.blip2_models.blip2_opt import Blip2OPT
 from lavis_xformer import PACKAGE_DIR
 from lavis_xformer.models import encoders
 from lavis_xformer.models.base import PluginModel, build_clip, check_image, query_pass
+from lavis_xformer.models.config import ModelConfig
 from lavis_xformer.models.llm_head import OPTHead
 
 
@@ -60,17 +61,16 @@ class Blip2OPTTwin(OPTHead, PluginModel, Blip2OPT):
 
     def __init__(self, cfg):
         Blip2Base.__init__(self)  # not Blip2OPT.__init__: it downloads every part
-        random_init = cfg.get("random_init", False)
-        self.image_size = cfg.get("image_size")
-        self.visual_encoder, self.ln_vision = build_clip(cfg, random_init)
-        # the released BLIP-2 checkpoint holds the Q-Former: BERT is then not loaded
-        # the query pass alone, as Blip2OPT (no LM head, text embeddings or text FFNs)
+        c = self.model_config = ModelConfig.from_cfg(cfg)
+        self.image_size = c.image_size
+        self.visual_encoder, self.ln_vision = build_clip(c)
+        # the query pass alone, as Blip2OPT (no LM head, text embeddings or text FFNs); the
+        # released BLIP-2 checkpoint holds the Q-Former: BERT is then not loaded
         self.Qformer, self.query_tokens = encoders.build_qformer(
-            cfg, self.visual_encoder.num_features, random_init or bool(cfg.get("pretrained")),
-            text="none")
+            c, self.visual_encoder.num_features, load_weights=not c.pretrained, text="none")
         self.unbuilt_parts = encoders.text_parts_unbuilt(
             "none", len(self.Qformer.bert.encoder.layer))
-        self.build_llm_head(cfg, self.Qformer.config.hidden_size)
+        self.build_llm_head(c, self.Qformer.config.hidden_size)
 
     # Blip2OPT.forward reads the tokenizer under this name (Blip2OPT loads it in __init__)
     @cached_property

@@ -28,14 +28,14 @@ class FrozenLLMHead(LLMDecodingMixin):
     LLM_ATTR = "llm_model"
     PROJ_ATTR = "llm_proj"
 
-    def build_llm_head(self, cfg, width: int):
+    def build_llm_head(self, c, width: int):
         """The frozen LLM (``model.llm_weights``, or random from ``model.llm``) and the trained
         projection from the query width ``width`` to the LLM's; the LLM is built first, then
-        the projection (the order of random draws every checkpoint was written with)."""
-        self.prompt = cfg.get("prompt", "")
-        self.max_txt_len = cfg.get("max_txt_len", 32)
-        self.cfg_tokenizer = {k: cfg.get(k) for k in ("llm_tokenizer", "llm_weights")}
-        llm = llm_builders.build_llm(cfg, cfg.get("random_init", False), self.LLM_KIND)
+        the projection (the order of random draws every checkpoint was written with).
+        ``c``: the model's ``ModelConfig``."""
+        self.prompt = c.prompt
+        self.max_txt_len = c.max_txt_len
+        llm = llm_builders.build_llm(c, self.LLM_KIND)
         for param in llm.parameters():
             param.requires_grad = False
         setattr(self, self.LLM_ATTR, llm)
@@ -52,7 +52,7 @@ class FrozenLLMHead(LLMDecodingMixin):
     @cached_property
     def llm_tokenizer(self):
         """Loaded on first use, so that building (random_init, meta device) loads nothing."""
-        return llm_builders.build_tokenizer(self.cfg_tokenizer, self.LLM_KIND)
+        return llm_builders.build_tokenizer(self.model_config, self.LLM_KIND)
 
     def train(self, mode=True):
         super().train(mode)

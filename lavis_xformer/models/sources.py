@@ -86,9 +86,9 @@ def loading(key: str, value: str):
 
 
 @contextlib.contextmanager
-def random_weights(cfg, part: str):
-    """Seed the random initialisation of a frozen part from the config (``model.random_seed``,
-    default 0, plus a fixed offset per part), leaving the global RNG untouched.
+def random_weights(seed: int, part: str):
+    """Seed the random initialisation of a frozen part from ``model.random_seed`` (plus a
+    fixed offset per part), leaving the global RNG untouched.
 
     Frozen parts are not saved in LAVIS checkpoints (only trainable weights are), so a frozen
     part with random weights (the tiny types, ``random_init``) must come out the same in every
@@ -98,7 +98,7 @@ def random_weights(cfg, part: str):
 
     offset = {"clip_vit": 1, "mae": 2, "llm": 3}[part]
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(cfg.get("random_seed", 0)) * 1000 + offset)
+        torch.manual_seed(int(seed) * 1000 + offset)
         yield
 
 
@@ -242,12 +242,11 @@ def load_checkpoint_file(key: str, value: str) -> dict:
     return checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else checkpoint
 
 
-def load_pretrained(model, cfg):
-    """Load ``model.pretrained`` (a checkpoint path or URL, or a list of them loaded in order),
-    if set, into ``model`` non-strictly, logging what was loaded, left as built and ignored,
-    and checking that it brought what the model needs from it (check_pretrained_fit).
-    Returns ``model``."""
-    value = cfg.get("pretrained")
+def load_pretrained(model, value, allow_partial: bool = False):
+    """Load ``model.pretrained`` (``value``: a checkpoint path or URL, or a list of them loaded
+    in order), if set, into ``model`` non-strictly, logging what was loaded, left as built and
+    ignored, and checking that it brought what the model needs from it (check_pretrained_fit;
+    ``allow_partial``: ``model.allow_partial_pretrained``). Returns ``model``."""
     if not value:
         return model
     from lavis_xformer.lavis_patches.load_logging import load_state_dict_logged
@@ -261,8 +260,7 @@ def load_pretrained(model, cfg):
         state_dict.update(load_checkpoint_file("pretrained", paths[-1]))
     label = " + ".join(paths)
     result = load_state_dict_logged(model, state_dict, label)
-    check_pretrained_fit(model, state_dict, result, label,
-                         bool(cfg.get("allow_partial_pretrained", False)))
+    check_pretrained_fit(model, state_dict, result, label, bool(allow_partial))
     return model
 
 

@@ -40,8 +40,9 @@ from lavis_xformer import PACKAGE_DIR
 from lavis_xformer.lavis_patches import distributed
 from lavis_xformer.models import encoders, shared_kv
 from lavis_xformer.models.base import XFormerBase
+from lavis_xformer.models.config import STAGE1_LOSSES
 
-LOSS_NAMES = ("itc", "itm", "lm", "rec")
+LOSS_NAMES = tuple(STAGE1_LOSSES)
 
 
 @dataclass
@@ -75,23 +76,19 @@ class XFormer(XFormerBase):
         "mini": os.path.join(PACKAGE_DIR, "configs/models/xformer_mini.yaml"),
     }
 
+    LOSSES = STAGE1_LOSSES
+
     def __init__(self, cfg):
-        weights = dict(cfg.get("loss_weights") or {})
-        unknown = set(weights) - set(LOSS_NAMES)
-        if unknown:
-            raise ValueError(f"model.loss_weights has unknown keys {sorted(unknown)}; known: {LOSS_NAMES}")
-        super().__init__(cfg, rec_weight=float(weights.get("rec", 1.0)))
-        self.loss_weights = {name: float(weights.get(name, 1.0)) for name in LOSS_NAMES}
-        self.loss_weights["rec"] = self.rec_weight
-        self.cfg_tokenizer = {"tokenizer": cfg.get("tokenizer")}
+        super().__init__(cfg)
+        c = self.model_config
+        self.loss_weights = dict(c.loss_weights, rec=self.rec_weight)
         self._tokenizer = None
-        self.max_txt_len = cfg.get("max_txt_len", 32)
-        self.share_image_kv = cfg.get("share_image_kv", True)
+        self.max_txt_len = c.max_txt_len
+        self.share_image_kv = c.share_image_kv
 
         width = self.Qformer.config.hidden_size
-        embed_dim = cfg.get("embed_dim", 256)
-        self.vision_proj = nn.Linear(width, embed_dim)
-        self.text_proj = nn.Linear(width, embed_dim)
+        self.vision_proj = nn.Linear(width, c.embed_dim)
+        self.text_proj = nn.Linear(width, c.embed_dim)
         self.itm_head = nn.Linear(width, 2)
         self.temp = nn.Parameter(0.07 * torch.ones([]))
         self.freeze_unused_heads()
@@ -130,7 +127,7 @@ class XFormer(XFormerBase):
     def tokenizer(self):
         """Loaded on first use, so that building (random_init, meta device) loads nothing."""
         if self._tokenizer is None:
-            self._tokenizer = encoders.build_tokenizer(self.cfg_tokenizer)
+            self._tokenizer = encoders.build_tokenizer(self.model_config.tokenizer)
         return self._tokenizer
 
     def tokenize(self, text, device):

@@ -34,6 +34,7 @@ from lavis.common.registry import registry
 from lavis_xformer import PACKAGE_DIR
 from lavis_xformer.models import encoders
 from lavis_xformer.models.base import XFormerBase
+from lavis_xformer.models.config import STAGE2_LOSSES
 from lavis_xformer.models.generation import VQA_PROMPT, format_prompts  # noqa: F401
 from lavis_xformer.models.llm_head import FrozenLLMHead, OPTHead
 
@@ -47,33 +48,32 @@ class XFormerLLMBase(FrozenLLMHead, XFormerBase):
     # stage 1's ITC/ITM heads, which a stage-1 `pretrained` checkpoint holds
     UNBUILT = ("vision_proj", "text_proj", "itm_head", "temp")
 
+    LOSSES = STAGE2_LOSSES
+
     def __init__(self, cfg):
-        weights = dict(cfg.get("loss_weights") or {})
-        unknown = set(weights) - {"lm", "rec"}
-        if unknown:
-            raise ValueError(f"model.loss_weights has unknown keys {sorted(unknown)}; known: lm, rec")
-        # VQA fine-tuning (supplementary section 2): the question also goes into the Q-Former,
-        # as BLIP-2's fine-tuning does, so its text encoder is built (from the stage-1
-        # checkpoint); otherwise only the query pass, as BLIP-2's stage 2.
-        qformer_text_input = bool(cfg.get("qformer_text_input", False))
-        super().__init__(cfg, rec_weight=float(weights.get("rec", 0.0)),
-                         qformer_text="encoder" if qformer_text_input else "none")
-        self.qformer_text_input = qformer_text_input
+        super().__init__(cfg)
+        c = self.model_config
+        self.qformer_text_input = c.qformer_text_input
         if self.rec_weight and not self.mask_ratio:
             raise ValueError("model.loss_weights.rec > 0 needs masked patches: set model.mask_ratio (e.g. 0.5)")
         if not self.rec_weight:
             self.mask_ratio = 0.0  # the MAE sees the whole image, as at inference
-        self.cfg_qformer_tokenizer = {"tokenizer": cfg.get("tokenizer", None)}
-        if cfg.get("freeze_fusion", False):
+        if c.freeze_fusion:
             if self.rec_weight:
                 raise ValueError("model.freeze_fusion: true leaves the reconstruction loss nothing to train; set loss_weights.rec: 0")
             self.freeze_image_side()
-        self.build_llm_head(cfg, self.Qformer.config.hidden_size)
+        self.build_llm_head(c, self.Qformer.config.hidden_size)
+
+    def qformer_text_parts(self, c):
+        """VQA fine-tuning (supplementary section 2): the question also goes into the Q-Former,
+        as BLIP-2's fine-tuning does, so its text encoder is built (from the stage-1
+        checkpoint); otherwise only the query pass, as BLIP-2's stage 2."""
+        return "encoder" if c.qformer_text_input else "none"
 
     @cached_property
     def qformer_tokenizer(self):
         """The Q-Former's BERT tokenizer (``model.tokenizer``), for ``qformer_text_input``."""
-        return encoders.build_tokenizer(self.cfg_qformer_tokenizer)
+        return encoders.build_tokenizer(self.model_config.tokenizer)
 
     def qformer_text(self, texts, device):
         """BERT tokens of the texts the Q-Former reads beside its queries, or None when
