@@ -309,6 +309,19 @@ def test_blip2_twin_answers_as_xformer_opt_with_blip2_fusion_for_the_same_weight
     xformer = _build("xformer_opt", fusion="blip2")
     twin = _build("blip2_opt_twin", seed=3)
     assert isinstance(twin, Blip2OPT)  # LAVIS's class: its forward and state-dict keys
+    # one head (llm_head.OPTHead) for both: the same prompt length, an int in both
+    assert type(twin).decode is type(xformer).decode
+    prompts = twin.prompt, xformer.prompt
+    for prompt in ("", "a photo of"):
+        for model in (twin, xformer):
+            model.__dict__.pop("prompt_length", None)  # a cached property
+            model.prompt = prompt
+        assert type(twin.prompt_length) is int and twin.prompt_length == xformer.prompt_length
+        # the value LAVIS's Blip2OPT computes (as a tensor) for its forward's label mask
+        assert twin.prompt_length == int(twin.opt_tokenizer(prompt, return_tensors="pt").attention_mask.sum())
+    for model, prompt in zip((twin, xformer), prompts):
+        model.__dict__.pop("prompt_length")
+        model.prompt = prompt
     # same parameter names as LAVIS's Blip2OPT: llm_model/llm_proj there are opt_model/opt_proj here
     state = {k.replace("llm_model.", "opt_model.").replace("llm_proj.", "opt_proj."): v
              for k, v in xformer.state_dict().items()}
