@@ -38,6 +38,20 @@ def test_fusion_without_self_attention_has_no_self_attention_layers():
     assert sum(p.numel() for p in full.parameters()) > sum(p.numel() for p in fusion.parameters())
 
 
+def test_fusion_without_reconstruction_builds_no_head_and_gives_the_same_queries():
+    torch.manual_seed(0)
+    full = XFormerFusion(dim=32, mae_dim=48, num_heads=4).eval()
+    torch.manual_seed(0)
+    bare = XFormerFusion(dim=32, mae_dim=48, num_heads=4, reconstruct=False).eval()
+    assert bare.mae_out is None and not bare.reconstructs and full.reconstructs
+    head = sum(p.numel() for p in full.mae_out.parameters())  # LayerNorm(32) + Linear(32, 48)
+    assert head == 2 * 32 + 32 * 48 + 48
+    assert sum(p.numel() for p in full.parameters()) - sum(p.numel() for p in bare.parameters()) == head
+    queries, mae = torch.randn(1, 4, 32), torch.randn(1, 9, 48)
+    (q_full, z_full), (q_bare, z_bare) = full(queries, mae), bare(queries, mae)
+    assert torch.equal(q_full, q_bare) and z_full.shape == (1, 9, 48) and z_bare is None
+
+
 def test_fusion_both_streams_depend_on_both_inputs():
     torch.manual_seed(0)
     fusion = XFormerFusion(dim=32, mae_dim=48, num_heads=4).eval()
