@@ -123,7 +123,7 @@ def test_reconstruction_panels_mask_and_differ(tiny_xformer):
     p = model.mae_branch.patch_size
     mask = panels["mask"].bool()
     assert mask.shape == (2, (64 // p) ** 2) and mask.float().mean().item() == 0.5
-    from lavis_xformer.modules.mae_branch import patchify
+    from lavis_xformer.nn.mae import patchify
 
     masked, original = patchify(panels["masked"], p), patchify(panels["original"], p)
     assert torch.all(masked[mask] == recon_grid.GREY)  # grey exactly where the mask says
@@ -135,7 +135,7 @@ def test_reconstruction_panels_mask_and_differ(tiny_xformer):
     for key in ("original", "masked", "xformer", "mae"):
         assert panels[key].min() >= 0 and panels[key].max() <= 1
     # the original is the input image un-normalised: CLIP statistics undone
-    from lavis_xformer.modules.mae_branch import CLIP_MEAN, CLIP_STD
+    from lavis_xformer.nn.mae import CLIP_MEAN, CLIP_STD
 
     direct = (images * torch.tensor(CLIP_STD).view(1, 3, 1, 1) + torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)).clamp(0, 1)
     assert torch.allclose(panels["original"], direct, atol=1e-5)

@@ -309,6 +309,19 @@ def test_blip2_twin_answers_as_xformer_opt_with_blip2_fusion_for_the_same_weight
     xformer = _build("xformer_opt", fusion="blip2")
     twin = _build("blip2_opt_twin", seed=3)
     assert isinstance(twin, Blip2OPT)  # LAVIS's class: its forward and state-dict keys
+    # one head (llm_head.OPTHead) for both: the same prompt length, an int in both
+    assert type(twin).decode is type(xformer).decode
+    prompts = twin.prompt, xformer.prompt
+    for prompt in ("", "a photo of"):
+        for model in (twin, xformer):
+            model.__dict__.pop("prompt_length", None)  # a cached property
+            model.prompt = prompt
+        assert type(twin.prompt_length) is int and twin.prompt_length == xformer.prompt_length
+        # the value LAVIS's Blip2OPT computes (as a tensor) for its forward's label mask
+        assert twin.prompt_length == int(twin.opt_tokenizer(prompt, return_tensors="pt").attention_mask.sum())
+    for model, prompt in zip((twin, xformer), prompts):
+        model.__dict__.pop("prompt_length")
+        model.prompt = prompt
     # same parameter names as LAVIS's Blip2OPT: llm_model/llm_proj there are opt_model/opt_proj here
     state = {k.replace("llm_model.", "opt_model.").replace("llm_proj.", "opt_proj."): v
              for k, v in xformer.state_dict().items()}
@@ -332,7 +345,7 @@ def test_blip2_twin_answers_as_xformer_opt_with_blip2_fusion_for_the_same_weight
 
 @pytest.mark.slow
 def test_both_models_decode_through_the_one_shared_function(monkeypatch):
-    from lavis_xformer.models import blip2_twin, generation, xformer_llm
+    from lavis_xformer.models import generation, llm_head
 
     calls = []
     original = generation.opt_generate
@@ -341,8 +354,7 @@ def test_both_models_decode_through_the_one_shared_function(monkeypatch):
         calls.append(list(prompts))
         return original(llm, tokenizer, prefix, prompts, eos, **kwargs)
 
-    monkeypatch.setattr(xformer_llm, "opt_generate", spy)
-    monkeypatch.setattr(blip2_twin, "opt_generate", spy)
+    monkeypatch.setattr(llm_head, "opt_generate", spy)  # the one call site of both models
     samples = {"image": torch.randn(1, 3, 64, 64), "text_input": ["is it red?"]}
     _build("xformer_opt").predict_answers(samples, max_len=2)
     _build("blip2_opt_twin").predict_answers(samples, max_len=2)

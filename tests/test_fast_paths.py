@@ -123,8 +123,9 @@ def test_frozen_encoders_hand_normal_tensors_to_trained_layers(model, images):
     """The frozen ViTs run under inference mode; what trained layers receive must be ordinary
     tensors, or autograd could not save them for backward."""
     model.train()
-    context, enhanced, enriched, side = model.encode_image(images)
-    for tensor in (context, enhanced, side.tokens, side.ids_restore, side.mask, side.pixels):
+    feats = model.encode_image(images)
+    side = feats.side
+    for tensor in (feats.context, feats.queries, side.tokens, side.ids_restore, side.mask, side.pixels):
         assert not tensor.is_inference()
     losses(model, images).loss.backward()  # would raise on an inference tensor
 

@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 import lavis_xformer  # noqa: F401  (registers the plugin)
 from lavis.common.registry import registry
 from lavis.models import load_model
+from lavis_xformer.models.base import ImageFeatures
 from lavis_xformer.models.sources import WeightSourceError
 
 TEXTS = ["a blue circle", "a red rectangle on the left", "a green triangle", "a gray circle"]
@@ -50,13 +51,15 @@ def test_forward_returns_finite_losses_that_sum_to_loss(model, batch):
 
 def test_shapes_of_image_path_and_features(model, batch):
     model.eval()
-    image_embeds, enhanced, enriched, mae = model.encode_image(batch["image"])
-    assert image_embeds.shape == (4, 1 + 64, 192)  # CLIP tokens: CLS + (64/8)^2 patches
-    assert enhanced.shape == (4, 16, 384)  # 16 queries at the Q-Former width
-    assert enriched.shape == (4, 1 + 64, 192) and mae.mask.sum() == 0  # no masking at inference
+    feats = model.encode_image(batch["image"])
+    assert isinstance(feats, ImageFeatures)
+    assert feats.context.shape == (4, 1 + 64, 192)  # CLIP tokens: CLS + (64/8)^2 patches
+    assert feats.queries.shape == (4, 16, 384)  # 16 queries at the Q-Former width
+    assert feats.enriched.shape == (4, 1 + 64, 192) and feats.side.mask.sum() == 0  # no masking at inference
+    assert feats.side.tokens.shape == (4, 1 + 64, 192)  # the MAE encoder's tokens (CLS + visible)
     model.train()
-    _, _, enriched, mae = model.encode_image(batch["image"])
-    assert enriched.shape == (4, 1 + 32, 192) and mae.mask.sum() == 4 * 32  # ratio 0.5
+    feats = model.encode_image(batch["image"])
+    assert feats.enriched.shape == (4, 1 + 32, 192) and feats.side.mask.sum() == 4 * 32  # ratio 0.5
     model.eval()
     feats = model.extract_features(batch, mode="image")
     assert feats.image_embeds_proj.shape == (4, 16, 128)
@@ -137,7 +140,8 @@ def test_itc_image_features_do_not_depend_on_the_text(model, batch):
 def test_itg_logits_at_position_t_ignore_later_tokens(model, batch):
     model.eval()
     with torch.no_grad():
-        image_embeds, enhanced, _, _ = model.encode_image(batch["image"])
+        feats = model.encode_image(batch["image"])
+        image_embeds, enhanced = feats.context, feats.queries
         tokens = model.tokenize(TEXTS, "cpu")
         ids = tokens.input_ids.clone()
         ids[:, 0] = model.tokenizer.bos_token_id
@@ -153,7 +157,8 @@ def test_itg_logits_at_position_t_ignore_later_tokens(model, batch):
 def test_itm_sees_the_text(model, batch):
     model.eval()
     with torch.no_grad():
-        image_embeds, enhanced, _, _ = model.encode_image(batch["image"])
+        feats = model.encode_image(batch["image"])
+        image_embeds, enhanced = feats.context, feats.queries
         outputs = []
         for text in (TEXTS, ["zebra zebra"] * 4):
             tokens = model.tokenize(text, "cpu")
@@ -275,3 +280,27 @@ def test_load_model_and_preprocess_in_a_fresh_offline_process():
                             timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "1"
+
+
+def test_model_config_fields_are_the_keys_of_the_model_yamls():
+    """``ModelConfig`` (models/config.py) reads every ``model.*`` key of the plugin's
+    model-type yamls, and each of its fields is in one of them, so config_keys.py (which knows
+    a model key only from those yamls) accepts every key a model reads and no key goes unread."""
+    import dataclasses
+    import glob
+
+    from lavis_xformer import PACKAGE_DIR
+    from lavis_xformer.models.config import ModelConfig
+
+    lavis_own = {"arch", "model_type", "load_pretrained", "load_finetuned", "finetuned"}
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    in_yamls = set()
+    for path in glob.glob(os.path.join(PACKAGE_DIR, "configs", "models", "*.yaml")):
+        keys = set(OmegaConf.load(path).model) - lavis_own
+        assert keys <= fields, (os.path.basename(path), sorted(keys - fields))
+        in_yamls |= keys
+    assert fields <= in_yamls, sorted(fields - in_yamls)
+    # read once: no model file reads the config by key any more
+    for path in glob.glob(os.path.join(PACKAGE_DIR, "models", "*.py")):
+        with open(path) as f:
+            assert "cfg.get(" not in f.read().replace("task_cfg.get(", ""), path

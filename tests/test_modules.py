@@ -3,8 +3,8 @@ import pytest
 import torch
 from transformers import ViTMAEConfig, ViTMAEForPreTraining
 
-from lavis_xformer.modules import MAEBranch, XFormerFusion, masked_mse, patchify
-from lavis_xformer.modules.mae_branch import (
+from lavis_xformer.nn import MAEBranch, XFormerFusion, masked_mse, patchify
+from lavis_xformer.nn.mae import (
     CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, random_patch_mask, unpatchify,
 )
 
@@ -36,6 +36,20 @@ def test_fusion_without_self_attention_has_no_self_attention_layers():
     assert fusion.mae_block.self_attn is None and fusion.query_block.self_attn is None
     full = XFormerFusion(dim=32, mae_dim=48, num_heads=4)
     assert sum(p.numel() for p in full.parameters()) > sum(p.numel() for p in fusion.parameters())
+
+
+def test_fusion_without_reconstruction_builds_no_head_and_gives_the_same_queries():
+    torch.manual_seed(0)
+    full = XFormerFusion(dim=32, mae_dim=48, num_heads=4).eval()
+    torch.manual_seed(0)
+    bare = XFormerFusion(dim=32, mae_dim=48, num_heads=4, reconstruct=False).eval()
+    assert bare.mae_out is None and not bare.reconstructs and full.reconstructs
+    head = sum(p.numel() for p in full.mae_out.parameters())  # LayerNorm(32) + Linear(32, 48)
+    assert head == 2 * 32 + 32 * 48 + 48
+    assert sum(p.numel() for p in full.parameters()) - sum(p.numel() for p in bare.parameters()) == head
+    queries, mae = torch.randn(1, 4, 32), torch.randn(1, 9, 48)
+    (q_full, z_full), (q_bare, z_bare) = full(queries, mae), bare(queries, mae)
+    assert torch.equal(q_full, q_bare) and z_full.shape == (1, 9, 48) and z_bare is None
 
 
 def test_fusion_both_streams_depend_on_both_inputs():
@@ -85,6 +99,31 @@ def test_encoder_sees_visible_patches_only_and_runs_without_grad(branch):
     torch.testing.assert_close(a.tokens, b.tokens)
 
 
+def test_injected_noise_masks_and_encodes_as_transformers_vit_mae(branch):
+    """With the same ``noise``, the visible patches, mask and encoding equal transformers'
+    own ViT-MAE (``ViTMAEModel.forward(pixel_values, noise=...)``, mask ratio 0.75 there)."""
+    torch.manual_seed(3)
+    image = torch.randn(2, 3, 32, 32)
+    noise = torch.rand(2, 16)
+    ours = branch.encode(image, mask_ratio=0.75, noise=noise)
+    vit = branch.mae.vit
+    ratio = vit.config.mask_ratio
+    vit.config.mask_ratio = 0.75
+    try:
+        with torch.no_grad():
+            theirs = vit(branch.renormalize(image), noise=noise)
+    finally:
+        vit.config.mask_ratio = ratio
+    torch.testing.assert_close(ours.mask, theirs.mask)
+    assert torch.equal(ours.ids_restore, theirs.ids_restore)
+    torch.testing.assert_close(ours.tokens, theirs.last_hidden_state)
+    # the same noise gives the same mask, another noise another one
+    assert torch.equal(branch.encode(image, 0.75, noise=noise).mask, ours.mask)
+    assert not torch.equal(branch.encode(image, 0.75, noise=1 - noise).mask, ours.mask)
+    with pytest.raises(ValueError, match=r"noise must be \(B, N\) = \(2, 16\)"):
+        branch.encode(image, 0.75, noise=torch.rand(2, 15))
+
+
 def test_wrong_image_size_is_a_clear_error(branch):
     with pytest.raises(ValueError, match="expects 32x32 images, got \\(64, 64\\)"):
         branch.encode(torch.randn(1, 3, 64, 64), 0.5)
@@ -119,3 +158,22 @@ def test_patchify_round_trip_and_matches_transformers(branch):
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(unpatchify(patchify(x, 8), 8), x)
     torch.testing.assert_close(patchify(x, 8), branch.mae.patchify(x))
+
+
+def test_nn_package_imports_only_torch():
+    """``lavis_xformer/nn`` is torch only: none of its files imports LAVIS, transformers or
+    another part of the plugin (read from the source, since the package's parent imports LAVIS)."""
+    import ast
+    import pathlib
+
+    import lavis_xformer.nn as package
+
+    allowed = {"torch", "typing", "dataclasses", "lavis_xformer.nn"}
+    files = sorted(pathlib.Path(package.__file__).parent.glob("*.py"))
+    assert {f.name for f in files} >= {"attention.py", "fusions.py", "mae.py"}
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                assert any(name == a or name.startswith(a + ".") for a in allowed), (path.name, name)

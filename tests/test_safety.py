@@ -24,6 +24,7 @@ import lavis_xformer  # noqa: F401  (registers builders, models, tasks, runner)
 from lavis_xformer.datasets import checks, easyvqa
 from lavis_xformer.datasets.checks import ConfigError
 from lavis_xformer.models import encoders, sources
+from lavis_xformer.models.config import ModelConfig
 from lavis_xformer.runners import checkpoints, launch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -116,7 +117,7 @@ def test_model_pretrained_url_is_refused(crafted, tmp_path, monkeypatch):
 def test_clip_vit_weights_are_refused(crafted):
     path, marker = crafted
     with pytest.raises(sources.UnsafeCheckpointError) as info:
-        encoders.build_eva_vit(_model_cfg(clip_vit_weights=str(path)), random_init=False)
+        encoders.build_eva_vit(ModelConfig.from_cfg(_model_cfg(clip_vit_weights=str(path))))
     _refused(str(info.value), path, "model.clip_vit_weights")
     assert not marker.exists()
 
@@ -128,11 +129,11 @@ def test_from_pretrained_folder_with_pickled_weights_is_refused(crafted, tmp_pat
     from transformers import ViTMAEForPreTraining
 
     folder = tmp_path / "mae"
-    cfg = _model_cfg()
+    cfg = ModelConfig.from_cfg(_model_cfg())
     ViTMAEForPreTraining(encoders.mae_config(cfg)).config.save_pretrained(folder)
     shutil.copy(path, folder / "pytorch_model.bin")
     with pytest.raises(sources.UnsafeCheckpointError) as info:
-        encoders.build_mae(_model_cfg(mae_weights=str(folder)), random_init=False)
+        encoders.build_mae(ModelConfig.from_cfg(_model_cfg(mae_weights=str(folder))))
     _refused(str(info.value), folder, "model.mae_weights")
     assert str(folder / "pytorch_model.bin") in str(info.value)
     assert not marker.exists()

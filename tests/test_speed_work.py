@@ -181,10 +181,10 @@ def test_compile_modules_fall_back_to_eager_when_compiling_fails(images, caplog)
     model = build()
     model.eval()
     with torch.no_grad():
-        expected = model.encode_image(images)[1]
+        expected = model.encode_image(images).queries
     compiled.compile_modules(model, ["fusion"], backend=broken_backend)
     with torch.no_grad(), caplog.at_level("WARNING"):
-        got = model.encode_image(images)[1]
+        got = model.encode_image(images).queries
     assert torch.equal(got, expected)
     assert "compiling fusion failed" in caplog.text
     assert model.fusion.forward.compiled is None  # eager from now on

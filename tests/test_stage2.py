@@ -92,6 +92,15 @@ def test_stage1_checkpoint_round_trips_into_stage2(tmp_path, caplog):
     assert "itm_head.weight" in left_out and "Qformer.cls.predictions.bias" in left_out
     assert "fusion.mae_out.1.weight" in left_out
     assert any("Ignored" in r.message and "not in the model" in r.message for r in caplog.records)
+    # the stage-1 parts stage 2 does not build are ignored deliberately; a key that fits no
+    # part of the model, built or left out, is named
+    assert not any("fit no part" in r.message for r in caplog.records)
+    torch.save({"model": dict(state, **{"renamed_block.weight": torch.zeros(1)})}, path)
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        build("xformer_opt", pretrained=str(path))
+    strays = [r.message for r in caplog.records if "fit no part" in r.message]
+    assert len(strays) == 1 and "renamed_block.weight" in strays[0] and "holds 1 tensors" in strays[0]
 
 
 def test_missing_stage1_checkpoint_is_a_clear_error(tmp_path):

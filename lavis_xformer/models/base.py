@@ -15,7 +15,8 @@ model only asks the fusion object (``uses_mae``, ``context``, ``fused_prefix``,
     blip2     BLIP-2: no MAE branch at all; Q' = Q.
     concat    Concat (Fig. 1b): C = [CLIP; Linear(MAE)] along the tokens; Q' = Q.
     early_ca  Early cross-attention (Fig. 1c): C = [CLIP; Linear(MAE)]; the Q-Former's layers
-              without CLIP cross-attention get MAE cross-attention blocks (models/early_ca.py).
+              without CLIP cross-attention get MAE cross-attention blocks (nn/fusions.py,
+              models/early_ca.py).
 
 ``model.mae_source`` says what stands in the MAE encoder's place (paper's ablations):
 
@@ -26,7 +27,7 @@ model only asks the fusion object (``uses_mae``, ``context``, ``fused_prefix``,
                 through the fusion and the frozen MAE decoder (supplementary Table 12 row 1).
 
 Without a reconstruction path (blip2, concat, early_ca, clip_layer) or with its weight at 0 the
-MAE decoder and the fusion's reconstruction head are dropped, so no trainable parameter goes
+MAE decoder and the fusion's reconstruction head are not built, so no trainable parameter goes
 unused; variants that cannot reconstruct also never mask the MAE input.
 
 Stage 1 (``xformer``) adds the text losses and the reconstruction; stage 2 (``xformer_opt``,
@@ -35,58 +36,73 @@ Stage 1 (``xformer``) adds the text losses and the reconstruction; stage 2 (``xf
 import dataclasses
 import logging
 from contextlib import contextmanager
+from typing import Optional
 
 import torch
 from torch import nn
 
 from lavis.models.blip2_models.blip2 import Blip2Base, LayerNorm, disabled_train
 
-from lavis_xformer.models import encoders, fp8, shared_kv, sources
+from lavis_xformer.models import early_ca, encoders, fp8, shared_kv, sources
 from lavis_xformer.models.compiled import compile_modules
-from lavis_xformer.models.early_ca import EarlyCAFusion
+from lavis_xformer.models.config import ModelConfig
 from lavis_xformer.models.fused_attention import use_fused_attention
-from lavis_xformer.modules import MAEBranch, MAEEncoding, XFormerFusion
-from lavis_xformer.modules.fusions import ConcatFusion, QueryPassthrough
-from lavis_xformer.modules.mae_branch import random_patch_mask
-
-FUSION_CLASSES = {
-    "xformer": XFormerFusion,
-    "blip2": QueryPassthrough,
-    "concat": ConcatFusion,
-    "early_ca": EarlyCAFusion,
-}
-FUSIONS = tuple(FUSION_CLASSES)
-MAE_SOURCES = ("mae", "clip_layer", "clip")
+from lavis_xformer.nn import (ConcatFusion, EarlyCAFusion, MAEBranch, MAEEncoding, QueryPassthrough,
+                              XFormerFusion, random_patch_mask)
 
 
-def build_fusion(cfg, qformer, side_dim: int, clip_dim: int, clip_tokens: int, decoder_dim: int):
+@dataclasses.dataclass
+class ImageFeatures:
+    """What ``XFormerBase.encode_image`` returns (B images, Nq queries).
+
+    context: (B, Nc, Dc) the Q-Former's cross-attention input: the CLIP tokens, with the
+        projected MAE tokens appended for concat/early_ca (what the ITM/ITG passes attend to).
+    queries: (B, Nq, D) the output queries: the enhanced queries Q' for X-Former, the
+        Q-Former's query output for the other variants.
+    enriched: (B, 1 + N_visible, Dm) the enriched MAE tokens for the MAE decoder, or None
+        (no reconstruction path).
+    side: the side encoder's output (``MAEEncoding``: tokens, mask, ids_restore, pixels), or
+        None without MAE.
+    """
+
+    context: torch.Tensor
+    queries: torch.Tensor
+    enriched: Optional[torch.Tensor]
+    side: Optional[MAEEncoding]
+
+
+def build_fusion(c: ModelConfig, qformer, side_dim: int, clip_dim: int, clip_tokens: int,
+                 decoder_dim: int, reconstruct: bool = True):
     """The module that fuses the Q-Former with the side (MAE) tokens, picked by ``model.fusion``.
 
-    ``early_ca`` also installs its blocks into ``qformer``.
+    ``early_ca`` also installs its blocks into ``qformer``. ``reconstruct``: build X-Former's
+    head to the MAE decoder (``decoder_dim`` wide), only when a reconstruction loss uses it.
     """
-    name = cfg.get("fusion", "xformer")
     dim = qformer.config.hidden_size
-    if name == "xformer":
+    if c.fusion == "xformer":
         return XFormerFusion(
             dim=dim,
             mae_dim=side_dim,
-            num_heads=cfg.get("fusion_num_heads", 12),
-            mlp_ratio=cfg.get("fusion_mlp_ratio", 4.0),
-            self_attn=cfg.get("fusion_self_attn", True),
+            num_heads=c.fusion_num_heads,
+            mlp_ratio=c.fusion_mlp_ratio,
+            self_attn=c.fusion_self_attn,
             out_dim=decoder_dim,
+            reconstruct=reconstruct,
         )
-    if name == "blip2":
+    if c.fusion == "blip2":
         return QueryPassthrough()
-    if name == "concat":
+    if c.fusion == "concat":
         return ConcatFusion(side_dim, clip_dim)
-    if name == "early_ca":
-        return EarlyCAFusion(side_dim, clip_dim, clip_tokens).install(
-            qformer,
-            num_heads=cfg.get("fusion_num_heads", 12),
-            mlp_ratio=cfg.get("early_ca_mlp_ratio", 5.0),
-            self_attn=cfg.get("fusion_self_attn", True),
-        )
-    raise ValueError(f"model.fusion={name!r} is not known; available: {', '.join(FUSIONS)}")
+    fusion = EarlyCAFusion(side_dim, clip_dim, clip_tokens)
+    blocks = fusion.layer_blocks(
+        dim,
+        [layer.has_cross_attention for layer in qformer.bert.encoder.layer],
+        num_heads=c.fusion_num_heads,
+        mlp_ratio=c.early_ca_mlp_ratio,
+        self_attn=c.fusion_self_attn,
+    )
+    early_ca.install(qformer, blocks, clip_tokens)
+    return fusion
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -113,51 +129,27 @@ def frozen_encoders_under_no_grad():
         _FROZEN_INFERENCE_MODE.pop()
 
 
-def build_clip(cfg, random_init: bool):
+def build_clip(c: ModelConfig):
     """The CLIP ViT (fp16 on GPU with ``vit_precision: fp16``, frozen unless
     ``freeze_vit: false``) and the trained LayerNorm on its output, as BLIP-2 has them."""
-    precision = cfg.get("vit_precision", "fp32")
-    if precision not in PRECISIONS:
-        raise ValueError(f"model.vit_precision={precision!r} is not one of {PRECISIONS}")
-    if precision == "fp8":
-        check_fp8_config(cfg, "vit_precision")
-    vit = encoders.build_eva_vit(cfg, random_init)
-    if precision in ("fp16", "fp8") and torch.cuda.is_available():
+    vit = encoders.build_eva_vit(c)
+    if c.vit_precision in ("fp16", "fp8") and torch.cuda.is_available():
         from lavis.models.eva_vit import convert_weights_to_fp16
 
         convert_weights_to_fp16(vit)
     ln_vision = LayerNorm(vit.num_features)
-    if cfg.get("freeze_vit", True):
+    if c.freeze_vit:
         vit = freeze(vit)
-        if cfg.get("unfreeze_vit_layernorm", False):
-            if cfg.get("use_grad_checkpoint", False):
-                # LAVIS's EVA ViT uses torch's reentrant checkpoint: its blocks' parameters get
-                # no gradient when the blocks' input needs none (the frozen patch embedding)
-                raise ValueError("model.unfreeze_vit_layernorm: True does not work with "
-                                 "model.use_grad_checkpoint: True (the LayerNorms would get no "
-                                 "gradient); set use_grad_checkpoint: False")
+        if c.unfreeze_vit_layernorm:
             # VQA fine-tuning (paper, supplementary section 2): only the CLIP ViT's LayerNorms
             # train; the ViT stays in eval mode (it has no dropout or drop-path to switch).
             for module in vit.modules():
                 if isinstance(module, nn.LayerNorm):
                     for param in module.parameters():
                         param.requires_grad = True
-    if precision == "fp8":
+    if c.vit_precision == "fp8":
         fp8.convert_to_fp8(vit)  # the linear layers; patch embedding and norms stay fp16
     return vit, ln_vision
-
-
-PRECISIONS = ("fp32", "fp16", "fp8")
-
-
-def check_fp8_config(cfg, key):
-    """fp8 (fp8.py) needs fp8 tensor cores, a frozen encoder and the fused attention (LAVIS's
-    own EVA attention reads its qkv weight directly)."""
-    fp8.check_fp8_device(key)
-    if key == "vit_precision" and not cfg.get("freeze_vit", True):
-        raise ValueError("model.vit_precision=fp8 needs model.freeze_vit: true (fp8 layers have no backward)")
-    if not cfg.get("fused_attention", True):
-        raise ValueError(f"model.{key}=fp8 needs model.fused_attention: true")
 
 
 def run_frozen(module: nn.Module, fn, *args):
@@ -186,88 +178,52 @@ def _clone_out(value):
     return value
 
 
-class XFormerBase(Blip2Base):
-    """Frozen CLIP ViT + frozen MAE + Q-Former + fusion block, built from a model config."""
+def check_image(image, image_size: int):
+    """A clear error unless ``image`` is a (B, 3, image_size, image_size) tensor."""
+    if not torch.is_tensor(image) or image.dim() != 4 or image.shape[1] != 3:
+        shape = tuple(image.shape) if torch.is_tensor(image) else type(image).__name__
+        raise ValueError(f"samples['image'] must be a (B, 3, H, W) tensor, got {shape}")
+    if image.shape[-2:] != (image_size, image_size):
+        raise ValueError(
+            f"samples['image'] is {image.shape[-2]}x{image.shape[-1]} but this model takes "
+            f"{image_size}x{image_size}; use the model's image processors "
+            f"(load_model_and_preprocess) or set image_size in the processor config"
+        )
+
+
+def ones(tokens):
+    """An all-ones attention mask for (B, N, D) tokens."""
+    return torch.ones(tokens.shape[:-1], dtype=torch.long, device=tokens.device)
+
+
+def query_pass(qformer, query_tokens, context, text_tokens=None):
+    """The Q-Former's query pass, as BLIP-2 runs it: the learned ``query_tokens`` (1, Nq, D)
+    cross-attend to ``context`` (B, Nc, Dc); returns the query outputs (B, Nq, D).
+
+    ``text_tokens`` (BERT tokens with ``input_ids`` and ``attention_mask``, (B, L)): text the
+    Q-Former reads beside the queries (LAVIS's ``qformer_text_input``); [queries; text] share
+    the self-attention (bi-directional) and only the query outputs are returned.
+    """
+    queries = query_tokens.expand(context.shape[0], -1, -1)
+    text = {}
+    if text_tokens is not None:
+        text = dict(input_ids=text_tokens.input_ids, attention_mask=torch.cat(
+            [ones(queries), text_tokens.attention_mask], dim=1))
+    return qformer.bert(
+        query_embeds=queries,
+        encoder_hidden_states=context,
+        encoder_attention_mask=ones(context),
+        return_dict=True,
+        **text,
+    ).last_hidden_state[:, : queries.shape[1]]
+
+
+class PluginModel:
+    """LAVIS's model-type lookup and ``from_config`` for every model of the plugin: model
+    types map to the yaml files in ``PRETRAINED_MODEL_CONFIG_DICT``; ``model.pretrained`` is
+    loaded after building (``sources.load_pretrained``)."""
 
     PRETRAINED_MODEL_CONFIG_DICT = {}
-
-    def __init__(self, cfg):
-        super().__init__()
-        random_init = cfg.get("random_init", False)
-        self.image_size = cfg.get("image_size")
-        self.mask_ratio = cfg.get("mask_ratio", 0.5)
-
-        self.visual_encoder, self.ln_vision = build_clip(cfg, random_init)
-
-        fusion = cfg.get("fusion", "xformer")
-        if fusion not in FUSIONS:
-            raise ValueError(f"model.fusion={fusion!r} is not known; available: {', '.join(FUSIONS)}")
-        self.mae_source = cfg.get("mae_source", "mae")
-        if self.mae_source not in MAE_SOURCES:
-            raise ValueError(f"model.mae_source={self.mae_source!r} is not known; available: {', '.join(MAE_SOURCES)}")
-        uses_mae = FUSION_CLASSES[fusion].uses_mae
-        if not uses_mae and self.mae_source != "mae":
-            raise ValueError(f"model.mae_source={self.mae_source!r} needs a fusion that uses it; model.fusion={fusion!r} uses no MAE features")
-        clip_dim = self.visual_encoder.num_features
-        self.clip_layer_index = None
-        if self.mae_source == "clip_layer":
-            if cfg.get("clip_layer_index") is None:
-                raise ValueError("model.mae_source='clip_layer' needs model.clip_layer_index (1-based CLIP ViT block)")
-            self.clip_layer_index = int(cfg.get("clip_layer_index"))
-            depth = len(self.visual_encoder.blocks)
-            if not 1 <= self.clip_layer_index <= depth:
-                raise ValueError(f"model.clip_layer_index={self.clip_layer_index} is outside 1..{depth} (CLIP ViT blocks)")
-        # The MAE (encoder + decoder): for the MAE source, or for its decoder with the CLIP source.
-        self.mae_branch = None
-        if uses_mae and self.mae_source in ("mae", "clip"):
-            self.mae_branch = MAEBranch(encoders.build_mae(cfg, random_init), mask_ratio=self.mask_ratio)
-            # Frozen, so half precision loses nothing trainable; the decoder stays differentiable.
-            mae_precision = cfg.get("mae_precision", "fp32")
-            if mae_precision not in PRECISIONS:
-                raise ValueError(f"model.mae_precision={mae_precision!r} is not one of {PRECISIONS}")
-            if mae_precision == "fp8":
-                check_fp8_config(cfg, "mae_precision")
-            if mae_precision in ("fp16", "fp8") and torch.cuda.is_available():
-                self.mae_branch.mae.half()
-            if mae_precision == "fp8" and self.mae_branch.mae.vit is not None:
-                fp8.convert_to_fp8(self.mae_branch.mae.vit)  # the encoder; the decoder keeps fp16
-            if self.mae_source == "clip":
-                self.mae_branch.mae.vit = None  # the CLIP ViT encodes; only the decoder is used
-        side_dim = self.mae_branch.width if self.mae_source == "mae" and self.mae_branch else clip_dim
-        decoder_dim = self.mae_branch.width if self.mae_branch is not None else side_dim
-        # With a `pretrained` X-Former checkpoint, which always holds the Q-Former, the BERT
-        # weights would be overwritten at once: skip loading them (no download needed).
-        self.Qformer, self.query_tokens = encoders.build_qformer(
-            cfg, clip_dim, random_init or bool(cfg.get("pretrained"))
-        )
-        clip_tokens = 1 + self.visual_encoder.patch_embed.num_patches
-        self.fusion = build_fusion(cfg, self.Qformer, side_dim, clip_dim, clip_tokens, decoder_dim)
-        if cfg.get("fused_attention", True):
-            use_fused_attention(self)  # Q-Former, CLIP ViT and MAE attention (fused_attention.py)
-        # torch.compile of the small modules and the ViT's norm path (compiled.py), off by default
-        compile_modules(self, cfg.get("compile_modules") or [], cfg.get("compile_mode", "default"))
-
-    @property
-    def can_reconstruct(self) -> bool:
-        return (self.fusion.reconstructs and self.mae_branch is not None
-                and self.mae_branch.mae.decoder is not None)
-
-    def setup_reconstruction(self, weight: float) -> float:
-        """Returns the reconstruction weight in force. Without a reconstruction path it is 0
-        and the side encoder sees whole images; at 0 the MAE decoder and the fusion's
-        reconstruction head are dropped (an unused trainable parameter would stop DDP
-        without find_unused_parameters)."""
-        if not self.can_reconstruct:
-            if weight:
-                logging.info("model.fusion=%s with mae_source=%s has no reconstruction: loss_weights.rec ignored",
-                             type(self.fusion).__name__, self.mae_source)
-            weight = 0.0
-            self.mask_ratio = 0.0
-        if not weight:
-            if self.mae_branch is not None:
-                self.mae_branch.mae.decoder = None
-            self.fusion.drop_reconstruction_head()
-        return weight
 
     @classmethod
     def default_config_path(cls, model_type):
@@ -285,27 +241,89 @@ class XFormerBase(Blip2Base):
         names = [k for k, v in registry.mapping["model_name_mapping"].items() if v is cls]
         return names[0] if names else cls.__name__
 
+    # the losses the model has and their default weights (config.py); None: no loss weights
+    LOSSES = None
+
     @classmethod
     def from_config(cls, cfg):
-        """Build from a model config; ``pretrained`` (a checkpoint path) is then loaded
+        """Build from a model config; ``pretrained`` (a checkpoint path or URL) is then loaded
         non-strictly and what was loaded, missing and ignored is logged."""
-        return sources.load_pretrained(cls(cfg), cfg)
+        model = cls(cfg)
+        c = model.model_config
+        return sources.load_pretrained(model, c.pretrained, c.allow_partial_pretrained)
 
-    @staticmethod
-    def ones(tokens):
-        """An all-ones attention mask for (B, N, D) tokens."""
-        return torch.ones(tokens.shape[:-1], dtype=torch.long, device=tokens.device)
+
+class XFormerBase(PluginModel, Blip2Base):
+    """Frozen CLIP ViT + frozen MAE + Q-Former + fusion block, built from a model config."""
+
+    # parts a checkpoint of another stage may hold that this class never builds
+    # (sources.check_pretrained_fit ignores their keys deliberately)
+    UNBUILT = ()
+
+    def __init__(self, cfg):
+        """``cfg``: the model config (read once, into ``self.model_config``, a ``ModelConfig``).
+
+        The reconstruction weight in force is ``self.rec_weight``: without a reconstruction
+        path (blip2, concat, early_ca, clip_layer) it is 0 and the side encoder sees whole
+        images; at 0 neither the MAE decoder nor the fusion's reconstruction head is built (an
+        unused trainable parameter would stop DDP without find_unused_parameters)."""
+        super().__init__()
+        c = self.model_config = ModelConfig.from_cfg(cfg, self.LOSSES)
+        self.image_size = c.image_size
+        self.mae_source = c.mae_source
+        self.clip_layer_index = int(c.clip_layer_index) if c.mae_source == "clip_layer" else None
+        self.rec_weight = c.rec_weight
+        if c.loss_weights.get("rec") and not c.can_reconstruct:
+            logging.info("model.fusion=%s with mae_source=%s has no reconstruction: loss_weights.rec ignored",
+                         c.fusion, c.mae_source)
+        self.mask_ratio = c.mask_ratio if c.can_reconstruct else 0.0
+
+        self.visual_encoder, self.ln_vision = build_clip(c)
+        clip_dim = self.visual_encoder.num_features
+        qformer_text = self.qformer_text_parts(c)
+        # The MAE: its encoder for the MAE source, its decoder for the reconstruction loss.
+        self.mae_branch = None
+        if c.builds_mae:
+            mae = encoders.build_mae(c, encoder=c.mae_source == "mae", decoder=bool(self.rec_weight))
+            self.mae_branch = MAEBranch(mae, mask_ratio=self.mask_ratio)
+            # Frozen, so half precision loses nothing trainable; the decoder stays differentiable.
+            if c.mae_precision in ("fp16", "fp8") and torch.cuda.is_available():
+                self.mae_branch.mae.half()
+            if c.mae_precision == "fp8" and self.mae_branch.mae.vit is not None:
+                fp8.convert_to_fp8(self.mae_branch.mae.vit)  # the encoder; the decoder keeps fp16
+        side_dim = self.mae_branch.width if self.mae_source == "mae" and self.mae_branch else clip_dim
+        decoder_dim = self.mae_branch.width if self.mae_branch is not None else side_dim
+        # With a `pretrained` X-Former checkpoint, which always holds the Q-Former, the BERT
+        # weights would be overwritten at once: skip loading them (no download needed).
+        self.Qformer, self.query_tokens = encoders.build_qformer(
+            c, clip_dim, load_weights=not c.pretrained, text=qformer_text)
+        self.unbuilt_parts = self.UNBUILT + encoders.text_parts_unbuilt(
+            qformer_text, len(self.Qformer.bert.encoder.layer))
+        if not self.rec_weight:
+            self.unbuilt_parts += ("mae_branch.mae.decoder", "fusion.mae_out")
+        if self.mae_source == "clip":
+            self.unbuilt_parts += ("mae_branch.mae.vit",)
+        clip_tokens = 1 + self.visual_encoder.patch_embed.num_patches
+        self.fusion = build_fusion(c, self.Qformer, side_dim, clip_dim, clip_tokens, decoder_dim,
+                                   reconstruct=bool(self.rec_weight))
+        if c.fused_attention:
+            use_fused_attention(self)  # Q-Former, CLIP ViT and MAE attention (fused_attention.py)
+        # torch.compile of the small modules and the ViT's norm path (compiled.py), off by default
+        compile_modules(self, c.compile_modules, c.compile_mode)
+
+    def qformer_text_parts(self, c: ModelConfig) -> str:
+        """The Q-Former text parts the model uses (``encoders.build_qformer``): stage 1 all."""
+        return "all"
+
+    @property
+    def can_reconstruct(self) -> bool:
+        """Whether the model was built with its reconstruction path (MAE decoder, fusion head)."""
+        return bool(self.rec_weight)
+
+    ones = staticmethod(ones)
 
     def check_image(self, image):
-        if not torch.is_tensor(image) or image.dim() != 4 or image.shape[1] != 3:
-            shape = tuple(image.shape) if torch.is_tensor(image) else type(image).__name__
-            raise ValueError(f"samples['image'] must be a (B, 3, H, W) tensor, got {shape}")
-        if image.shape[-2:] != (self.image_size, self.image_size):
-            raise ValueError(
-                f"samples['image'] is {image.shape[-2]}x{image.shape[-1]} but this model takes "
-                f"{self.image_size}x{self.image_size}; use the model's image processors "
-                f"(load_model_and_preprocess) or set image_size in the processor config"
-            )
+        check_image(image, self.image_size)
 
     @staticmethod
     def check_text(samples, key="text_input"):
@@ -323,19 +341,20 @@ class XFormerBase(Blip2Base):
             embeds = self.ln_vision(run_frozen(self.visual_encoder, self.visual_encoder, image))
         return embeds.float()
 
-    def encode_side(self, image, mask_ratio):
-        """The side tokens the fusion consumes (an ``MAEEncoding``), or None without MAE."""
+    def encode_side(self, image, mask_ratio, noise=None):
+        """The side tokens the fusion consumes (an ``MAEEncoding``), or None without MAE.
+        ``noise`` (B, N): which patches stay visible, as in ``nn.mae.random_patch_mask``."""
         if not self.fusion.uses_mae:
             return None
         if self.mae_source == "clip_layer":
             return MAEEncoding(self.encode_clip_layer(image, self.clip_layer_index), None, None, None)
         if self.mae_source == "clip":
-            return self.encode_clip_masked(image, mask_ratio)
+            return self.encode_clip_masked(image, mask_ratio, noise)
         with self.maybe_autocast():
-            return run_frozen(self.mae_branch.mae, self.mae_branch.encode, image, mask_ratio)
+            return run_frozen(self.mae_branch.mae, self.mae_branch.encode, image, mask_ratio, noise)
 
     @torch.no_grad()
-    def clip_tokens_in(self, image, mask_ratio=0.0):
+    def clip_tokens_in(self, image, mask_ratio=0.0, noise=None):
         """Frozen CLIP ViT input tokens (CLS + visible patches, positions added), with the
         patch mask as in ``random_patch_mask``."""
         vit = self.visual_encoder
@@ -343,7 +362,7 @@ class XFormerBase(Blip2Base):
         B, N, D = patches.shape
         pos = vit.pos_embed if vit.pos_embed is not None else patches.new_zeros(1, 1 + N, D)
         patches = patches + pos[:, 1:]
-        ids_keep, ids_restore, mask = random_patch_mask(B, N, mask_ratio, image.device)
+        ids_keep, ids_restore, mask = random_patch_mask(B, N, mask_ratio, image.device, noise)
         visible = torch.gather(patches, 1, ids_keep.unsqueeze(-1).expand(-1, -1, D))
         cls = (vit.cls_token + pos[:, :1]).expand(B, -1, -1)
         return torch.cat([cls, visible], dim=1), ids_restore, mask
@@ -362,45 +381,30 @@ class XFormerBase(Blip2Base):
             tokens, _, _ = self.clip_tokens_in(image)
             return self.run_clip_blocks(tokens, index).float()
 
-    def encode_clip_masked(self, image, mask_ratio):
+    def encode_clip_masked(self, image, mask_ratio, noise=None):
         """The frozen CLIP ViT on the visible patches, in the MAE encoder's place."""
         with self.maybe_autocast():
-            tokens, ids_restore, mask = self.clip_tokens_in(image, mask_ratio)
+            tokens, ids_restore, mask = self.clip_tokens_in(image, mask_ratio, noise)
             tokens = self.run_clip_blocks(tokens).float()
         return MAEEncoding(tokens, mask, ids_restore, self.mae_branch.renormalize(image))
 
-    def encode_image(self, image, mask_ratio=None, text_tokens=None):
+    def encode_image(self, image, mask_ratio=None, text_tokens=None, noise=None):
         """The image path shared by every loss and by inference.
 
-        Returns (context (B, Nc, Dc): the Q-Former's cross-attention input, i.e. the CLIP
-        tokens, with the projected MAE tokens appended for concat/early_ca;
-        output queries (B, Nq, D); enriched MAE tokens (B, 1+N_visible, Dm) or None;
-        side encoding (``MAEEncoding``) or None).
-        Patches are masked only while training (``mask_ratio`` overrides).
-        ``text_tokens`` (BERT tokens with ``input_ids`` and ``attention_mask``, (B, L)): text
-        fed to the Q-Former beside the queries, as BLIP-2 feeds the question in VQA
-        fine-tuning (LAVIS's ``qformer_text_input``): [queries; text] share the Q-Former's
-        self-attention (bi-directional) and only the query outputs go on.
+        Returns ``ImageFeatures`` (context, queries, enriched, side; shapes there).
+        Patches are masked only while training (``mask_ratio`` overrides); ``noise`` (B, N)
+        chooses the visible ones, as transformers' ViT-MAE takes it (random when None).
+        ``text_tokens``: text fed to the Q-Former beside the queries, as BLIP-2 feeds the
+        question in VQA fine-tuning (``query_pass``).
         """
         self.check_image(image)
         if mask_ratio is None:
             mask_ratio = self.mask_ratio if self.training else 0.0
         image_embeds = self.encode_clip(image)
-        side = self.encode_side(image, mask_ratio)
+        side = self.encode_side(image, mask_ratio, noise)
         side_tokens = None if side is None else side.tokens.float()
         context = self.fusion.context(image_embeds, side_tokens)
         shared_kv.register_base(context)  # inside XFormer.forward: keys/values computed once
-        query_tokens = self.query_tokens.expand(image.shape[0], -1, -1)
-        text = {}
-        if text_tokens is not None:
-            text = dict(input_ids=text_tokens.input_ids, attention_mask=torch.cat(
-                [self.ones(query_tokens), text_tokens.attention_mask], dim=1))
-        queries = self.Qformer.bert(
-            query_embeds=query_tokens,
-            encoder_hidden_states=context,
-            encoder_attention_mask=self.ones(context),
-            return_dict=True,
-            **text,
-        ).last_hidden_state[:, : query_tokens.shape[1]]
+        queries = query_pass(self.Qformer, self.query_tokens, context, text_tokens)
         enhanced, enriched = self.fusion(queries, side_tokens)
-        return context, enhanced, enriched, side
+        return ImageFeatures(context, enhanced, enriched, side)

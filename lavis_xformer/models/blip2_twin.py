@@ -5,8 +5,9 @@ It is LAVIS's ``Blip2OPT`` class (same module names and state-dict keys: ``visua
 with two things added or changed, both without editing LAVIS:
 
 * Defect worked around: LAVIS 1.0.2's ``Blip2OPT`` has no ``predict_answers``, so LAVIS's VQA
-  tasks cannot evaluate it. The twin gets ``predict_answers`` and ``generate`` from
-  ``generation.LLMDecodingMixin``, i.e. the very code ``xformer_opt`` decodes with (prompt
+  tasks cannot evaluate it. The twin gets ``predict_answers`` and ``generate`` from the OPT
+  head it shares with ``xformer_opt`` (``llm_head.OPTHead``), i.e. the very code ``xformer_opt``
+  builds its LLM with and decodes with (prompt
   formatting, left padding, beam search, newline stop, answer cut). Stock ``Blip2OPT.generate``
   pads nothing and takes one prompt for the batch; the twin's takes one per image.
 * Every part is built from a configurable source, as the plugin's models are (``Blip2OPT``
@@ -21,22 +22,19 @@ same answers (tests/test_evals.py).
 import os
 from functools import cached_property
 
-import torch
-from torch import nn
-
 from lavis.common.registry import registry
 from lavis.models.blip2_models.blip2 import Blip2Base
 from lavis.models.blip2_models.blip2_opt import Blip2OPT
 
 from lavis_xformer import PACKAGE_DIR
-from lavis_xformer.models import encoders, sources
-from lavis_xformer.models import llm as llm_builders
-from lavis_xformer.models.base import build_clip
-from lavis_xformer.models.generation import LLMDecodingMixin, opt_generate
+from lavis_xformer.models import encoders
+from lavis_xformer.models.base import PluginModel, build_clip, check_image, query_pass
+from lavis_xformer.models.config import ModelConfig
+from lavis_xformer.models.llm_head import OPTHead
 
 
 @registry.register_model("blip2_opt_twin")
-class Blip2OPTTwin(LLMDecodingMixin, Blip2OPT):
+class Blip2OPTTwin(OPTHead, PluginModel, Blip2OPT):
     """Stock BLIP-2 with a frozen OPT, evaluated through the plugin's decoding.
 
     Supported model types:
@@ -49,6 +47,9 @@ class Blip2OPTTwin(LLMDecodingMixin, Blip2OPT):
         >>> model = load_model("blip2_opt_twin", "tiny", is_eval=True)
     """
 
+    # Blip2OPT's module names, so that its forward and its checkpoints work unchanged
+    LLM_ATTR = "opt_model"
+    PROJ_ATTR = "opt_proj"
     # new in stage 2: a stage-1 `pretrained` checkpoint cannot hold it (sources.check_pretrained_fit)
     PRETRAINED_MAY_LACK = ("opt_proj.",)
 
@@ -60,87 +61,27 @@ class Blip2OPTTwin(LLMDecodingMixin, Blip2OPT):
 
     def __init__(self, cfg):
         Blip2Base.__init__(self)  # not Blip2OPT.__init__: it downloads every part
-        random_init = cfg.get("random_init", False)
-        self.image_size = cfg.get("image_size")
-        self.visual_encoder, self.ln_vision = build_clip(cfg, random_init)
-        # the released BLIP-2 checkpoint holds the Q-Former: BERT is then not loaded
+        c = self.model_config = ModelConfig.from_cfg(cfg)
+        self.image_size = c.image_size
+        self.visual_encoder, self.ln_vision = build_clip(c)
+        # the query pass alone, as Blip2OPT (no LM head, text embeddings or text FFNs); the
+        # released BLIP-2 checkpoint holds the Q-Former: BERT is then not loaded
         self.Qformer, self.query_tokens = encoders.build_qformer(
-            cfg, self.visual_encoder.num_features, random_init or bool(cfg.get("pretrained")))
-        self.Qformer.cls = None  # as Blip2OPT: the text-only parts go
-        self.Qformer.bert.embeddings.word_embeddings = None
-        self.Qformer.bert.embeddings.position_embeddings = None
-        for layer in self.Qformer.bert.encoder.layer:
-            layer.output = None
-            layer.intermediate = None
+            c, self.visual_encoder.num_features, load_weights=not c.pretrained, text="none")
+        self.unbuilt_parts = encoders.text_parts_unbuilt(
+            "none", len(self.Qformer.bert.encoder.layer))
+        self.build_llm_head(c, self.Qformer.config.hidden_size)
 
-        self.cfg_tokenizer = {k: cfg.get(k) for k in ("llm_tokenizer", "llm_weights")}
-        self.opt_model = llm_builders.build_llm(cfg, random_init, "opt")
-        for param in self.opt_model.parameters():
-            param.requires_grad = False
-        self.opt_proj = nn.Linear(self.Qformer.config.hidden_size, self.opt_model.config.hidden_size)
-        self.max_txt_len = cfg.get("max_txt_len", 32)
-        self.prompt = cfg.get("prompt", "")
-
-    @classmethod
-    def default_config_path(cls, model_type):
-        if model_type not in cls.PRETRAINED_MODEL_CONFIG_DICT:
-            raise ValueError(f"Unknown model type {model_type!r} for 'blip2_opt_twin'; available: "
-                             f"{sorted(cls.PRETRAINED_MODEL_CONFIG_DICT)}")
-        return cls.PRETRAINED_MODEL_CONFIG_DICT[model_type]
-
-    @classmethod
-    def from_config(cls, cfg):
-        """Build, then load ``model.pretrained`` (a LAVIS BLIP-2 checkpoint: path or URL)
-        non-strictly, logging what was loaded and missing (the frozen parts are not in it)."""
-        return sources.load_pretrained(cls(cfg), cfg)
-
-    # Blip2OPT sets these in __init__ from a hub tokenizer; here they load on first use
+    # Blip2OPT.forward reads the tokenizer under this name (Blip2OPT loads it in __init__)
     @cached_property
     def opt_tokenizer(self):
-        return llm_builders.build_tokenizer(self.cfg_tokenizer, "opt")
+        return self.llm_tokenizer
 
-    @cached_property
-    def eos_token_id(self):
-        """Generation ends at the newline, as in Blip2OPT."""
-        return self.opt_tokenizer("\n", add_special_tokens=False).input_ids[0]
-
-    @cached_property
-    def prompt_length(self):
-        return self.opt_tokenizer(self.prompt, return_tensors="pt").attention_mask.sum(1)
-
-    def visual_prefix(self, image):
+    def decode_prefix(self, image, qformer_text=None):
         """(B, 3, H, W) -> projected Q-Former queries (B, Nq, H_llm), in fp32: the same path
-        and precision as ``xformer_opt`` with ``fusion: blip2``."""
+        and precision as ``xformer_opt`` with ``fusion: blip2``. The twin reads no text in its
+        Q-Former (``qformer_text`` is always None)."""
+        check_image(image, self.image_size)
         with self.maybe_autocast():
             image_embeds = self.ln_vision(self.visual_encoder(image))
-        image_embeds = image_embeds.float()
-        queries = self.Qformer.bert(
-            query_embeds=self.query_tokens.expand(image.shape[0], -1, -1),
-            encoder_hidden_states=image_embeds,
-            encoder_attention_mask=torch.ones(image_embeds.shape[:-1], dtype=torch.long,
-                                              device=image.device),
-            return_dict=True,
-        ).last_hidden_state
-        return self.opt_proj(queries)
-
-    def decode(self, image, prompts, num_return_sequences=1, use_nucleus_sampling=False,
-               num_beams=5, **kwargs):
-        if not torch.is_tensor(image) or image.dim() != 4 or image.shape[1] != 3:
-            raise ValueError("samples['image'] must be a (B, 3, H, W) tensor")
-        if self.image_size and tuple(image.shape[-2:]) != (self.image_size, self.image_size):
-            raise ValueError(
-                f"samples['image'] is {image.shape[-2]}x{image.shape[-1]} but this model takes "
-                f"{self.image_size}x{self.image_size}; set image_size in the processor config")
-        prefix = self.visual_prefix(image)
-        dtype = torch.bfloat16 if self.opt_model.dtype == torch.bfloat16 else torch.float16
-        with self.maybe_autocast(dtype):
-            return opt_generate(
-                self.opt_model, self.opt_tokenizer, prefix, prompts, self.eos_token_id,
-                num_return_sequences=num_return_sequences,
-                use_nucleus_sampling=use_nucleus_sampling, num_beams=num_beams, **kwargs,
-            )
-
-    def train(self, mode=True):
-        super().train(mode)
-        self.opt_model.eval()  # frozen: no dropout
-        return self
+        return self.project(query_pass(self.Qformer, self.query_tokens, image_embeds.float()))

@@ -13,14 +13,15 @@ only the CLIP part of that context, the new blocks only the MAE part. At paper s
 MLP ratio 4 gives 172.7M (5.6% under the paper), ratio 5 (the default, ``early_ca_mlp_ratio``)
 179.8M, ratio 6 186.9M; see tests/test_variants.py.
 
+This module is the LAVIS side of the variant (the layer class and putting the blocks into the
+Q-Former); the fusion itself, which builds the blocks, is ``nn.fusions.EarlyCAFusion``.
+
 Text positions never meet the MAE tokens directly, as text never meets the CLIP tokens: in the
 ITM and ITG passes they see them through the queries in the shared self-attention.
 """
 import torch
 from lavis.models.blip2_models.Qformer import BertLayer
 
-from lavis_xformer.modules.fusions import ConcatFusion
-from lavis_xformer.modules.xformer_block import CrossBlock
 
 
 class EarlyCALayer(BertLayer):
@@ -59,25 +60,11 @@ class EarlyCALayer(BertLayer):
         return (torch.cat([queries, hidden[:, query_length:]], dim=1),) + outputs[1:]
 
 
-class EarlyCAFusion(ConcatFusion):
-    """Context [CLIP; projected MAE] for a Q-Former whose non-CLIP layers hold MAE blocks.
-
-    ``install(qformer)`` converts the Q-Former's layers (``EarlyCALayer``) and adds one
-    ``CrossBlock`` to each layer without CLIP cross-attention; the blocks live in the
-    Q-Former (``Qformer.bert.encoder.layer.<i>.mae_block``), so they train, freeze and strip
-    with it.
-    """
-
-    def __init__(self, side_dim: int, clip_dim: int, clip_tokens: int):
-        super().__init__(side_dim, clip_dim)
-        self.clip_tokens = clip_tokens
-
-    def install(self, qformer, num_heads: int, mlp_ratio: float, self_attn: bool = True):
-        config = qformer.config
-        for layer in qformer.bert.encoder.layer:
-            block = None
-            if not layer.has_cross_attention:
-                block = CrossBlock(config.hidden_size, num_heads, context_dim=config.encoder_width,
-                                   mlp_ratio=mlp_ratio, self_attn=self_attn)
-            EarlyCALayer.convert(layer, self.clip_tokens, block)
-        return self
+def install(qformer, blocks, clip_tokens: int):
+    """Turn every layer of LAVIS's Q-Former into an ``EarlyCALayer`` holding its block of
+    ``blocks`` (``EarlyCAFusion.layer_blocks``: a ``CrossBlock`` or None per layer)."""
+    layers = qformer.bert.encoder.layer
+    if len(blocks) != len(layers):
+        raise ValueError(f"{len(blocks)} early cross-attention blocks for {len(layers)} Q-Former layers")
+    for layer, block in zip(layers, blocks):
+        EarlyCALayer.convert(layer, clip_tokens, block)

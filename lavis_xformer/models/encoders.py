@@ -14,7 +14,7 @@ from lavis_xformer.lavis_patches.eva_vit_meta import linspace_on_cpu
 from lavis_xformer.models import sources
 
 
-def build_eva_vit(cfg, random_init: bool) -> nn.Module:
+def build_eva_vit(c) -> nn.Module:
     """LAVIS's EVA ViT (``lavis.models.eva_vit.VisionTransformer``) at the configured size.
 
     The pretrain type uses ViT-g with 39 of its 40 blocks, i.e. features from the
@@ -22,11 +22,11 @@ def build_eva_vit(cfg, random_init: bool) -> nn.Module:
     """
     from lavis.models.eva_vit import VisionTransformer, interpolate_pos_embed
 
-    vit = cfg.get("vit")
-    source = None if random_init else sources.resolve("clip_vit_weights", cfg.get("clip_vit_weights"))
-    with linspace_on_cpu(), sources.random_weights(cfg, "clip_vit"):
+    vit = c.vit
+    source = None if c.random_init else sources.resolve("clip_vit_weights", c.clip_vit_weights)
+    with linspace_on_cpu(), sources.random_weights(c.random_seed, "clip_vit"):
         model = VisionTransformer(
-            img_size=cfg.get("image_size"),
+            img_size=c.image_size,
             patch_size=vit.get("patch_size"),
             use_mean_pooling=False,
             embed_dim=vit.get("embed_dim"),
@@ -34,9 +34,9 @@ def build_eva_vit(cfg, random_init: bool) -> nn.Module:
             num_heads=vit.get("num_heads"),
             mlp_ratio=vit.get("mlp_ratio"),
             qkv_bias=True,
-            drop_path_rate=cfg.get("drop_path_rate", 0.0),
+            drop_path_rate=c.drop_path_rate,
             norm_layer=partial(nn.LayerNorm, eps=1e-6),
-            use_checkpoint=cfg.get("use_grad_checkpoint", False),
+            use_checkpoint=c.use_grad_checkpoint,
         )
     if source is None:
         logging.info("CLIP ViT: random weights (model.clip_vit_weights is null or random_init)")
@@ -50,25 +50,43 @@ def build_eva_vit(cfg, random_init: bool) -> nn.Module:
     return model
 
 
-def mae_config(cfg):
+def mae_config(c):
     from transformers import ViTMAEConfig
 
-    return ViTMAEConfig(image_size=cfg.get("image_size"), **dict(cfg.get("mae")))
+    return ViTMAEConfig(image_size=c.image_size, **c.mae)
 
 
-def build_mae(cfg, random_init: bool) -> nn.Module:
-    """transformers' ``ViTMAEForPreTraining`` (encoder + decoder), e.g. facebook/vit-mae-huge."""
+def build_mae(c, encoder: bool = True, decoder: bool = True) -> nn.Module:
+    """transformers' ``ViTMAEForPreTraining``, e.g. facebook/vit-mae-huge, holding the parts the
+    model uses: the encoder (``.vit``) unless ``encoder`` is False (the CLIP ViT stands in), the
+    decoder (``.decoder``) unless ``decoder`` is False (no reconstruction loss); an unused part
+    is None.
+
+    Both parts come from one source as one model: the released weights are one
+    ``from_pretrained`` checkpoint, and random weights are drawn for the whole model under the
+    config's seed, so that a part has the same values whichever parts a stage keeps (stage 1
+    and stage 2 of a tiny run share their frozen MAE).
+    """
+    model = _load_mae(c)
+    if not encoder:
+        model.vit = None
+    if not decoder:
+        model.decoder = None
+    return model
+
+
+def _load_mae(c) -> nn.Module:
     from transformers import ViTMAEForPreTraining
 
-    source = None if random_init else sources.resolve("mae_weights", cfg.get("mae_weights"))
+    source = None if c.random_init else sources.resolve("mae_weights", c.mae_weights)
     if source is None:
         logging.info("MAE: random weights (model.mae_weights is null or random_init)")
-        with sources.random_weights(cfg, "mae"):
-            return ViTMAEForPreTraining(mae_config(cfg))
+        with sources.random_weights(c.random_seed, "mae"):
+            return ViTMAEForPreTraining(mae_config(c))
     with sources.loading("mae_weights", source):
         model = ViTMAEForPreTraining.from_pretrained(source)
-    if model.config.image_size != cfg.get("image_size"):
-        image_size, patch = cfg.get("image_size"), model.config.patch_size
+    if model.config.image_size != c.image_size:
+        image_size, patch = c.image_size, model.config.patch_size
         if image_size % patch:
             raise sources.WeightSourceError(
                 f"model.image_size {image_size} is not a multiple of the MAE's patch size "
@@ -116,29 +134,43 @@ def resize_mae_positions(mae, image_size: int):
     return mae
 
 
-def qformer_config(cfg, vision_width: int):
+def qformer_config(c, vision_width: int):
     from lavis.models.blip2_models.Qformer import BertConfig
 
-    config = BertConfig(**dict(cfg.get("qformer")))
+    config = BertConfig(**c.qformer)
     config.encoder_width = vision_width
     config.add_cross_attention = True
-    config.cross_attention_freq = cfg.get("cross_attention_freq", 2)
-    config.query_length = cfg.get("num_query_token")
+    config.cross_attention_freq = c.cross_attention_freq
+    config.query_length = c.num_query_token
     return config
 
 
-def build_qformer(cfg, vision_width: int, random_init: bool):
+QFORMER_TEXT = ("all", "encoder", "none")
+
+
+def build_qformer(c, vision_width: int, load_weights: bool = True, text: str = "all"):
     """LAVIS's Q-Former (``BertLMHeadModel`` with cross-attention every N-th layer).
 
     The text embeddings get one extra row for the ``[DEC]`` token the tokenizer adds, and the
-    query FFNs start as copies of the text FFNs, as in ``Blip2Qformer``.
+    query FFNs start as copies of the text FFNs, as in ``Blip2Qformer``. ``load_weights``:
+    False when a checkpoint loaded next holds the Q-Former (then BERT is not loaded).
+    ``text`` says which text parts the model uses: "all" (stage 1: text encoder and LM head),
+    "encoder" (text read beside the queries: no LM head), "none" (the query pass alone, as
+    BLIP-2's stage 2: no LM head, word and position embeddings or text FFNs). The others are
+    not kept (``text_parts_unbuilt`` names their keys); they are part of the BERT checkpoint
+    and the query FFNs are initialised from the text FFNs, so they are dropped here, after
+    loading, and never reach the model.
     Returns ``(qformer, query_tokens)``.
     """
+    if text not in QFORMER_TEXT:
+        raise ValueError(f"Q-Former text parts {text!r} is not one of {QFORMER_TEXT}")
     # LAVIS's class with the generation cache passed on (lavis_patches/generation_cache.py)
     from lavis_xformer.lavis_patches.generation_cache import BertLMHeadModel
 
-    config = qformer_config(cfg, vision_width)
-    source = None if random_init else sources.resolve("qformer_weights", cfg.get("qformer_weights"))
+    config = qformer_config(c, vision_width)
+    source = None
+    if load_weights and not c.random_init:
+        source = sources.resolve("qformer_weights", c.qformer_weights)
     if source is None:
         logging.info("Q-Former: random weights (model.qformer_weights is null or random_init)")
         qformer = BertLMHeadModel(config)
@@ -152,7 +184,30 @@ def build_qformer(cfg, vision_width: int, random_init: bool):
             param.data.copy_(state_dict[name.replace("_query", "")])
     query_tokens = nn.Parameter(torch.zeros(1, config.query_length, config.hidden_size))
     query_tokens.data.normal_(mean=0.0, std=config.initializer_range)
+    if text != "all":
+        qformer.cls = None
+    if text == "none":
+        qformer.bert.embeddings.word_embeddings = None
+        qformer.bert.embeddings.position_embeddings = None
+        for layer in qformer.bert.encoder.layer:
+            layer.output = None
+            layer.intermediate = None
     return qformer, query_tokens
+
+
+def text_parts_unbuilt(text: str, num_layers: int) -> tuple:
+    """Names (state-dict key prefixes) of the Q-Former parts ``build_qformer(text=...)`` leaves out,
+    whose weights a checkpoint of a stage that has them (stage 1) may hold."""
+    if text == "all":
+        return ()
+    prefixes = ("Qformer.cls",)
+    if text == "none":
+        prefixes += ("Qformer.bert.embeddings.word_embeddings",
+                     "Qformer.bert.embeddings.position_embeddings")
+        for i in range(num_layers):
+            prefixes += (f"Qformer.bert.encoder.layer.{i}.output",
+                         f"Qformer.bert.encoder.layer.{i}.intermediate")
+    return prefixes
 
 
 def add_token_rows(qformer, count: int) -> None:
@@ -181,11 +236,11 @@ def add_token_rows(qformer, count: int) -> None:
     head.decoder.bias = head.bias
 
 
-def build_tokenizer(cfg):
-    """BERT tokenizer from model.tokenizer with ``[DEC]`` added as BOS (id = vocab size)."""
+def build_tokenizer(tokenizer: str):
+    """BERT tokenizer from ``model.tokenizer`` with ``[DEC]`` added as BOS (id = vocab size)."""
     from transformers import BertTokenizer
 
-    source = sources.resolve("tokenizer", cfg.get("tokenizer"))
+    source = sources.resolve("tokenizer", tokenizer)
     if source is None:
         raise sources.WeightSourceError(
             "model.tokenizer is null; set it to a BERT vocab (hub name or local directory)"

@@ -18,18 +18,18 @@ import torch
 from lavis_xformer.models import sources
 
 
-def llm_dtype(cfg):
+def llm_dtype(c):
     """Frozen LLM precision: fp16 (``llm_precision``) when CUDA is available, else fp32."""
-    precision = cfg.get("llm_precision", "fp16")
+    precision = c.llm_precision
     if precision == "fp32" or not torch.cuda.is_available():
         return torch.float32
     return {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
-def build_tokenizer(cfg, kind: str):
+def build_tokenizer(c, kind: str):
     """Tokenizer from ``model.llm_tokenizer`` (defaults to ``model.llm_weights``)."""
-    key = "llm_tokenizer" if cfg.get("llm_tokenizer") else "llm_weights"
-    source = sources.resolve(key, cfg.get(key))
+    key = "llm_tokenizer" if c.llm_tokenizer else "llm_weights"
+    source = sources.resolve(key, getattr(c, key))
     if source is None:
         raise sources.WeightSourceError(
             f"model.{key} is null; set model.llm_tokenizer to a tokenizer (hub name or directory)"
@@ -66,7 +66,7 @@ def gpt2_bpe_tokenizer(directory: str, add_bos: bool = True):
     return tokenizer
 
 
-def build_llm(cfg, random_init: bool, kind: str):
+def build_llm(c, kind: str):
     """LAVIS's ``OPTForCausalLM`` (kind "opt") or ``T5ForConditionalGeneration`` ("t5") from
     ``model.llm_weights``, or, if that is null, with random weights from the ``model.llm`` config."""
     if kind == "opt":
@@ -76,10 +76,10 @@ def build_llm(cfg, random_init: bool, kind: str):
         from lavis.models.blip2_models.modeling_t5 import T5Config as Config
         from lavis_xformer.lavis_patches.generation_cache import T5ForConditionalGeneration as Model
 
-    source = None if random_init else sources.resolve("llm_weights", cfg.get("llm_weights"))
+    source = None if c.random_init else sources.resolve("llm_weights", c.llm_weights)
     if source is None:
         logging.info("%s: random weights (model.llm_weights is null or random_init)", kind)
-        with sources.random_weights(cfg, "llm"):
-            return Model(Config(**dict(cfg.get("llm")))).to(llm_dtype(cfg))
+        with sources.random_weights(c.random_seed, "llm"):
+            return Model(Config(**c.llm)).to(llm_dtype(c))
     with sources.loading("llm_weights", source):
-        return Model.from_pretrained(source, torch_dtype=llm_dtype(cfg))
+        return Model.from_pretrained(source, torch_dtype=llm_dtype(c))

@@ -47,10 +47,10 @@ def image_features(model, data_loader, log_freq=10):
     logger = MetricLogger(delimiter="  ")
     for samples in logger.log_every(data_loader, log_freq, "Retrieval: image features"):
         image = samples["image"].to(device)
-        context, enhanced, _, _ = model.encode_image(image, mask_ratio=0.0)
-        feats.append(F.normalize(model.vision_proj(enhanced), dim=-1))
-        prefixes.append(model.text_prefix(enhanced))
-        contexts.append(context)
+        image_feats = model.encode_image(image, mask_ratio=0.0)
+        feats.append(F.normalize(model.vision_proj(image_feats.queries), dim=-1))
+        prefixes.append(model.text_prefix(image_feats.queries))
+        contexts.append(image_feats.context)
     return torch.cat(feats), torch.cat(prefixes), torch.cat(contexts)
 
 

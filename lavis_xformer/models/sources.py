@@ -86,9 +86,9 @@ def loading(key: str, value: str):
 
 
 @contextlib.contextmanager
-def random_weights(cfg, part: str):
-    """Seed the random initialisation of a frozen part from the config (``model.random_seed``,
-    default 0, plus a fixed offset per part), leaving the global RNG untouched.
+def random_weights(seed: int, part: str):
+    """Seed the random initialisation of a frozen part from ``model.random_seed`` (plus a
+    fixed offset per part), leaving the global RNG untouched.
 
     Frozen parts are not saved in LAVIS checkpoints (only trainable weights are), so a frozen
     part with random weights (the tiny types, ``random_init``) must come out the same in every
@@ -98,7 +98,7 @@ def random_weights(cfg, part: str):
 
     offset = {"clip_vit": 1, "mae": 2, "llm": 3}[part]
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(cfg.get("random_seed", 0)) * 1000 + offset)
+        torch.manual_seed(int(seed) * 1000 + offset)
         yield
 
 
@@ -242,12 +242,11 @@ def load_checkpoint_file(key: str, value: str) -> dict:
     return checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else checkpoint
 
 
-def load_pretrained(model, cfg):
-    """Load ``model.pretrained`` (a checkpoint path or URL, or a list of them loaded in order),
-    if set, into ``model`` non-strictly, logging what was loaded, left as built and ignored,
-    and checking that it brought what the model needs from it (check_pretrained_fit).
-    Returns ``model``."""
-    value = cfg.get("pretrained")
+def load_pretrained(model, value, allow_partial: bool = False):
+    """Load ``model.pretrained`` (``value``: a checkpoint path or URL, or a list of them loaded
+    in order), if set, into ``model`` non-strictly, logging what was loaded, left as built and
+    ignored, and checking that it brought what the model needs from it (check_pretrained_fit;
+    ``allow_partial``: ``model.allow_partial_pretrained``). Returns ``model``."""
     if not value:
         return model
     from lavis_xformer.lavis_patches.load_logging import load_state_dict_logged
@@ -261,8 +260,7 @@ def load_pretrained(model, cfg):
         state_dict.update(load_checkpoint_file("pretrained", paths[-1]))
     label = " + ".join(paths)
     result = load_state_dict_logged(model, state_dict, label)
-    check_pretrained_fit(model, state_dict, result, label,
-                         bool(cfg.get("allow_partial_pretrained", False)))
+    check_pretrained_fit(model, state_dict, result, label, bool(allow_partial))
     return model
 
 
@@ -285,7 +283,11 @@ def check_pretrained_fit(model, state_dict, result, path, allow_partial=False):
       from their own weight sources and are not needed; parts new in this stage (the class's
       ``PRETRAINED_MAY_LACK`` prefixes, e.g. the LLM projection) are not needed either, but
       are recorded in ``model.pretrained_lacks`` so that an evaluation can refuse to run with
-      them untrained.
+      them untrained;
+    * keys of parts the model deliberately does not build (``model.unbuilt_parts``: e.g. stage
+      1's LM head and ITM head in stage 2, the MAE decoder without reconstruction) are ignored;
+      any other key that fits no part of the model is named in a warning, as it may be a real
+      mismatch (a checkpoint of another model, a renamed module).
     """
     loaded = len(state_dict) - len(result.unexpected_keys)
     if state_dict and loaded == 0:
@@ -293,6 +295,13 @@ def check_pretrained_fit(model, state_dict, result, path, allow_partial=False):
             "model.pretrained=%r: none of its %d tensors fits model %s (its keys look like %s); "
             "point model.pretrained at a checkpoint of this model or of its previous stage"
             % (path, len(state_dict), type(model).__name__, list(state_dict)[:3]))
+    unbuilt = tuple(getattr(model, "unbuilt_parts", ()))
+    strays = [k for k in result.unexpected_keys
+              if not any(k == p or k.startswith(p + ".") for p in unbuilt)]
+    if strays:
+        logging.warning("model.pretrained=%s holds %d tensors that fit no part of %s, built or "
+                        "deliberately left out: %s", path, len(strays), type(model).__name__,
+                        _groups(strays))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     fresh = tuple(getattr(model, "PRETRAINED_MAY_LACK", ()))
     lacking = [k for k in result.missing_keys if k in trainable]

@@ -40,8 +40,9 @@ from lavis_xformer import PACKAGE_DIR
 from lavis_xformer.lavis_patches import distributed
 from lavis_xformer.models import encoders, shared_kv
 from lavis_xformer.models.base import XFormerBase
+from lavis_xformer.models.config import STAGE1_LOSSES
 
-LOSS_NAMES = ("itc", "itm", "lm", "rec")
+LOSS_NAMES = tuple(STAGE1_LOSSES)
 
 
 @dataclass
@@ -75,25 +76,21 @@ class XFormer(XFormerBase):
         "mini": os.path.join(PACKAGE_DIR, "configs/models/xformer_mini.yaml"),
     }
 
+    LOSSES = STAGE1_LOSSES
+
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.cfg_tokenizer = {"tokenizer": cfg.get("tokenizer")}
+        c = self.model_config
+        self.loss_weights = dict(c.loss_weights, rec=self.rec_weight)
         self._tokenizer = None
-        self.max_txt_len = cfg.get("max_txt_len", 32)
-        self.share_image_kv = cfg.get("share_image_kv", True)
-        weights = dict(cfg.get("loss_weights") or {})
-        unknown = set(weights) - set(LOSS_NAMES)
-        if unknown:
-            raise ValueError(f"model.loss_weights has unknown keys {sorted(unknown)}; known: {LOSS_NAMES}")
-        self.loss_weights = {name: float(weights.get(name, 1.0)) for name in LOSS_NAMES}
+        self.max_txt_len = c.max_txt_len
+        self.share_image_kv = c.share_image_kv
 
         width = self.Qformer.config.hidden_size
-        embed_dim = cfg.get("embed_dim", 256)
-        self.vision_proj = nn.Linear(width, embed_dim)
-        self.text_proj = nn.Linear(width, embed_dim)
+        self.vision_proj = nn.Linear(width, c.embed_dim)
+        self.text_proj = nn.Linear(width, c.embed_dim)
         self.itm_head = nn.Linear(width, 2)
         self.temp = nn.Parameter(0.07 * torch.ones([]))
-        self.loss_weights["rec"] = self.setup_reconstruction(self.loss_weights["rec"])
         self.freeze_unused_heads()
 
     def freeze_unused_heads(self):
@@ -130,7 +127,7 @@ class XFormer(XFormerBase):
     def tokenizer(self):
         """Loaded on first use, so that building (random_init, meta device) loads nothing."""
         if self._tokenizer is None:
-            self._tokenizer = encoders.build_tokenizer(self.cfg_tokenizer)
+            self._tokenizer = encoders.build_tokenizer(self.model_config.tokenizer)
         return self._tokenizer
 
     def tokenize(self, text, device):
@@ -175,12 +172,13 @@ class XFormer(XFormerBase):
         if len(text) != image.shape[0]:
             raise ValueError(f"{image.shape[0]} images but {len(text)} texts in samples")
         w = self.loss_weights
-        image_embeds, enhanced, enriched, mae = self.encode_image(image)
+        feats = self.encode_image(image)
+        image_embeds, enhanced = feats.context, feats.queries
         zero = image_embeds.new_zeros(())
 
         loss_rec = zero
         if w["rec"] and self.training and self.mask_ratio > 0:  # masked patches exist
-            loss_rec = self.mae_branch.reconstruction_loss(enriched, mae)
+            loss_rec = self.mae_branch.reconstruction_loss(feats.enriched, feats.side)
 
         tokens = self.tokenize(text, image.device)
         text_cls = self.Qformer.bert(
@@ -265,7 +263,8 @@ class XFormer(XFormerBase):
         if mode in ("image", "multimodal"):
             if "image" not in samples:
                 raise KeyError(f"extract_features(mode={mode!r}) needs samples['image']")
-            clip_embeds, image_embeds, _, _ = self.encode_image(samples["image"], mask_ratio=0.0)
+            feats = self.encode_image(samples["image"], mask_ratio=0.0)
+            clip_embeds, image_embeds = feats.context, feats.queries
             image_features = F.normalize(self.vision_proj(image_embeds), dim=-1)
         if mode in ("text", "multimodal"):
             text = self.check_text(samples)
@@ -304,7 +303,8 @@ class XFormer(XFormerBase):
 
         Returns a list of ``B * num_captions`` strings, image-major.
         """
-        image_embeds, enhanced, _, _ = self.encode_image(samples["image"], mask_ratio=0.0)
+        feats = self.encode_image(samples["image"], mask_ratio=0.0)
+        image_embeds, enhanced = feats.context, feats.queries
         repeat = num_captions if use_nucleus_sampling else num_beams
         image_embeds = image_embeds.repeat_interleave(repeat, dim=0)
         prefix = self.text_prefix(enhanced).repeat_interleave(repeat, dim=0)

@@ -16,9 +16,9 @@ Q-Former beside the queries, in training and in ``predict_answers``.
 
 Both image encoders and the LLM are frozen; the Q-Former, the fusion block and the projection
 train (``freeze_fusion: true``: only the projection). The Q-Former's text-only parts (word and position embeddings, text FFNs, LM head) are
-deleted, as BLIP-2's stage 2 does, so DDP needs no ``find_unused_parameters``. The masked-patch
+not built, as in BLIP-2's stage 2, so DDP needs no ``find_unused_parameters``. The masked-patch
 reconstruction is off by default in stage 2 (``loss_weights.rec: 0``, the paper's ablation shows
-it hurts); then the MAE sees every patch, as at inference, and its decoder is dropped.
+it hurts); then the MAE sees every patch, as at inference, and its decoder is not built.
 
 Zero-shot VQA follows the paper: prompt "Question: {} Short Answer:", beam 5, length penalty 0,
 generation stops at a newline and answers are cut there, as BLIP-2 does.
@@ -28,69 +28,52 @@ import random
 from functools import cached_property
 
 import torch
-from torch import nn
 
 from lavis.common.registry import registry
 
 from lavis_xformer import PACKAGE_DIR
-from lavis_xformer.models import llm as llm_builders
+from lavis_xformer.models import encoders
 from lavis_xformer.models.base import XFormerBase
-from lavis_xformer.models.generation import VQA_PROMPT, LLMDecodingMixin, format_prompts, opt_generate  # noqa: F401
+from lavis_xformer.models.config import STAGE2_LOSSES
+from lavis_xformer.models.generation import VQA_PROMPT, format_prompts  # noqa: F401
+from lavis_xformer.models.llm_head import FrozenLLMHead, OPTHead
 
 
-class XFormerLLMBase(LLMDecodingMixin, XFormerBase):
-    """Shared stage-2 parts: stripping the Q-Former, the projection, losses; ``generate`` and
-    ``predict_answers`` come from ``LLMDecodingMixin`` over each LLM's ``decode``."""
+class XFormerLLMBase(FrozenLLMHead, XFormerBase):
+    """Stage 2 over the X-Former image path: the stage-2 losses; the frozen LLM, its
+    projection and decoding come from the head shared with the BLIP-2 twin (llm_head.py)."""
 
-    LLM_KIND = None
     # new in stage 2: a stage-1 `pretrained` checkpoint cannot hold it (sources.check_pretrained_fit)
     PRETRAINED_MAY_LACK = ("llm_proj.",)
+    # stage 1's ITC/ITM heads, which a stage-1 `pretrained` checkpoint holds
+    UNBUILT = ("vision_proj", "text_proj", "itm_head", "temp")
+
+    LOSSES = STAGE2_LOSSES
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        random_init = cfg.get("random_init", False)
-        weights = dict(cfg.get("loss_weights") or {})
-        unknown = set(weights) - {"lm", "rec"}
-        if unknown:
-            raise ValueError(f"model.loss_weights has unknown keys {sorted(unknown)}; known: lm, rec")
-        rec_weight = float(weights.get("rec", 0.0))
-        if rec_weight and self.can_reconstruct and not self.mask_ratio:
+        c = self.model_config
+        self.qformer_text_input = c.qformer_text_input
+        if self.rec_weight and not self.mask_ratio:
             raise ValueError("model.loss_weights.rec > 0 needs masked patches: set model.mask_ratio (e.g. 0.5)")
-        self.rec_weight = self.setup_reconstruction(rec_weight)
         if not self.rec_weight:
             self.mask_ratio = 0.0  # the MAE sees the whole image, as at inference
-        # VQA fine-tuning (supplementary section 2): the question also goes into the Q-Former,
-        # as BLIP-2's fine-tuning does, so its text parts stay (from the stage-1 checkpoint).
-        self.qformer_text_input = bool(cfg.get("qformer_text_input", False))
-        self.cfg_qformer_tokenizer = {"tokenizer": cfg.get("tokenizer", None)}
-        if self.qformer_text_input:
-            self.Qformer.cls = None  # the LM head alone is unused
-        else:
-            self.strip_qformer_text_parts()
-        if cfg.get("freeze_fusion", False):
+        if c.freeze_fusion:
             if self.rec_weight:
                 raise ValueError("model.freeze_fusion: true leaves the reconstruction loss nothing to train; set loss_weights.rec: 0")
             self.freeze_image_side()
+        self.build_llm_head(c, self.Qformer.config.hidden_size)
 
-        self.prompt = cfg.get("prompt", "")
-        self.max_txt_len = cfg.get("max_txt_len", 32)
-        self.cfg_tokenizer = {k: cfg.get(k) for k in ("llm_tokenizer", "llm_weights")}
-        self.llm_model = llm_builders.build_llm(cfg, random_init, self.LLM_KIND)
-        for param in self.llm_model.parameters():
-            param.requires_grad = False
-        self.llm_proj = nn.Linear(self.Qformer.config.hidden_size, self.llm_model.config.hidden_size)
-
-    @cached_property
-    def llm_tokenizer(self):
-        """Loaded on first use, so that building (random_init, meta device) loads nothing."""
-        return llm_builders.build_tokenizer(self.cfg_tokenizer, self.LLM_KIND)
+    def qformer_text_parts(self, c):
+        """VQA fine-tuning (supplementary section 2): the question also goes into the Q-Former,
+        as BLIP-2's fine-tuning does, so its text encoder is built (from the stage-1
+        checkpoint); otherwise only the query pass, as BLIP-2's stage 2."""
+        return "encoder" if c.qformer_text_input else "none"
 
     @cached_property
     def qformer_tokenizer(self):
         """The Q-Former's BERT tokenizer (``model.tokenizer``), for ``qformer_text_input``."""
-        from lavis_xformer.models import encoders
-
-        return encoders.build_tokenizer(self.cfg_qformer_tokenizer)
+        return encoders.build_tokenizer(self.model_config.tokenizer)
 
     def qformer_text(self, texts, device):
         """BERT tokens of the texts the Q-Former reads beside its queries, or None when
@@ -128,14 +111,6 @@ class XFormerLLMBase(LLMDecodingMixin, XFormerBase):
             start += n
         return questions, answers
 
-    def strip_qformer_text_parts(self):
-        self.Qformer.cls = None
-        self.Qformer.bert.embeddings.word_embeddings = None
-        self.Qformer.bert.embeddings.position_embeddings = None
-        for layer in self.Qformer.bert.encoder.layer:
-            layer.output = None
-            layer.intermediate = None
-
     def freeze_image_side(self):
         """``freeze_fusion: true`` (supplementary Table 12, "X-Former Frozen"): the stage-1
         Q-Former, query tokens, ln_vision and fusion stay as loaded; only ``llm_proj`` trains."""
@@ -146,26 +121,19 @@ class XFormerLLMBase(LLMDecodingMixin, XFormerBase):
         self.ln_vision = freeze(self.ln_vision)
         self.query_tokens.requires_grad = False
 
-    def train(self, mode=True):
-        super().train(mode)
-        self.llm_model.eval()  # frozen: no dropout
-        return self
-
-    def llm_autocast(self):
-        """Autocast to the frozen LLM's half precision on GPU; nothing on CPU."""
-        dtype = torch.bfloat16 if self.llm_model.dtype == torch.bfloat16 else torch.float16
-        return self.maybe_autocast(dtype)
-
     def visual_prefix(self, image, mask_ratio=None, qformer_text=None):
         """Projected enhanced queries (B, Nq, H_llm) in the LLM's dtype, plus the stage-2
         reconstruction loss when it is switched on (else None). ``qformer_text``: B strings
         the Q-Former reads beside its queries (the questions), with ``qformer_text_input``."""
         tokens = self.qformer_text(qformer_text, image.device)
-        _, enhanced, enriched, mae = self.encode_image(image, mask_ratio, text_tokens=tokens)
+        feats = self.encode_image(image, mask_ratio, text_tokens=tokens)
         loss_rec = None
         if self.rec_weight and self.training:
-            loss_rec = self.mae_branch.reconstruction_loss(enriched, mae)
-        return self.llm_proj(enhanced), loss_rec
+            loss_rec = self.mae_branch.reconstruction_loss(feats.enriched, feats.side)
+        return self.project(feats.queries), loss_rec
+
+    def decode_prefix(self, image, qformer_text=None):
+        return self.visual_prefix(image, mask_ratio=0.0, qformer_text=qformer_text)[0]
 
     def forward(self, samples):
         if "image" not in samples:
@@ -192,7 +160,7 @@ class XFormerLLMBase(LLMDecodingMixin, XFormerBase):
 
 
 @registry.register_model("xformer_opt")
-class XFormerOPT(XFormerLLMBase):
+class XFormerOPT(OPTHead, XFormerLLMBase):
     """X-Former stage 2 with a frozen OPT.
 
     Supported model types:
@@ -204,22 +172,12 @@ class XFormerOPT(XFormerLLMBase):
         >>> model = load_model("xformer_opt", "tiny", is_eval=True)
     """
 
-    LLM_KIND = "opt"
     PRETRAINED_MODEL_CONFIG_DICT = {
         "pretrain_opt2.7b": os.path.join(PACKAGE_DIR, "configs/models/xformer_opt2.7b.yaml"),
         "pretrain_opt6.7b": os.path.join(PACKAGE_DIR, "configs/models/xformer_opt6.7b.yaml"),
         "tiny": os.path.join(PACKAGE_DIR, "configs/models/xformer_opt_tiny.yaml"),
         "mini": os.path.join(PACKAGE_DIR, "configs/models/xformer_opt_mini.yaml"),
     }
-
-    @cached_property
-    def newline_id(self):
-        """Generation ends at the newline BLIP-2 appends to every training text."""
-        return self.llm_tokenizer("\n", add_special_tokens=False).input_ids[0]
-
-    @cached_property
-    def prompt_length(self):
-        return len(self.llm_tokenizer(self.prompt).input_ids)
 
     def lm_loss(self, prefix, samples, text):
         """Language-modelling loss on [prefix; prompt + text + "\\n"], right-padded; labels
@@ -249,18 +207,6 @@ class XFormerOPT(XFormerLLMBase):
             labels=labels,
             return_dict=True,
         ).loss
-
-    def decode(self, image, prompts, num_return_sequences=1, use_nucleus_sampling=False,
-               num_beams=5, qformer_text=None, **kwargs):
-        """Generate after [prefix; prompt] with ``generation.opt_generate``, the code path the
-        BLIP-2 twin (``blip2_opt_twin``) shares."""
-        prefix, _ = self.visual_prefix(image, mask_ratio=0.0, qformer_text=qformer_text)
-        with self.llm_autocast():
-            return opt_generate(
-                self.llm_model, self.llm_tokenizer, prefix, prompts, self.newline_id,
-                num_return_sequences=num_return_sequences,
-                use_nucleus_sampling=use_nucleus_sampling, num_beams=num_beams, **kwargs,
-            )
 
 
 @registry.register_model("xformer_t5")
@@ -319,7 +265,7 @@ class XFormerT5(XFormerLLMBase):
 
     def decode(self, image, prompts, num_return_sequences=1, use_nucleus_sampling=False,
                num_beams=5, qformer_text=None, **kwargs):
-        prefix, _ = self.visual_prefix(image, mask_ratio=0.0, qformer_text=qformer_text)
+        prefix = self.decode_prefix(image, qformer_text=qformer_text)
         tokenizer = self.llm_tokenizer
         tokenizer.padding_side = "right"  # encoder input: padding is masked wherever it is
         enc = tokenizer(prompts, return_tensors="pt", padding="longest").to(image.device)

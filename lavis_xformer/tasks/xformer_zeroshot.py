@@ -52,8 +52,9 @@ def class_text_features(model, classnames, templates, text_processor=None):
 def image_itc(model, image):
     """Normalised ITC features (B, Nq, E) of the images, with the ITM query prefix and the
     Q-Former's cross-attention context."""
-    context, enhanced, _, _ = model.encode_image(image, mask_ratio=0.0)
-    return F.normalize(model.vision_proj(enhanced), dim=-1), model.text_prefix(enhanced), context
+    feats = model.encode_image(image, mask_ratio=0.0)
+    queries = feats.queries
+    return F.normalize(model.vision_proj(queries), dim=-1), model.text_prefix(queries), feats.context
 
 
 def classification_metrics(scores, labels, num_classes):

@@ -112,7 +112,7 @@ def check_model(model, name):
 def model_queries(model, images, captions):
     """(image queries (B, Nq, E), text tokens (B, L, E), text mask (B, L)) in the ITC space:
     the enhanced queries through vision_proj, the unimodal text encoder through text_proj."""
-    _, enhanced, _, _ = model.encode_image(images, mask_ratio=0.0)
+    enhanced = model.encode_image(images, mask_ratio=0.0).queries
     tokens = model.tokenize(list(captions), images.device)
     hidden = model.Qformer.bert(tokens.input_ids, attention_mask=tokens.attention_mask,
                                 return_dict=True).last_hidden_state

@@ -29,7 +29,7 @@ import sys
 
 import torch
 
-from lavis_xformer.modules.mae_branch import IMAGENET_MEAN, IMAGENET_STD, patchify, unpatchify
+from lavis_xformer.nn.mae import IMAGENET_MEAN, IMAGENET_STD, patchify, unpatchify
 from lavis_xformer.tools import loading
 from lavis_xformer.tools.loading import ToolError
 from lavis_xformer.tools.results_io import ResultsError
@@ -91,7 +91,8 @@ def reconstruction_panels(model, images, mask_ratio=0.5, seed=0, paste=True):
     """
     branch = model.mae_branch
     torch.manual_seed(seed)
-    _, _, enriched, side = model.encode_image(images, mask_ratio=mask_ratio)
+    feats = model.encode_image(images, mask_ratio=mask_ratio)
+    enriched, side = feats.enriched, feats.side
     if enriched is None or side is None or side.mask is None:
         raise ToolError("the model returned no enriched MAE features; it cannot reconstruct")
     p = branch.patch_size

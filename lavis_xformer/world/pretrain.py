@@ -181,14 +181,14 @@ def _retrieval(model, images, tokens, batch=256):
 def train_clip(world, settings, arch, out, seed):
     from transformers import BertTokenizer
 
+    from lavis_xformer.models.config import ModelConfig
     from lavis_xformer.models.encoders import build_eva_vit
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     tokenizer = BertTokenizer(os.path.join(world, "tokenizer", "vocab.txt"))
-    vit_cfg = OmegaConf.create({"image_size": arch["image_size"], "vit": arch["vit"],
-                                "clip_vit_weights": None, "drop_path_rate": 0.0})
-    vit = build_eva_vit(vit_cfg, random_init=True)
+    vit = build_eva_vit(ModelConfig.from_cfg({"image_size": arch["image_size"], "vit": arch["vit"],
+                                              "random_init": True}))
     model = ContrastiveModel(vit, tokenizer.vocab_size, settings.get("embed_dim", 64),
                              settings.get("text_dim", 128), settings.get("text_depth", 2))
     images, records = load_images(world, "train")

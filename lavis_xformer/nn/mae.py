@@ -11,7 +11,7 @@ inference) and the loss does not depend on ``forward_loss`` (gone in transformer
   ``renormalize`` maps them to the statistics the MAE weights were trained with.
 """
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -38,19 +38,27 @@ class MAEEncoding:
     pixels: torch.Tensor
 
 
-def random_patch_mask(batch: int, num_patches: int, mask_ratio: float, device) -> tuple:
+def random_patch_mask(batch: int, num_patches: int, mask_ratio: float, device,
+                      noise: Optional[torch.Tensor] = None) -> tuple:
     """Per-sample random subset of patches to keep.
 
+    ``noise`` (B, N) in [0, 1), as transformers' ViT-MAE takes it: the patches with the
+    smallest noise are kept; drawn uniformly when None. Passing it makes the mask explicit
+    (tests, figures that compare models under one mask).
     Returns ids_keep (B, N_keep), ids_restore (B, N), mask (B, N) with 1 = masked.
     With mask_ratio 0 every patch is kept in its own order.
     """
     num_keep = num_patches - int(round(num_patches * mask_ratio))
     if num_keep < 1:
         raise ValueError(f"mask_ratio={mask_ratio} leaves no visible patch of {num_patches}")
+    if noise is not None and tuple(noise.shape) != (batch, num_patches):
+        raise ValueError(f"noise must be (B, N) = ({batch}, {num_patches}), got {tuple(noise.shape)}")
     if num_keep == num_patches:
         ids_shuffle = torch.arange(num_patches, device=device).expand(batch, -1)
     else:
-        ids_shuffle = torch.rand(batch, num_patches, device=device).argsort(dim=1)
+        if noise is None:
+            noise = torch.rand(batch, num_patches, device=device)
+        ids_shuffle = noise.to(device).argsort(dim=1)
     ids_restore = ids_shuffle.argsort(dim=1)
     mask = torch.ones(batch, num_patches, device=device)
     mask[:, :num_keep] = 0
@@ -134,8 +142,10 @@ class MAEBranch(nn.Module):
         return image * self.renorm_scale.to(image.dtype) + self.renorm_shift.to(image.dtype)
 
     @torch.no_grad()
-    def encode(self, image: torch.Tensor, mask_ratio: float) -> MAEEncoding:
-        """Encode the visible patches of ``image`` (B, 3, H, W) with the frozen encoder."""
+    def encode(self, image: torch.Tensor, mask_ratio: float,
+               noise: Optional[torch.Tensor] = None) -> MAEEncoding:
+        """Encode the visible patches of ``image`` (B, 3, H, W) with the frozen encoder;
+        ``noise`` (B, N) picks them as in ``random_patch_mask``."""
         if image.shape[-2:] != (self.image_size, self.image_size):
             raise ValueError(
                 f"MAE branch expects {self.image_size}x{self.image_size} images, got "
@@ -147,7 +157,7 @@ class MAEBranch(nn.Module):
         patches = emb.patch_embeddings.projection(pixels.to(emb.cls_token.dtype))
         patches = patches.flatten(2).transpose(1, 2) + emb.position_embeddings[:, 1:, :]
         B, N, D = patches.shape
-        ids_keep, ids_restore, mask = random_patch_mask(B, N, mask_ratio, image.device)
+        ids_keep, ids_restore, mask = random_patch_mask(B, N, mask_ratio, image.device, noise)
         visible = torch.gather(patches, 1, ids_keep.unsqueeze(-1).expand(-1, -1, D))
         cls = (emb.cls_token + emb.position_embeddings[:, :1, :]).expand(B, -1, -1)
         hidden = vit.encoder(torch.cat([cls, visible], dim=1))[0]
