@@ -7,8 +7,9 @@ them), 3. for every variant and seed of the config's ``job`` section runs stage 
 through ``python -m lavis.train`` and the three held-out evaluations (OC, MCI, colour/shape)
 through ``python -m lavis.evaluate``, with the project files under projects/xformer/mini/,
 4. prints the models side by side with the majority baseline (mean ± std over seeds), per count
-bin and per hard case, and writes ``output/<name>/report.json`` (and, with ``--results-dir``,
-a copy with the printed tables).
+bin and per hard case, with linear probes of the two frozen image encoders (probes.py), and
+writes ``output/<name>/report.json`` (and, with ``--results-dir``, a copy with the printed
+tables).
 
 Run it from the repository's root (the project files and output/ are relative to it).
 Progress: each stage's training/evaluation progress lines are shown; full logs go to
@@ -25,7 +26,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
 from lavis_xformer.world import build as world_build
-from lavis_xformer.world import cache, config as world_config, pretrain, report
+from lavis_xformer.world import cache, config as world_config, pretrain, probes, report
 
 EVALS = (("oc", "oc.yaml"), ("mci", "mci.yaml"), ("attr", "attr.yaml"))
 # what each named variant changes (model keys); its stage-1 keys go to stage 1 only
@@ -259,6 +260,10 @@ def main(argv=None):
     print("total %.0f s (world + frozen parts %.0f s)" % (total, prepared))
     quality = OrderedDict((part, cache.read_done(job.assets[part]).get("result"))
                           for part in pretrain.PARTS if part in job.assets)
+    quality["probes"] = probes.probe_frozen_parts(world, job.assets["clip"], job.assets["mae"],
+                                                  pretrain.architecture())
+    text += "\n" + probes.format_probes(quality["probes"]) + "\n"
+    print(probes.format_probes(quality["probes"]))
     out = OrderedDict(config=cfg, assets=job.assets, frozen_parts=quality, baseline=baseline, results=results,
                       seconds={"total": round(total, 1), "world_and_frozen_parts": round(prepared, 1)})
     os.makedirs(job.out, exist_ok=True)
