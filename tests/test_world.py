@@ -196,3 +196,73 @@ def test_report_scores_by_kind_bin_and_hard_case():
     assert b["answers"] == {"oc": "4", "mci": "no", "colour": "red", "shape": "square"}
     assert b["oc_acc"] == round(100 / 3, 2) and b["oc_mae"] == round((3 + 0 + 3) / 3, 3)
     assert (b["mci_acc"], b["colour_acc"], b["shape_acc"]) == (50.0, 100.0, 0.0)
+
+
+def test_stage2_items_are_prompt_target_pairs_and_the_loss_masks_the_prompt(tmp_path):
+    """``caption+qa`` items are (prompt, target) pairs with one key set: a question is the
+    zero-shot prompt -> its answer, a caption is "" -> the caption; stage 2's VQA path then
+    puts the loss on the target tokens only (checked on the labels the OPT receives)."""
+    import torch
+    from lavis.processors.blip_processors import BlipCaptionProcessor, BlipImageEvalProcessor
+
+    from lavis_xformer.models.generation import VQA_PROMPT
+    from lavis_xformer.world.datasets import MiniWorldCaptionDataset
+
+    world_build.write_world(S.WorldSettings(splits={"train": 12, "val": 2, "test": 2}), str(tmp_path))
+    data = MiniWorldCaptionDataset(BlipImageEvalProcessor(image_size=64), BlipCaptionProcessor(),
+                                   str(tmp_path / "train"), text="caption+qa")
+    items = [data[i] for i in range(len(data))]
+    assert {frozenset(item) for item in items} == {frozenset({"image", "text_input", "text_output", "image_id"})}
+    captions = [item for item in items if item["text_input"] == ""]
+    questions = [item for item in items if item["text_input"]]
+    assert len(captions) == 12 and len(questions) >= 24
+    oc = json.loads((tmp_path / "train" / "oc.json").read_text())[0]
+    first = next(item for item in questions if item["image_id"] == int(oc["image_id"][-9:-4])
+                 and "how many" in item["text_input"])
+    from lavis.processors.blip_processors import BlipQuestionProcessor
+
+    assert first["text_input"] == VQA_PROMPT.format(BlipQuestionProcessor()(oc["text_in"]))
+    assert first["text_output"] == oc["text_out"]
+    # the data set's own loader over LAVIS's collater keeps both keys
+    batch = data.collater(items[:3] + questions[:3])
+    assert len(batch["text_output"]) == 6 and len(batch["text_input"]) == 6
+    # the model's VQA path: the labels cover the target (and its newline) only
+    from lavis_xformer.models.xformer_llm import XFormerOPT
+
+    class Tok:
+        """Whitespace tokenizer in the OPT tokenizer's call shape (BOS prepended)."""
+        padding_side = "right"
+
+        def __call__(self, texts, return_tensors=None, padding=None, truncation=None, max_length=None):
+            single = isinstance(texts, str)
+            rows = [["<s>"] + t.replace("\n", " \n").split(" ") for t in ([texts] if single else texts)]
+            rows = [[w for w in r if w] for r in rows]
+            if single:
+                return type("E", (), {"input_ids": list(range(len(rows[0])))})()
+            width = max(len(r) for r in rows)
+            ids = torch.tensor([[1 + i for i in range(len(r))] + [0] * (width - len(r)) for r in rows])
+            mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+            enc = type("E", (), {})()
+            enc.input_ids, enc.attention_mask = ids, mask
+            enc.to = lambda device: enc
+            return enc
+
+    seen = {}
+
+    class LLM(torch.nn.Module):
+        def get_input_embeddings(self):
+            return lambda ids: torch.zeros(*ids.shape, 4)
+
+        def forward(self, inputs_embeds, attention_mask, labels, return_dict):
+            seen["labels"] = labels
+            return type("O", (), {"loss": torch.tensor(0.0)})()
+
+    model = XFormerOPT.__new__(XFormerOPT)
+    torch.nn.Module.__init__(model)
+    model.__dict__.update(llm_tokenizer=Tok(), max_txt_len=64, prompt="")
+    model.llm_model = LLM()
+    text = ["Question: how many circles are there in the image? Short Answer:", ""]
+    model.lm_loss(torch.zeros(2, 3, 4), {"text_output": ["5", "a red circle"]}, text)
+    labels = seen["labels"][:, 3:]  # after the 3 query positions
+    assert (labels[0] != -100).sum() == 2  # "5" and the newline
+    assert (labels[1] != -100).sum() == 4  # "a red circle" and the newline
