@@ -17,11 +17,11 @@ from PIL import ImageFile
 
 import lavis_xformer  # noqa: F401  (registers builders, models, tasks, runner)
 from lavis_xformer.datasets import easyvqa
-from lavis_xformer.datasets.checks import ConfigError
+from lavis_xformer.config_keys import ConfigError
 from lavis_xformer.datasets.skipping import (
     SKIPPED_KEY, SkipBadSamples, SkippingCollater, pop_skipped)
-from lavis_xformer.runners import launch
-from lavis_xformer.tasks.xformer_pretrain import NonFiniteLossError, check_finite, grads_finite
+from lavis_xformer.training import launch
+from lavis_xformer.training.step import NonFiniteLossError, check_finite, grads_finite
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "projects" / "xformer" / "tiny" / "stage1.yaml"

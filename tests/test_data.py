@@ -13,8 +13,8 @@ from PIL import Image
 import lavis_xformer  # noqa: F401  (registers builders, models, tasks, runner)
 from lavis.common.registry import registry
 from lavis_xformer.datasets import easyvqa
-from lavis_xformer.datasets.checks import ConfigError
-from lavis_xformer.runners import launch
+from lavis_xformer.config_keys import ConfigError
+from lavis_xformer.training import launch
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "projects" / "xformer" / "tiny" / "stage1.yaml"

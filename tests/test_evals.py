@@ -499,7 +499,7 @@ def test_flickr_retrieval_in_process_reranks_with_itm(data, tmp_path, monkeypatc
 
 
 def test_every_benchmark_has_a_blip2_twin_with_the_same_protocol():
-    from lavis_xformer.runners.run_files import load_run_file
+    from lavis_xformer.training.run_files import load_run_file
 
     # zero-shot benchmarks; vqav2_finetuned evaluates the VQA-fine-tuned model (no twin)
     names = sorted(p.stem for p in EVAL.glob("*.yaml")
@@ -522,8 +522,8 @@ def test_every_benchmark_has_a_blip2_twin_with_the_same_protocol():
 
 
 def test_missing_benchmark_data_stops_at_launch_naming_the_keys(tmp_path, monkeypatch):
-    from lavis_xformer.datasets.checks import ConfigError
-    from lavis_xformer.runners import launch
+    from lavis_xformer.config_keys import ConfigError
+    from lavis_xformer.training import launch
 
     monkeypatch.chdir(tmp_path)
     args = launch.parse_args(["--cfg-path", str(EVAL / "vqav2_blip2.yaml"), "--options",
@@ -572,7 +572,7 @@ def test_retrieval_under_torchrun_equals_one_process(data, tmp_path):
 def test_model_type_option_selects_that_types_defaults(tmp_path, monkeypatch):
     """LAVIS's Config ignores --options model.model_type when picking the model's default yaml;
     the plugin's launcher rebuilds the model section from the chosen type."""
-    from lavis_xformer.runners import launch
+    from lavis_xformer.training import launch
 
     monkeypatch.chdir(tmp_path)
     args = launch.parse_args(["--cfg-path", str(EVAL / "okvqa_blip2.yaml"), "--options",

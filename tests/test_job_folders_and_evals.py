@@ -18,7 +18,7 @@ from _testlib import subprocess_env
 
 import lavis_xformer  # noqa: F401
 from lavis_xformer.datasets import easyvqa
-from lavis_xformer.runners import launch
+from lavis_xformer.training import launch
 from lavis_xformer.tasks.results import _read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]

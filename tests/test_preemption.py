@@ -17,8 +17,8 @@ import torch
 from _testlib import subprocess_env
 
 from lavis_xformer.models import sources
-from lavis_xformer.runners import checkpoints
-from lavis_xformer.runners.preemption import EXIT_PREEMPTED
+from lavis_xformer.training import checkpoints
+from lavis_xformer.training.preemption import EXIT_PREEMPTED
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "projects" / "xformer" / "tiny" / "stage1.yaml"

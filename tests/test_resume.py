@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from lavis_xformer.datasets.sampling import ResumableIterLoader, ResumableSampler, pass_order
-from lavis_xformer.runners import checkpoints
+from lavis_xformer.training import checkpoints
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "projects" / "xformer" / "tiny" / "stage1.yaml"

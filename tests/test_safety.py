@@ -22,9 +22,9 @@ from omegaconf import OmegaConf
 
 import lavis_xformer  # noqa: F401  (registers builders, models, tasks, runner)
 from lavis_xformer.datasets import checks, easyvqa
-from lavis_xformer.datasets.checks import ConfigError
+from lavis_xformer.config_keys import ConfigError
 from lavis_xformer.models import encoders, sources
-from lavis_xformer.runners import checkpoints, launch
+from lavis_xformer.training import checkpoints, launch
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "projects" / "xformer" / "tiny" / "stage1.yaml"
@@ -323,7 +323,7 @@ def test_user_keys_pass_and_known_keys_are_accepted(tmp_path):
                                    "model.drop_path_rate=0.1", "run.checkpoint_every_iters=5"))
     assert cfg.run_cfg.user.my_flag == 3
     from lavis_xformer.config_keys import check_config
-    from lavis_xformer.runners.run_files import load_run_file
+    from lavis_xformer.training.run_files import load_run_file
 
     for path in sorted((REPO / "projects").rglob("*.yaml")):  # every shipped project file
         check_config(load_run_file(str(path)), str(path))  # with its `includes:` resolved

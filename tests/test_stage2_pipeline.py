@@ -17,9 +17,9 @@ import torch
 import lavis_xformer  # noqa: F401  (registers builders, models, tasks, runner)
 from lavis.common.registry import registry
 from lavis_xformer.datasets import easyvqa
-from lavis_xformer.datasets.checks import ConfigError
-from lavis_xformer.runners import launch
-from lavis_xformer.runners.runner_xformer import point_latest
+from lavis_xformer.config_keys import ConfigError
+from lavis_xformer.training import launch
+from lavis_xformer.training.runner import point_latest
 from lavis_xformer.tasks.xformer_vqa import metrics_table, normalize_answer, score
 
 REPO = Path(__file__).resolve().parents[1]

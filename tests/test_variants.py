@@ -287,7 +287,7 @@ def test_ablation_project_files_exist_for_both_stages_and_parse():
                     "clip_layer26", "clip_recon", "no_sa", "no_itc", "no_itm", "no_itg", "no_hflip"):
         stages = {n for n in names if n.startswith(variant + "_stage")}
         assert stages, variant
-    from lavis_xformer.runners.run_files import load_run_file
+    from lavis_xformer.training.run_files import load_run_file
 
     for path in files:
         cfg = load_run_file(path)  # the file with its `includes:` (base/stage<N>.yaml) resolved

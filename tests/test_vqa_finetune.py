@@ -174,7 +174,7 @@ def test_tiny_finetune_project_trains_on_lavis_vqa_files(tmp_path, monkeypatch):
     """projects/xformer/tiny/vqa_finetune.yaml with LAVIS's VQAv2 and VG train formats (the
     files of projects/xformer/vqa_finetune.yaml) in place of easy-VQA."""
     from lavis_xformer import train
-    from lavis_xformer.runners.run_files import load_run_file
+    from lavis_xformer.training.run_files import load_run_file
 
     root = tmp_path / "data"
     coco = [{"question_id": i, "question": "what color is it %d?" % i, "image": "val2014/%d.jpg" % i,
