@@ -38,11 +38,8 @@ class AlwaysYes(torch.nn.Module):
         return ["yes"] * len(samples["text_input"])
 
 
-def test_vqa_split_goes_through_eval_output_and_its_ground_truth_is_scored(tmp_path, monkeypatch, capsys):
-    from lavis.common.registry import registry
-
-    monkeypatch.setitem(registry.mapping["paths"], "result_dir", str(tmp_path))
-    monkeypatch.setitem(registry.mapping["paths"], "output_dir", str(tmp_path))
+def test_vqa_split_goes_through_eval_output_and_its_ground_truth_is_scored(result_dirs, capsys):
+    tmp_path = result_dirs
     dataset = Questions()
     loader = DataLoader(SkipUnreadable(dataset), batch_size=2, collate_fn=EvalSkippingCollater())
     assert loader_dataset(loader) is dataset  # the runner's wrapper is looked through

@@ -30,9 +30,9 @@ Robustness (a run of days on many GPUs must survive kills and bad data):
 import datetime
 import inspect
 import logging
-from collections.abc import Mapping
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
