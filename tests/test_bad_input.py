@@ -90,6 +90,9 @@ def test_training_skips_counts_and_logs_unreadable_images(damaged_root, tmp_path
     ("model.arch=no_such_model", "model.arch: unknown model 'no_such_model'"),
     ("model.model_type=huge", "model.model_type: 'huge' is not a type of model 'xformer'"),
     ("run.runner=no_such_runner", "run.runner: unknown runner 'no_such_runner'"),
+    # its step returns the model's loss dict, which only runner_xformer's loop reads
+    ("run.runner=runner_base", "run.task xformer_pretrain trains under run.runner: "
+                               "runner_xformer (got 'runner_base')"),
     ("run.lr_sched=no_such_sched", "run.lr_sched: unknown schedule 'no_such_sched'"),
     ("run.checkpoint_every_iters=-5", "run.checkpoint_every_iters: -5 is not a number of iterations"),
     ("run.checkpoint_every_iters=often", "run.checkpoint_every_iters: 'often' is not"),
@@ -123,6 +126,22 @@ def test_check_finite_names_the_step_and_what_is_not_finite():
     assert not grads_finite(layer.parameters())
     with pytest.raises(NonFiniteLossError, match="training gradient is not finite at epoch 0"):
         check_finite(torch.tensor(2.0), grads_finite(layer.parameters()), {}, 0, 0, 1)
+    # raised once, by the loop, naming where to resume from
+    with pytest.raises(NonFiniteLossError, match=r"resume_ckpt_path=<its path or job directory>"
+                                                 r"\. Last complete checkpoint: /jobs/c_0_iter2\.pth$"):
+        check_finite(torch.tensor(float("inf")), None, {}, 0, 2, 4, "/jobs/c_0_iter2.pth")
+
+
+def test_the_loop_takes_a_loss_tensor_or_a_dict_of_the_loss_and_its_parts():
+    """A LAVIS task's train_step returns the loss; xformer_pretrain's the model's output."""
+    from lavis_xformer.training.runner import split_loss
+
+    loss = torch.tensor(2.5, requires_grad=True) * 1
+    got, parts = split_loss(loss)
+    assert got is loss and list(parts) == ["loss"] and float(parts["loss"]) == 2.5
+    assert not parts["loss"].requires_grad
+    got, parts = split_loss({"loss": loss, "loss_itc": torch.tensor(0.5), "sims": torch.ones(2, 2)})
+    assert got is loss and sorted(parts) == ["loss", "loss_itc"]
 
 
 @pytest.mark.slow
