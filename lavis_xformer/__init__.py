@@ -28,7 +28,7 @@ _require_installed("lavis", "transformers")
 from lavis_xformer import _hook  # noqa: E402
 # Before anything imports transformers (done by the start-up hook already, unless it is off).
 _hook.relax_tokenizers_pin()
-from lavis_xformer import datasets, models, runners, tasks  # noqa: E402,F401
+from lavis_xformer import datasets, models, tasks, training  # noqa: E402,F401
 from lavis_xformer import optims  # noqa: E402,F401  (per-iteration lr schedules)
 from lavis_xformer import processors  # noqa: E402,F401  (xformer_image_train: flip switchable)
 from lavis_xformer.world import datasets as _world_datasets  # noqa: E402,F401  (mini_world_caption)

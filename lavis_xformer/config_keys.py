@@ -118,8 +118,10 @@ DATASET_KEYS = ("data_type", "build_info", "vis_processor", "text_processor", "t
 LAVIS_SPLITS = ("train", "val", "test")
 
 
-class ConfigKeyError(ValueError):
-    """A key nothing reads, or a value of the wrong type."""
+class ConfigError(ValueError):
+    """A run configuration that cannot work (a key nothing reads, a value of the wrong type, a
+    missing file, ...); the message says what to change. launch.run_main prints it and exits
+    with status 2."""
 
 
 # ------------------------------------------------------------------ types
@@ -293,7 +295,7 @@ _USER_HINT = "(keys for your own code go under run.user)"
 
 
 def check_config(config, cfg_path="the run file", option_keys=()):
-    """Raise ConfigKeyError listing every unknown key and wrongly typed value of ``config``
+    """Raise ConfigError listing every unknown key and wrongly typed value of ``config``
     (the run file merged with the --options; ``option_keys``: the dotted keys the --options
     set, to say where each problem was written)."""
     from lavis.common.registry import registry
@@ -335,7 +337,7 @@ def check_config(config, cfg_path="the run file", option_keys=()):
         _check_dataset(name, config.datasets[name], problems, registry)
 
     if problems.lines:
-        raise ConfigKeyError("\n".join(problems.lines))
+        raise ConfigError("\n".join(problems.lines))
 
 
 def _check_dataset(name, node, problems, registry):

@@ -8,7 +8,7 @@ It evaluates the configured model on run.test_splits with the runner named by ru
 configuration and data checks as lavis_xformer.train.
 """
 import lavis_xformer  # noqa: F401  (registers the plugin's models, datasets, tasks, runner)
-from lavis_xformer.runners import launch
+from lavis_xformer.training import launch
 
 
 def _evaluate(cfg, job_id):

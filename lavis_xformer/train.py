@@ -9,7 +9,7 @@ Unlike LAVIS's script it checks the configuration and the data before building a
 and sets up torch.distributed on CPUs too (gloo); see lavis_xformer.lavis_patches.
 """
 import lavis_xformer  # noqa: F401  (registers the plugin's models, datasets, tasks, runner)
-from lavis_xformer.runners import launch
+from lavis_xformer.training import launch
 
 
 def _train(cfg, job_id):

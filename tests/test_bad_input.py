@@ -4,49 +4,30 @@ with one message; a loss that turns NaN/inf stops the run naming the step and ke
 complete checkpoint."""
 import json
 import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from _testlib import subprocess_env
+from _testlib import TINY_STAGE1, easyvqa_split, launch_args
 import torch
 from PIL import ImageFile
 
 import lavis_xformer  # noqa: F401  (registers builders, models, tasks, runner)
 from lavis_xformer.datasets import easyvqa
-from lavis_xformer.datasets.checks import ConfigError
+from lavis_xformer.config_keys import ConfigError
 from lavis_xformer.datasets.skipping import (
     SKIPPED_KEY, SkipBadSamples, SkippingCollater, pop_skipped)
-from lavis_xformer.runners import launch
-from lavis_xformer.tasks.xformer_pretrain import NonFiniteLossError, check_finite, grads_finite
+from lavis_xformer.training import launch
+from lavis_xformer.training.step import NonFiniteLossError, check_finite, grads_finite
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "projects" / "xformer" / "tiny" / "stage1.yaml"
 IMAGES = 8
 TRUNCATED, MISSING = 3, 5  # image ids
-
-
-def _env():
-    return subprocess_env(threads=1)
 
 
 @pytest.fixture
 def damaged_root(tmp_path):
     """An easy-VQA folder with the first 8 train images, image 3 truncated half-way (a real
     PNG header, then nothing) and image 5 missing."""
-    source = os.path.join(easyvqa.package_data_root(), "train")
-    split = tmp_path / "data" / "train"
-    (split / "images").mkdir(parents=True)
-    questions = [q for q in easyvqa.read_questions(source) if int(q[2]) < IMAGES]
-    (split / "questions.json").write_text(json.dumps(questions))
-    for i in range(IMAGES):
-        if i != MISSING:
-            shutil.copy(easyvqa.image_path(source, i), split / "images" / ("%d.png" % i))
-    data = (split / "images" / ("%d.png" % TRUNCATED)).read_bytes()
-    (split / "images" / ("%d.png" % TRUNCATED)).write_bytes(data[: len(data) // 2])
+    easyvqa_split(tmp_path / "data", "train", IMAGES, truncated=[TRUNCATED], missing=[MISSING])
     return tmp_path / "data"
 
 
@@ -86,17 +67,10 @@ def test_unreadable_images_are_replaced_by_the_next_and_recorded(damaged_root, c
 
 
 @pytest.mark.slow
-def test_training_skips_counts_and_logs_unreadable_images(damaged_root, tmp_path):
+def test_training_skips_counts_and_logs_unreadable_images(damaged_root, tmp_path, tiny_stage1):
     out = tmp_path / "out"
-    result = subprocess.run(
-        [sys.executable, "-m", "lavis.train", "--cfg-path", str(TINY), "--options",
-         "run.output_dir=%s" % out, "datasets.easyvqa_caption.build_info.root=%s" % damaged_root,
-         "datasets.easyvqa_caption.build_info.splits=[train]",
-         "datasets.easyvqa_caption.build_info.max_images=%d" % IMAGES,
-         "run.batch_size_train=2", "run.log_freq=1", "run.max_epoch=1"],
-        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-6000:]
+    output = tiny_stage1("out", "datasets.easyvqa_caption.build_info.root=%s" % damaged_root,
+                         images=IMAGES).output
     for i in (TRUNCATED, MISSING):
         assert "skipping unreadable training sample %d, %s" % (
             i, damaged_root / "train" / "images" / ("%d.png" % i)) in output
@@ -111,22 +85,21 @@ def test_training_skips_counts_and_logs_unreadable_images(damaged_root, tmp_path
 
 # --- stopped before anything is built ------------------------------------------------------
 
-def _args(cfg_path, *options):
-    return launch.parse_args(["--cfg-path", str(cfg_path)] + (["--options", *options] if options else []))
-
-
 @pytest.mark.parametrize("option, message", [
     ("run.task=no_such_task", "run.task: unknown task 'no_such_task'. Registered tasks: "),
     ("model.arch=no_such_model", "model.arch: unknown model 'no_such_model'"),
     ("model.model_type=huge", "model.model_type: 'huge' is not a type of model 'xformer'"),
     ("run.runner=no_such_runner", "run.runner: unknown runner 'no_such_runner'"),
+    # its step returns the model's loss dict, which only runner_xformer's loop reads
+    ("run.runner=runner_base", "run.task xformer_pretrain trains under run.runner: "
+                               "runner_xformer (got 'runner_base')"),
     ("run.lr_sched=no_such_sched", "run.lr_sched: unknown schedule 'no_such_sched'"),
     ("run.checkpoint_every_iters=-5", "run.checkpoint_every_iters: -5 is not a number of iterations"),
     ("run.checkpoint_every_iters=often", "run.checkpoint_every_iters: 'often' is not"),
 ])
 def test_wrong_names_and_options_are_one_clear_error(option, message):
     with pytest.raises(ConfigError) as info:
-        launch.load_config(_args(TINY, option))
+        launch.load_config(launch_args(TINY_STAGE1, option))
     assert message in str(info.value)
     if "unknown task" in message:
         assert "xformer_pretrain" in str(info.value)
@@ -134,9 +107,9 @@ def test_wrong_names_and_options_are_one_clear_error(option, message):
 
 def test_missing_resume_checkpoint_is_one_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="run.resume_ckpt_path: no checkpoint at .*gone.pth"):
-        launch.load_config(_args(TINY, "run.resume_ckpt_path=%s" % (tmp_path / "gone.pth")))
+        launch.load_config(launch_args(TINY_STAGE1, "run.resume_ckpt_path=%s" % (tmp_path / "gone.pth")))
     with pytest.raises(ConfigError, match="directory without checkpoint_latest.pth"):
-        launch.load_config(_args(TINY, "run.resume_ckpt_path=%s" % tmp_path))
+        launch.load_config(launch_args(TINY_STAGE1, "run.resume_ckpt_path=%s" % tmp_path))
 
 
 # --- NaN / inf ------------------------------------------------------------------------------
@@ -153,22 +126,32 @@ def test_check_finite_names_the_step_and_what_is_not_finite():
     assert not grads_finite(layer.parameters())
     with pytest.raises(NonFiniteLossError, match="training gradient is not finite at epoch 0"):
         check_finite(torch.tensor(2.0), grads_finite(layer.parameters()), {}, 0, 0, 1)
+    # raised once, by the loop, naming where to resume from
+    with pytest.raises(NonFiniteLossError, match=r"resume_ckpt_path=<its path or job directory>"
+                                                 r"\. Last complete checkpoint: /jobs/c_0_iter2\.pth$"):
+        check_finite(torch.tensor(float("inf")), None, {}, 0, 2, 4, "/jobs/c_0_iter2.pth")
+
+
+def test_the_loop_takes_a_loss_tensor_or_a_dict_of_the_loss_and_its_parts():
+    """A LAVIS task's train_step returns the loss; xformer_pretrain's the model's output."""
+    from lavis_xformer.training.runner import split_loss
+
+    loss = torch.tensor(2.5, requires_grad=True) * 1
+    got, parts = split_loss(loss)
+    assert got is loss and list(parts) == ["loss"] and float(parts["loss"]) == 2.5
+    assert not parts["loss"].requires_grad
+    got, parts = split_loss({"loss": loss, "loss_itc": torch.tensor(0.5), "sims": torch.ones(2, 2)})
+    assert got is loss and sorted(parts) == ["loss", "loss_itc"]
 
 
 @pytest.mark.slow
-def test_diverging_run_stops_naming_the_step_and_keeps_the_last_checkpoint(tmp_path):
+def test_diverging_run_stops_naming_the_step_and_keeps_the_last_checkpoint(tmp_path, tiny_stage1):
     """A learning rate of 1e30 is a real divergence: after two updates the ITM negative mining
     meets NaN similarities (torch.multinomial fails) at iteration 2; the run stops there with
     exit status 3 and one message, and the checkpoint of iteration 2 stays the latest."""
     out = tmp_path / "out"
-    result = subprocess.run(
-        [sys.executable, "-m", "lavis.train", "--cfg-path", str(TINY), "--options",
-         "run.output_dir=%s" % out, "datasets.easyvqa_caption.build_info.splits=[train]",
-         "datasets.easyvqa_caption.build_info.max_images=8", "run.batch_size_train=2",
-         "run.log_freq=1", "run.max_epoch=1", "run.checkpoint_every_iters=1",
-         "run.init_lr=1e30", "run.warmup_steps=0"],
-        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
-    assert result.returncode == 3, (result.stdout + result.stderr)[-6000:]
+    result = tiny_stage1("out", "run.checkpoint_every_iters=1", "run.init_lr=1e30",
+                         "run.warmup_steps=0", expect=3)
     job = os.path.realpath(out / "latest")
     last = os.path.join(job, "checkpoint_0_iter2.pth")
     assert "error: the forward pass met NaN/inf values at epoch 0, iteration 2 of 4" in result.stderr
@@ -183,18 +166,12 @@ def test_diverging_run_stops_naming_the_step_and_keeps_the_last_checkpoint(tmp_p
 
 
 @pytest.mark.slow
-def test_infinite_loss_stops_every_process_at_the_same_step(tmp_path):
+def test_infinite_loss_stops_every_process_at_the_same_step(tmp_path, tiny_stage1):
     """An infinite loss weight (model.loss_weights.lm: .inf) under torchrun: the check is
     all-reduced, so the processes stop together at iteration 0 with exit status 3 (in the
     runs seen here both did before torchrun tore the group down)."""
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "lavis.train", "--cfg-path", str(TINY), "--options",
-         "run.output_dir=%s" % (tmp_path / "out"), "datasets.easyvqa_caption.build_info.splits=[train]",
-         "datasets.easyvqa_caption.build_info.max_images=8", "run.batch_size_train=2",
-         "run.max_epoch=1", "model.loss_weights.lm=.inf"],
-        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
-    output = result.stdout + result.stderr
+    result = tiny_stage1("out", "model.loss_weights.lm=.inf", processes=2, expect=None)
+    output = result.output
     assert result.returncode != 0
     assert ("error: the training loss is not finite at epoch 0, iteration 0 of 2 (global step 0) "
             "(in this process: loss=inf") in output

@@ -1,33 +1,22 @@
 """The easy-VQA caption set and the early configuration / data checks of the run scripts."""
 import os
-import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from _testlib import subprocess_env
+from _testlib import REPO, TINY_STAGE1, launch_args, run_command
 from PIL import Image
 
 import lavis_xformer  # noqa: F401  (registers builders, models, tasks, runner)
 from lavis.common.registry import registry
 from lavis_xformer.datasets import easyvqa
-from lavis_xformer.datasets.checks import ConfigError
-from lavis_xformer.runners import launch
+from lavis_xformer.config_keys import ConfigError
+from lavis_xformer.training import launch
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "projects" / "xformer" / "tiny" / "stage1.yaml"
 STAGE1 = REPO / "projects" / "xformer" / "stage1.yaml"
 STAGE1_DATASETS = ("coco_caption", "vg_caption", "capfilt_web")
 MAP_STYLE_DATASETS = ("coco_caption", "vg_caption")  # capfilt_web: webdataset shards
-
-
-def _args(cfg_path, *options):
-    argv = ["--cfg-path", str(cfg_path)]
-    if options:
-        argv += ["--options", *options]
-    return launch.parse_args(argv)
 
 
 def _split_dir(split):
@@ -113,7 +102,7 @@ def test_builder_items_like_lavis_pretrain_datasets():
 # --- early checks ---------------------------------------------------------------------------
 
 def test_tiny_config_passes_the_checks():
-    cfg = launch.load_config(_args(TINY))
+    cfg = launch.load_config(launch_args(TINY_STAGE1))
     assert cfg.run_cfg.runner == "runner_xformer" and cfg.run_cfg.task == "xformer_pretrain"
     assert cfg.model_cfg.arch == "xformer" and cfg.model_cfg.model_type == "tiny"
 
@@ -122,7 +111,7 @@ def test_missing_easyvqa_data_names_dataset_split_path_and_key(tmp_path):
     key = "`datasets.easyvqa_caption.build_info.root`"
     root = tmp_path / "nowhere"
     with pytest.raises(ConfigError) as info:
-        launch.load_config(_args(TINY, "datasets.easyvqa_caption.build_info.root=%s" % root))
+        launch.load_config(launch_args(TINY_STAGE1, "datasets.easyvqa_caption.build_info.root=%s" % root))
     message = str(info.value)
     assert "dataset 'easyvqa_caption', split 'all': data folder not found at %s" % root in message
     assert key in message
@@ -131,7 +120,7 @@ def test_missing_easyvqa_data_names_dataset_split_path_and_key(tmp_path):
     (root / "train" / "images").mkdir(parents=True)
     (root / "train" / "questions.json").write_text("[]")
     with pytest.raises(ConfigError) as info:
-        launch.load_config(_args(TINY, "datasets.easyvqa_caption.build_info.root=%s" % root))
+        launch.load_config(launch_args(TINY_STAGE1, "datasets.easyvqa_caption.build_info.root=%s" % root))
     message = str(info.value)
     assert "split 'train'" not in message
     assert ("dataset 'easyvqa_caption', split 'test': annotation file not found at %s"
@@ -142,7 +131,7 @@ def test_missing_easyvqa_data_names_dataset_split_path_and_key(tmp_path):
 
 def test_missing_stage1_data_names_every_file_and_key():
     with pytest.raises(ConfigError) as info:
-        launch.load_config(_args(STAGE1))
+        launch.load_config(launch_args(STAGE1))
     message = str(info.value)
     cache_root = registry.get_path("cache_root")
     assert "dataset 'coco_caption', split 'train': annotation file not found at %s" % os.path.join(
@@ -169,7 +158,7 @@ def test_stage1_passes_the_checks_once_its_data_exist(tmp_path):
             # one entry with what every builder here reads (an empty list is an error now)
             ann.write_text('[{"image": "a.jpg", "caption": "a cat", "image_id": 0}]')
             options.append("datasets.%s.build_info.annotations.%s.storage=[%s]" % (name, split, ann))
-    cfg = launch.load_config(_args(STAGE1, *options))
+    cfg = launch.load_config(launch_args(STAGE1, *options))
     assert cfg.model_cfg.model_type == "pretrain" and cfg.model_cfg.mask_ratio == 0.5
     assert cfg.run_cfg.max_epoch == 9 and cfg.run_cfg.warmup_steps == 2000
     vis = cfg.datasets_cfg.coco_caption.vis_processor.train
@@ -178,9 +167,9 @@ def test_stage1_passes_the_checks_once_its_data_exist(tmp_path):
 
 def test_unknown_dataset_lists_the_known_ones(tmp_path):
     cfg = tmp_path / "run.yaml"
-    cfg.write_text(TINY.read_text().replace("easyvqa_caption:", "no_such_data:"))
+    cfg.write_text(TINY_STAGE1.read_text().replace("easyvqa_caption:", "no_such_data:"))
     with pytest.raises(ConfigError) as info:
-        launch.load_config(_args(cfg))
+        launch.load_config(launch_args(cfg))
     message = str(info.value)
     assert "unknown dataset 'no_such_data'" in message
     assert "easyvqa_caption" in message and "coco_caption" in message
@@ -190,20 +179,17 @@ def test_malformed_yaml_is_one_clear_error(tmp_path):
     cfg = tmp_path / "broken.yaml"
     cfg.write_text("model:\n  arch: xformer\n  model_type: [tiny\nrun: {task: x\n")
     with pytest.raises(ConfigError, match="broken.yaml is not valid yaml"):
-        launch.load_config(_args(cfg))
+        launch.load_config(launch_args(cfg))
     with pytest.raises(ConfigError, match="no such file"):
-        launch.load_config(_args(tmp_path / "absent.yaml"))
+        launch.load_config(launch_args(tmp_path / "absent.yaml"))
 
 
 @pytest.mark.slow
 def test_cli_stops_at_once_on_missing_data(tmp_path):
-    env = subprocess_env()
-    result = subprocess.run(
-        [sys.executable, "-m", "lavis_xformer.train", "--cfg-path", str(TINY), "--options",
+    result = run_command(
+        [sys.executable, "-m", "lavis_xformer.train", "--cfg-path", str(TINY_STAGE1), "--options",
          "datasets.easyvqa_caption.build_info.root=%s" % (tmp_path / "nowhere"),
-         "run.output_dir=%s" % (tmp_path / "out")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2, result.stderr[-3000:]
+         "run.output_dir=%s" % (tmp_path / "out")], tmp_path, expect=2, threads=None, timeout=300)
     assert "error: data for this run is missing" in result.stderr
     assert "datasets.easyvqa_caption.build_info.root" in result.stderr
     assert "Traceback" not in result.stderr

@@ -5,14 +5,12 @@ through `python -m lavis.evaluate`; NoCaps captioning and Flickr30K retrieval in
 import json
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from _testlib import build_model, subprocess_env
+from _testlib import build_model, lavis_command, run_command, tiny_eval_project
 import torch
 from omegaconf import OmegaConf
 from PIL import Image
@@ -363,36 +361,9 @@ def test_both_models_decode_through_the_one_shared_function(monkeypatch):
 
 # ----------------------------------------------------------------------------- end to end
 
-def _tiny_project(src, dst, data_options):
-    """The project file with the tiny model type (LAVIS reads the model type's defaults from
-    the file's model.model_type, so --options cannot switch it) and the fixture's paths."""
-    cfg = OmegaConf.load(src)
-    cfg.model.model_type = "tiny"
-    cfg.model.pretrained = None  # random tiny weights, unless data_options name a checkpoint
-    for key, value in data_options.items():
-        OmegaConf.update(cfg, key, value, merge=False)
-    for name in cfg.datasets:
-        cfg.datasets[name].vis_processor.eval.image_size = 64
-    cfg.run.device = "cpu"
-    cfg.run.num_workers = 0
-    cfg.run.batch_size_eval = 2
-    cfg.run.log_freq = 1
-    OmegaConf.save(cfg, dst)
-    return dst
-
-
-def _env():
-    return subprocess_env(threads=1)
-
-
 def _evaluate(cfg_path, cwd, *options):
-    result = subprocess.run(
-        [sys.executable, "-m", "lavis.evaluate", "--cfg-path", str(cfg_path), "--options",
-         "run.output_dir=out", "run.max_len=3", *options],
-        cwd=cwd, env=_env(), capture_output=True, text=True, timeout=600)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-6000:]
-    return output
+    return run_command(lavis_command(cfg_path, "run.output_dir=out", "run.max_len=3", *options,
+                                     script="lavis.evaluate"), cwd).output
 
 
 def _result(cwd, name):
@@ -403,7 +374,7 @@ def _result(cwd, name):
 @pytest.mark.slow
 def test_vqav2_project_runs_with_lavis_evaluate(data, tmp_path):
     ann = data / "coco" / "annotations"
-    cfg = _tiny_project(EVAL / "vqav2.yaml", tmp_path / "vqav2.yaml", {
+    cfg = tiny_eval_project(EVAL / "vqav2.yaml", tmp_path / "vqav2.yaml", {
         "datasets.vqav2_eval.build_info.annotations.val.storage": [str(ann / "q.json"), str(ann / "a.json")],
         "datasets.vqav2_eval.build_info.images.storage": str(data / "coco" / "images")})
     output = _evaluate(cfg, tmp_path)
@@ -440,7 +411,7 @@ def _same_scores_from_the_score_tool(metrics, run_dir, predictions_name, benchma
 
 @pytest.mark.slow
 def test_oc_twin_project_runs_with_lavis_evaluate(data, tmp_path):
-    cfg = _tiny_project(EVAL / "oc_coco_blip2.yaml", tmp_path / "oc.yaml", {
+    cfg = tiny_eval_project(EVAL / "oc_coco_blip2.yaml", tmp_path / "oc.yaml", {
         "datasets.gvtbench.build_info.annotations.test.storage": [str(data / "gvt" / "coco_oc.json")],
         "datasets.gvtbench.build_info.images.storage": str(data / "coco" / "images" / "val2017")})
     output = _evaluate(cfg, tmp_path)
@@ -467,7 +438,7 @@ def _in_process(cfg_path, tmp_path, monkeypatch):
 
 
 def test_nocaps_captioning_in_process(data, tmp_path, monkeypatch, capsys):
-    cfg = _tiny_project(EVAL / "nocaps.yaml", tmp_path / "nocaps.yaml", {
+    cfg = tiny_eval_project(EVAL / "nocaps.yaml", tmp_path / "nocaps.yaml", {
         "datasets.nocaps_eval.build_info.annotations.val.storage": [str(data / "nocaps" / "nocaps_val.json")],
         "datasets.nocaps_eval.build_info.images.storage": str(data / "nocaps" / "val"),
         "run.max_len": 5, "run.min_len": 1, "run.num_beams": 2})
@@ -489,7 +460,7 @@ def test_nocaps_captioning_in_process(data, tmp_path, monkeypatch, capsys):
 def test_flickr_retrieval_in_process_reranks_with_itm(data, tmp_path, monkeypatch, capsys):
     from lavis_xformer.models import retrieval
 
-    cfg = _tiny_project(EVAL / "flickr30k_retrieval.yaml", tmp_path / "flickr.yaml", {
+    cfg = tiny_eval_project(EVAL / "flickr30k_retrieval.yaml", tmp_path / "flickr.yaml", {
         "datasets.flickr30k_eval.build_info.annotations.test.storage": str(data / "flickr" / "test.json"),
         "datasets.flickr30k_eval.build_info.images.storage": str(data / "flickr"),
         "run.k_test": 2})
@@ -511,7 +482,7 @@ def test_flickr_retrieval_in_process_reranks_with_itm(data, tmp_path, monkeypatc
 
 
 def test_every_benchmark_has_a_blip2_twin_with_the_same_protocol():
-    from lavis_xformer.runners.run_files import load_run_file
+    from lavis_xformer.training.run_files import load_run_file
 
     # zero-shot benchmarks; vqav2_finetuned evaluates the VQA-fine-tuned model (no twin)
     names = sorted(p.stem for p in EVAL.glob("*.yaml")
@@ -534,8 +505,8 @@ def test_every_benchmark_has_a_blip2_twin_with_the_same_protocol():
 
 
 def test_missing_benchmark_data_stops_at_launch_naming_the_keys(tmp_path, monkeypatch):
-    from lavis_xformer.datasets.checks import ConfigError
-    from lavis_xformer.runners import launch
+    from lavis_xformer.config_keys import ConfigError
+    from lavis_xformer.training import launch
 
     monkeypatch.chdir(tmp_path)
     args = launch.parse_args(["--cfg-path", str(EVAL / "vqav2_blip2.yaml"), "--options",
@@ -555,7 +526,7 @@ def test_retrieval_under_torchrun_equals_one_process(data, tmp_path):
     (otherwise each process would draw its own: LAVIS seeds seed + rank)."""
     model = _build("xformer", fusion="blip2", seed=4)
     torch.save({"model": model.state_dict()}, tmp_path / "stage1.pth")
-    cfg = _tiny_project(EVAL / "flickr30k_retrieval_blip2.yaml", tmp_path / "flickr.yaml", {
+    cfg = tiny_eval_project(EVAL / "flickr30k_retrieval_blip2.yaml", tmp_path / "flickr.yaml", {
         "model.pretrained": str(tmp_path / "stage1.pth"),
         "datasets.flickr30k_eval.build_info.annotations.test.storage": str(data / "flickr" / "test.json"),
         "datasets.flickr30k_eval.build_info.images.storage": str(data / "flickr"),
@@ -565,12 +536,8 @@ def test_retrieval_under_torchrun_equals_one_process(data, tmp_path):
     _evaluate(cfg, one)
     two = tmp_path / "two"
     two.mkdir()
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "lavis.evaluate", "--cfg-path", str(cfg), "--options", "run.output_dir=out"],
-        cwd=two, env=_env(), capture_output=True, text=True, timeout=600)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-6000:]
+    output = run_command(lavis_command(cfg, "run.output_dir=out", script="lavis.evaluate",
+                                       processes=2), two).output
     assert "distributed init (rank 1, world 2, backend gloo)" in output
     assert output.count("Zero-shot retrieval, split 'test'") == 1
     m1, m2 = (_result(d, "test_retrieval_metrics.json") for d in (one, two))
@@ -584,7 +551,7 @@ def test_retrieval_under_torchrun_equals_one_process(data, tmp_path):
 def test_model_type_option_selects_that_types_defaults(tmp_path, monkeypatch):
     """LAVIS's Config ignores --options model.model_type when picking the model's default yaml;
     the plugin's launcher rebuilds the model section from the chosen type."""
-    from lavis_xformer.runners import launch
+    from lavis_xformer.training import launch
 
     monkeypatch.chdir(tmp_path)
     args = launch.parse_args(["--cfg-path", str(EVAL / "okvqa_blip2.yaml"), "--options",

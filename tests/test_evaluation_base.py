@@ -14,6 +14,7 @@ from lavis_xformer.tasks.xformer_vqa import XFormerVQATask
 class Questions(Dataset):
     annotation = [{"question_id": 1, "answer": "yes"}, {"question_id": 2, "answer": "no"},
                   {"question_id": 3, "answer": "two", "question_type": "count"}]
+    answer_list = ["yes", "no", "two"]  # LAVIS's VQA datasets carry their candidate answers
 
     def __len__(self):
         return len(self.annotation)
@@ -27,19 +28,18 @@ class AlwaysYes(torch.nn.Module):
     def __init__(self):
         super().__init__()
         self.weight = torch.nn.Parameter(torch.zeros(1))  # the device evaluation follows
+        self.answer_lists = []
 
     def before_evaluation(self, **kwargs):
         pass
 
     def predict_answers(self, samples, **kwargs):
+        self.answer_lists.append(kwargs["answer_list"])
         return ["yes"] * len(samples["text_input"])
 
 
-def test_vqa_split_goes_through_eval_output_and_its_ground_truth_is_scored(tmp_path, monkeypatch, capsys):
-    from lavis.common.registry import registry
-
-    monkeypatch.setitem(registry.mapping["paths"], "result_dir", str(tmp_path))
-    monkeypatch.setitem(registry.mapping["paths"], "output_dir", str(tmp_path))
+def test_vqa_split_goes_through_eval_output_and_its_ground_truth_is_scored(result_dirs, capsys):
+    tmp_path = result_dirs
     dataset = Questions()
     loader = DataLoader(SkipUnreadable(dataset), batch_size=2, collate_fn=EvalSkippingCollater())
     assert loader_dataset(loader) is dataset  # the runner's wrapper is looked through
@@ -55,6 +55,9 @@ def test_vqa_split_goes_through_eval_output_and_its_ground_truth_is_scored(tmp_p
     assert [r["question_id"] for r in output.records] == [1, 2, 3]
     # the ground truth came from the dataset's annotation (not in the batch)
     assert [r["correct"] for r in output.records] == [True, False, False]
+    # the split's answer list reached every step from the dataset, not from the task's state
+    assert model.answer_lists == [dataset.answer_list] * 2
+    assert not hasattr(task, "answer_list")
 
     metrics = task.after_evaluation(output, "val", epoch=0)
     assert metrics["accuracy"] == pytest.approx(100.0 / 3) and metrics["questions_in_split"] == 3

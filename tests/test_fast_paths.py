@@ -171,7 +171,7 @@ def test_bench_runs_both_models_side_by_side_and_writes_json(tmp_path):
 def test_loss_parts_reach_the_host_in_one_copy_with_the_nan_flags():
     """The training loop logs every loss part without an .item() per part: the parts stay
     device tensors until one joint copy, which also carries the NaN/inf flags."""
-    from lavis_xformer.tasks.xformer_pretrain import check_finite, loss_parts, to_host
+    from lavis_xformer.training.step import check_finite, loss_parts, to_host
 
     output = {"loss": torch.tensor(3.5, requires_grad=True) * 1, "loss_itc": torch.tensor(1.25),
               "loss_rec": 0.5, "logits": torch.ones(2, 2), "sims": torch.tensor(9.0)}

@@ -5,37 +5,25 @@ kill without asking the model again."""
 import glob
 import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from _testlib import subprocess_env
+from _testlib import (REPO, TINY_STAGE1, easyvqa_split, lavis_command, run_command,
+                      subprocess_env, tiny_stage1_options)
 
 import lavis_xformer  # noqa: F401
-from lavis_xformer.datasets import easyvqa
-from lavis_xformer.runners import launch
+from lavis_xformer.training import launch
 from lavis_xformer.tasks.results import _read_jsonl
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "projects" / "xformer" / "tiny" / "stage1.yaml"
 VQA = REPO / "projects" / "xformer" / "tiny" / "vqa.yaml"
 IMAGES, TRUNCATED = 4, 2
 
 
-def _env():
-    return subprocess_env(threads=1)
-
-
 def _train_cmd(out):
-    return [sys.executable, "-m", "lavis.train", "--cfg-path", str(TINY), "--options",
-            "run.output_dir=%s" % out, "datasets.easyvqa_caption.build_info.max_images=4",
-            "datasets.easyvqa_caption.build_info.splits=[train]", "run.batch_size_train=2",
-            "run.max_epoch=1"]
+    return lavis_command(TINY_STAGE1, *tiny_stage1_options(out, images=4))
 
 
 def _jobs(out):
@@ -51,13 +39,12 @@ def test_job_ids_are_unique_and_sort_by_time():
 @pytest.mark.slow
 def test_two_runs_at_once_and_one_after_keep_all_outputs(tmp_path):
     out = tmp_path / "out"
-    procs = [subprocess.Popen(_train_cmd(out), cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    procs = [subprocess.Popen(_train_cmd(out), cwd=tmp_path, env=subprocess_env(threads=1),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
-    again = subprocess.run(_train_cmd(out), cwd=tmp_path, env=_env(), capture_output=True,
-                           text=True, timeout=600)  # within the same minute as the others
-    assert again.returncode == 0, again.stderr[-3000:]
+    run_command(_train_cmd(out), tmp_path)  # within the same minute as the others
     jobs = _jobs(out)
     assert len(jobs) == 3, jobs
     for job in jobs:
@@ -70,24 +57,16 @@ def test_two_runs_at_once_and_one_after_keep_all_outputs(tmp_path):
 @pytest.fixture
 def damaged_test_split(tmp_path):
     """easy-VQA test split with images 0..3, image 2 truncated half-way."""
-    source = os.path.join(easyvqa.package_data_root(), "test")
-    split = tmp_path / "data" / "test"
-    (split / "images").mkdir(parents=True)
-    questions = [q for q in easyvqa.read_questions(source) if int(q[2]) < IMAGES]
-    (split / "questions.json").write_text(json.dumps(questions))
-    for i in range(IMAGES):
-        shutil.copy(easyvqa.image_path(source, i), split / "images" / ("%d.png" % i))
-    data = (split / "images" / ("%d.png" % TRUNCATED)).read_bytes()
-    (split / "images" / ("%d.png" % TRUNCATED)).write_bytes(data[: len(data) // 2])
+    questions = easyvqa_split(tmp_path / "data", "test", IMAGES, truncated=[TRUNCATED])
     return tmp_path / "data", questions
 
 
 def _eval_cmd(out, root, *extra):
-    return [sys.executable, "-m", "lavis.evaluate", "--cfg-path", str(VQA), "--options",
-            "run.output_dir=%s" % out, "model.pretrained=null",
-            "datasets.easyvqa_vqa.build_info.root=%s" % root, "datasets.easyvqa_vqa.build_info.max_questions=null",
-            "datasets.easyvqa_vqa.build_info.max_images=%d" % IMAGES, "run.batch_size_eval=2",
-            "run.num_beams=2", "run.max_len=3", "run.log_freq=1", *extra]
+    return lavis_command(
+        VQA, "run.output_dir=%s" % out, "model.pretrained=null",
+        "datasets.easyvqa_vqa.build_info.root=%s" % root, "datasets.easyvqa_vqa.build_info.max_questions=null",
+        "datasets.easyvqa_vqa.build_info.max_images=%d" % IMAGES, "run.batch_size_eval=2",
+        "run.num_beams=2", "run.max_len=3", "run.log_freq=1", *extra, script="lavis.evaluate")
 
 
 def _metrics(job):
@@ -109,9 +88,7 @@ def test_evaluation_skips_unreadable_images_and_resumes_after_a_kill(damaged_tes
 
     # uninterrupted, twice in a row: two job folders, both sets of results kept
     for _ in range(2):
-        result = subprocess.run(_eval_cmd(out, root), cwd=tmp_path, env=_env(),
-                                capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+        result = run_command(_eval_cmd(out, root), tmp_path)
     jobs = [str(out / j) for j in _jobs(out)]
     assert len(jobs) == 2 and all(_metrics(j)["num_questions"] == total - len(bad) for j in jobs)
     metrics = _metrics(jobs[0])
@@ -128,7 +105,7 @@ def test_evaluation_skips_unreadable_images_and_resumes_after_a_kill(damaged_tes
 
     # killed after its first batches: what was predicted is on disk
     killed_out = tmp_path / "killed"
-    proc = subprocess.Popen(_eval_cmd(killed_out, root), cwd=tmp_path, env=_env(),
+    proc = subprocess.Popen(_eval_cmd(killed_out, root), cwd=tmp_path, env=subprocess_env(threads=1),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:  # SIGKILL as soon as two batches are on disk
         deadline = time.time() + 300
@@ -147,10 +124,9 @@ def test_evaluation_skips_unreadable_images_and_resumes_after_a_kill(damaged_tes
     assert 4 <= len(kept) < total - len(bad)
     assert not os.path.exists(os.path.join(killed, "result", "test_vqa_predictions.json"))
 
-    resumed = subprocess.run(_eval_cmd(killed_out, root, "run.resume_predictions=%s" % killed),
-                             cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-5000:]
-    assert "run.resume_predictions: %d predictions kept" % len(kept) in resumed.stdout + resumed.stderr
+    resumed = run_command(_eval_cmd(killed_out, root, "run.resume_predictions=%s" % killed),
+                          tmp_path)
+    assert "run.resume_predictions: %d predictions kept" % len(kept) in resumed.output
     job = os.path.realpath(killed_out / "latest")
     assert job != killed
     assert _predictions(job) == whole

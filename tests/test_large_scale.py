@@ -12,8 +12,9 @@ from PIL import Image
 
 import lavis_xformer  # noqa: F401  (registers the plugin)
 from lavis.common.registry import registry
-from lavis_xformer.datasets.checks import ConfigError, check_datasets
-from lavis_xformer.runners.run_files import load_run_file
+from lavis_xformer.config_keys import ConfigError
+from lavis_xformer.datasets.checks import check_datasets
+from lavis_xformer.training.run_files import load_run_file
 
 REPO = Path(__file__).resolve().parents[1]
 PROJECTS = REPO / "projects" / "xformer"

@@ -7,8 +7,7 @@ import sys
 import pytest
 import torch
 
-from _testlib import model_config
-from omegaconf import OmegaConf
+from _testlib import meta_model, model_config
 
 import lavis_xformer  # noqa: F401  (registers the plugin)
 from lavis.common.registry import registry
@@ -191,11 +190,7 @@ def test_generate_returns_one_string_per_image_and_caption(model, batch):
 
 
 def test_pretrain_type_on_meta_device_has_the_paper_size():
-    cls = registry.get_model_class("xformer")
-    cfg = OmegaConf.load(cls.default_config_path("pretrain")).model
-    cfg.random_init = True
-    with torch.device("meta"):
-        model = cls.from_config(cfg)
+    model = meta_model("xformer", "pretrain")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     fusion = sum(p.numel() for p in model.fusion.parameters())
     # BLIP-2's stage-1 Q-Former is 186.7M; the paper's X-Former module adds about 22M.

@@ -18,19 +18,13 @@ the identity and every term flows (measured with ITC on: 98.3% of the update's s
 """
 import json
 import random
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from _testlib import subprocess_env
 from omegaconf import OmegaConf
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "projects" / "xformer" / "tiny" / "stage1.yaml"
 LR = 1e-4
 
 # no random draw anywhere: unmasked MAE, no ITM, no dropout, no augmentation; ITC computed
@@ -43,25 +37,10 @@ DETERMINISTIC = [
 ]
 
 
-def _env():
-    return subprocess_env(threads=1)
-
-
-def _train(tmp_path, name, processes, batch_size):
+def _train(tiny_stage1, tmp_path, name, processes, batch_size):
     out = tmp_path / name
-    launcher = [sys.executable, "-m", "lavis.train"]
-    if processes > 1:
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                    "--nproc_per_node=%d" % processes, "-m", "lavis.train"]
-    result = subprocess.run(
-        launcher + ["--cfg-path", str(TINY), "--options", "run.output_dir=%s" % out,
-                    "datasets.easyvqa_caption.build_info.max_images=4",
-                    "datasets.easyvqa_caption.build_info.splits=[train]",
-                    "run.batch_size_train=%d" % batch_size, "run.max_epoch=1", "run.log_freq=1",
-                    "run.warmup_lr=%g" % LR, "run.init_lr=%g" % LR, *DETERMINISTIC],
-        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-6000:]
+    output = tiny_stage1(name, "run.warmup_lr=%g" % LR, "run.init_lr=%g" % LR, *DETERMINISTIC,
+                         images=4, batch_size=batch_size, processes=processes).output
     stats = [json.loads(line) for line in (out / "latest" / "log.txt").read_text().splitlines()
              if line.startswith("{") and "train_loss" in line]
     assert len(stats) == 1
@@ -84,9 +63,9 @@ def _initial_weights(checkpoint):
 
 
 @pytest.mark.slow
-def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
-    one_out, one_stats, one = _train(tmp_path, "one", processes=1, batch_size=4)
-    two_out, two_stats, two = _train(tmp_path, "two", processes=2, batch_size=2)
+def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path, tiny_stage1):
+    one_out, one_stats, one = _train(tiny_stage1, tmp_path, "one", processes=1, batch_size=4)
+    two_out, two_stats, two = _train(tiny_stage1, tmp_path, "two", processes=2, batch_size=2)
     assert "distributed init (rank 1, world 2, backend gloo)" in two_out
     assert "Not using distributed mode" in one_out
 

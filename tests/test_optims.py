@@ -12,7 +12,7 @@ import lavis_xformer  # noqa: F401  (registers the schedules and the runner)
 from lavis.common.optims import LinearWarmupCosineLRScheduler
 from lavis.common.registry import registry
 from lavis_xformer.optims import LinearWarmupCosineStepLRScheduler
-from lavis_xformer.runners.runner_xformer import RunnerXFormer
+from lavis_xformer.training.runner import RunnerXFormer
 
 INIT, MIN, START = 1e-4, 5e-5, 1e-6
 

@@ -14,47 +14,24 @@ from pathlib import Path
 import pytest
 import torch
 
-from _testlib import subprocess_env
+from _testlib import TINY_STAGE1, lavis_command, run_command, run_until, tiny_stage1_options
 
 from lavis_xformer.models import sources
-from lavis_xformer.runners import checkpoints
-from lavis_xformer.runners.preemption import EXIT_PREEMPTED
+from lavis_xformer.training import checkpoints
+from lavis_xformer.training.preemption import EXIT_PREEMPTED
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "projects" / "xformer" / "tiny" / "stage1.yaml"
-
-
-def _env():
-    return subprocess_env(threads=1)
-
-
-def _options(out, images=8):
+def _train_cmd(out, images=8, processes=1):
     # 8 images, batch 2: 4 iterations in one process
-    return ["run.output_dir=%s" % out, "datasets.easyvqa_caption.build_info.max_images=%d" % images,
-            "datasets.easyvqa_caption.build_info.splits=[train]", "run.batch_size_train=2",
-            "run.log_freq=1", "run.max_epoch=1"]
+    return lavis_command(TINY_STAGE1, *tiny_stage1_options(out, images), processes=processes)
 
 
 def _signalled(cmd, cwd, signals=(signal.SIGTERM,), after="Train: data epoch: [0]  [0/"):
     """Start ``cmd``, send ``signals`` (one right after the other) once ``after`` is printed;
     returns (exit status, output)."""
-    proc = subprocess.Popen(cmd, cwd=cwd, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    lines = []
-    try:
-        for line in proc.stdout:
-            lines.append(line)
-            if after in line:
-                for sig in signals:
-                    proc.send_signal(sig)
-                break
-        lines.extend(proc.stdout)
-        proc.wait(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    return proc.returncode, "".join(lines)
+    def send(proc):
+        for sig in signals:
+            proc.send_signal(sig)
+    return run_until(cmd, cwd, lambda line: after in line, send)
 
 
 def _stop_line(output):
@@ -72,8 +49,7 @@ def _dead_pid():
 @pytest.mark.slow
 def test_sigterm_checkpoints_and_the_printed_command_resumes_exactly(tmp_path):
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "lavis.train", "--cfg-path", str(TINY), "--options", *_options(out)]
-    status, output = _signalled(cmd, tmp_path)
+    status, output = _signalled(_train_cmd(out), tmp_path)
     assert status == EXIT_PREEMPTED, output[-5000:]
     assert "SIGTERM received: finishing the current step" in output
     assert "Traceback" not in output
@@ -94,18 +70,14 @@ def test_sigterm_checkpoints_and_the_printed_command_resumes_exactly(tmp_path):
     argv = shlex.split(command)
     assert argv[:3] == ["python", "-m", "lavis.train"] or argv[0].startswith("python")
     assert argv[-1] == "run.resume_ckpt_path=%s" % job
-    resumed = subprocess.run([sys.executable] + argv[1:], cwd=tmp_path, env=_env(),
-                             capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-5000:]
+    run_command([sys.executable] + argv[1:], tmp_path)
     assert not stale.exists()
     resumed_job = os.path.realpath(out / "latest")
     assert resumed_job != job  # a job folder of its own; `latest` follows it
     assert os.path.isfile(saved)  # the stopped run's checkpoint is kept
 
     whole = tmp_path / "whole"
-    subprocess.run([sys.executable, "-m", "lavis.train", "--cfg-path", str(TINY), "--options",
-                    *_options(whole)], cwd=tmp_path, env=_env(), check=True,
-                   capture_output=True, timeout=600)
+    run_command(_train_cmd(whole), tmp_path)
     want = sources.read_checkpoint(os.path.join(os.path.realpath(whole / "latest"), "checkpoint_0.pth"), "k")
     got = sources.read_checkpoint(os.path.join(resumed_job, "checkpoint_0.pth"), "k")
     different = [k for k in want["model"] if not torch.equal(want["model"][k], got["model"][k])]
@@ -114,9 +86,8 @@ def test_sigterm_checkpoints_and_the_printed_command_resumes_exactly(tmp_path):
 
 @pytest.mark.slow
 def test_second_signal_stops_at_once(tmp_path):
-    cmd = [sys.executable, "-m", "lavis.train", "--cfg-path", str(TINY), "--options",
-           *_options(tmp_path / "out")]
-    status, output = _signalled(cmd, tmp_path, signals=(signal.SIGINT, signal.SIGTERM))
+    status, output = _signalled(_train_cmd(tmp_path / "out"), tmp_path,
+                                signals=(signal.SIGINT, signal.SIGTERM))
     assert status == 128 + signal.SIGTERM, output[-4000:]
     assert "SIGINT received" in output and "SIGTERM again: stopping at once" in output
     assert "stopped on request" not in output
@@ -125,9 +96,7 @@ def test_second_signal_stops_at_once(tmp_path):
 @pytest.mark.slow
 def test_sigterm_to_torchrun_stops_every_process_after_one_checkpoint(tmp_path):
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "lavis.train", "--cfg-path", str(TINY), "--options", *_options(out, images=16)]
-    status, output = _signalled(cmd, tmp_path)
+    status, output = _signalled(_train_cmd(out, images=16, processes=2), tmp_path)
     assert status != 0  # torchrun itself reports the signal it got
     # torchrun passes SIGTERM to both workers; they agree on the step and rank 0 saves once
     assert output.count("SIGTERM received: finishing the current step") == 2, output[-6000:]

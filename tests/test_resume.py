@@ -4,21 +4,15 @@ the weights of a run that was never stopped."""
 import glob
 import os
 import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from _testlib import subprocess_env
+from _testlib import TINY_STAGE1, lavis_command, run_until, tiny_stage1_options
 import torch
 from torch.utils.data import DataLoader
 
 from lavis_xformer.datasets.sampling import ResumableIterLoader, ResumableSampler, pass_order
-from lavis_xformer.runners import checkpoints
-
-REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "projects" / "xformer" / "tiny" / "stage1.yaml"
+from lavis_xformer.training import checkpoints
 
 
 def _loader(n, batch_size, seed=3, replicas=1, rank=0):
@@ -202,50 +196,24 @@ def test_rng_state_round_trip_and_weights_only_load(tmp_path):
 
 # --- killed and resumed: the same weights as an uninterrupted run ---------------------------
 
-def _env():
-    return subprocess_env(threads=1)
-
-
 def _options(output_dir):
     # 8 images, batch 2: 4 iterations; mid-epoch checkpoints every 2. Training augmentation,
     # MAE masks, ITM negatives and dropout all draw random numbers.
-    return ["run.output_dir=%s" % output_dir, "datasets.easyvqa_caption.build_info.max_images=8",
-            "datasets.easyvqa_caption.build_info.splits=[train]", "run.batch_size_train=2",
-            "run.log_freq=1", "run.max_epoch=1", "run.checkpoint_every_iters=2"]
+    return tiny_stage1_options(output_dir) + ["run.checkpoint_every_iters=2"]
 
 
 def _trainable(path):
     return torch.load(path, map_location="cpu")["model"]
 
 
-@pytest.fixture
-def one_thread():
-    """In-process runs on one thread, as the subprocesses (OMP_NUM_THREADS=1): the machine's
-    cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.slow
 def test_killed_mid_epoch_run_resumes_to_the_same_weights(tmp_path, one_thread):
     killed = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "lavis.train", "--cfg-path", str(TINY), "--options",
-           *_options(killed)]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    lines = []
-    try:
-        for line in proc.stdout:  # SIGKILL as soon as the first mid-epoch checkpoint is complete
-            lines.append(line)
-            if "Saved checkpoint" in line and "checkpoint_0_iter2.pth" in line:
-                os.kill(proc.pid, signal.SIGKILL)
-                break
-    finally:
-        proc.kill()
-        proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, "".join(lines)[-4000:]
+    status, output = run_until(  # SIGKILL as soon as the first mid-epoch checkpoint is complete
+        lavis_command(TINY_STAGE1, *_options(killed)), tmp_path,
+        lambda line: "Saved checkpoint" in line and "checkpoint_0_iter2.pth" in line,
+        lambda proc: proc.send_signal(signal.SIGKILL))
+    assert status == -signal.SIGKILL, output[-4000:]
     job = os.path.realpath(killed / "latest")
     latest = checkpoints.resolve_resume_path(job)
     assert os.path.basename(latest) == "checkpoint_0_iter2.pth", os.listdir(job)
@@ -259,14 +227,14 @@ def test_killed_mid_epoch_run_resumes_to_the_same_weights(tmp_path, one_thread):
 
     # resumed from the killed run's output folder (its `latest` job, checkpoint_latest.pth)
     resumed = tmp_path / "resumed"
-    train.main(["--cfg-path", str(TINY), "--options", *_options(resumed),
+    train.main(["--cfg-path", str(TINY_STAGE1), "--options", *_options(resumed),
                 "run.resume_ckpt_path=%s" % (killed / "latest")])
     resumed_job = os.path.realpath(resumed / "latest")
     assert sorted(f for f in os.listdir(resumed_job) if f.endswith(".pth")) == [
         "checkpoint_0.pth", "checkpoint_latest.pth"]
 
     uninterrupted = tmp_path / "uninterrupted"
-    train.main(["--cfg-path", str(TINY), "--options", *_options(uninterrupted)])
+    train.main(["--cfg-path", str(TINY_STAGE1), "--options", *_options(uninterrupted)])
     job = os.path.realpath(uninterrupted / "latest")
     # the mid-epoch checkpoint is removed once the epoch's own is complete
     assert sorted(f for f in os.listdir(job) if f.endswith(".pth")) == [

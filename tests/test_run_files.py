@@ -12,9 +12,9 @@ from PIL import Image
 
 import lavis_xformer  # noqa: F401  (registers the plugin)
 from lavis.common.registry import registry
-from lavis_xformer.datasets.checks import ConfigError
-from lavis_xformer.runners import launch
-from lavis_xformer.runners.run_files import IncludingConfig, load_run_file
+from lavis_xformer.config_keys import ConfigError
+from lavis_xformer.training import launch
+from lavis_xformer.training.run_files import IncludingConfig, load_run_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ABLATIONS = os.path.join(ROOT, "projects/xformer/ablations")

@@ -8,8 +8,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -17,35 +15,22 @@ import numpy as np
 import pytest
 import torch
 
-from _testlib import subprocess_env
+from _testlib import (REPO, TINY_STAGE1, launch_args, lavis_command, model_config,
+                      run_command, tiny_stage1_options)
 from omegaconf import OmegaConf
 
 import lavis_xformer  # noqa: F401  (registers builders, models, tasks, runner)
 from lavis_xformer.datasets import checks, easyvqa
-from lavis_xformer.datasets.checks import ConfigError
+from lavis_xformer.config_keys import ConfigError
 from lavis_xformer.models import encoders, sources
 from lavis_xformer.models.config import ModelConfig
-from lavis_xformer.runners import checkpoints, launch
+from lavis_xformer.training import checkpoints, launch
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "projects" / "xformer" / "tiny" / "stage1.yaml"
-
-
-def _env():
-    return subprocess_env(threads=1)
-
-
-def _args(cfg_path, *options):
-    return launch.parse_args(["--cfg-path", str(cfg_path)] + (["--options", *options] if options else []))
 
 
 def _model_cfg(arch="xformer", model_type="tiny", **overrides):
-    from lavis.common.registry import registry
-
-    cfg = OmegaConf.load(registry.get_model_class(arch).default_config_path(model_type)).model
+    cfg = model_config(arch, model_type, **overrides)
     cfg.model_type = model_type
-    for key, value in overrides.items():
-        cfg[key] = value
     return cfg
 
 
@@ -143,13 +128,9 @@ def test_from_pretrained_folder_with_pickled_weights_is_refused(crafted, tmp_pat
 def test_resume_file_is_refused_in_a_real_run(crafted, tmp_path):
     """The training command itself: one line, exit status 2, no traceback, no payload."""
     path, marker = crafted
-    result = subprocess.run(
-        [sys.executable, "-m", "lavis.train", "--cfg-path", str(TINY), "--options",
-         "run.output_dir=%s" % (tmp_path / "out"), "datasets.easyvqa_caption.build_info.max_images=4",
-         "datasets.easyvqa_caption.build_info.splits=[train]", "run.batch_size_train=2",
-         "run.resume_ckpt_path=%s" % path],
-        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
-    assert result.returncode == 2, (result.stdout + result.stderr)[-4000:]
+    result = run_command(lavis_command(TINY_STAGE1, *tiny_stage1_options(tmp_path / "out", images=4,
+                                                                  max_epoch=None),
+                                       "run.resume_ckpt_path=%s" % path), tmp_path, expect=2)
     assert "Traceback" not in result.stderr
     error = [l for l in result.stderr.splitlines() if l.startswith("error: ")]
     assert len(error) == 1, result.stderr[-3000:]
@@ -276,7 +257,7 @@ def test_damaged_resume_file_names_the_last_good_checkpoint(tmp_path, damage):
     checkpoints.point_link(bad, job / checkpoints.CHECKPOINT_LATEST)
     for value in (bad, job):
         with pytest.raises(ConfigError) as info:
-            launch.load_config(_args(TINY, "run.resume_ckpt_path=%s" % value))
+            launch.load_config(launch_args(TINY_STAGE1, "run.resume_ckpt_path=%s" % value))
         message = str(info.value)
         assert "\n" not in message
         assert str(bad) in message and ("empty (0 bytes)" if damage == "empty" else "truncated") in message
@@ -300,18 +281,18 @@ def test_damaged_resume_file_names_the_last_good_checkpoint(tmp_path, damage):
 ])
 def test_unknown_keys_and_wrong_types_in_options(option, message):
     with pytest.raises(ConfigError) as info:
-        launch.load_config(_args(TINY, option))
+        launch.load_config(launch_args(TINY_STAGE1, option))
     assert message in str(info.value)
     assert "\n" not in str(info.value)
 
 
 def test_unknown_key_in_the_yaml_names_the_file(tmp_path):
-    text = TINY.read_text().replace("  max_epoch: 1\n", "  max_epoch: 1\n  chekpoint_every_iters: 100\n")
+    text = TINY_STAGE1.read_text().replace("  max_epoch: 1\n", "  max_epoch: 1\n  chekpoint_every_iters: 100\n")
     text = text.replace("  mask_ratio: 0.5\n", "  mask_ration: 0.5\n")
     cfg = tmp_path / "typo.yaml"
     cfg.write_text(text)
     with pytest.raises(ConfigError) as info:
-        launch.load_config(_args(cfg))
+        launch.load_config(launch_args(cfg))
     lines = str(info.value).splitlines()
     assert "%s: unknown key model.mask_ration; did you mean model.mask_ratio?" % cfg in lines[0] + lines[1] \
         or any(l.startswith("%s: unknown key model.mask_ration" % cfg) for l in lines)
@@ -320,11 +301,11 @@ def test_unknown_key_in_the_yaml_names_the_file(tmp_path):
 
 
 def test_user_keys_pass_and_known_keys_are_accepted(tmp_path):
-    cfg = launch.load_config(_args(TINY, "run.user.my_flag=3", "model.qformer.hidden_dropout_prob=0.2",
+    cfg = launch.load_config(launch_args(TINY_STAGE1, "run.user.my_flag=3", "model.qformer.hidden_dropout_prob=0.2",
                                    "model.drop_path_rate=0.1", "run.checkpoint_every_iters=5"))
     assert cfg.run_cfg.user.my_flag == 3
     from lavis_xformer.config_keys import check_config
-    from lavis_xformer.runners.run_files import load_run_file
+    from lavis_xformer.training.run_files import load_run_file
 
     for path in sorted((REPO / "projects").rglob("*.yaml")):  # every shipped project file
         check_config(load_run_file(str(path)), str(path))  # with its `includes:` resolved
@@ -337,7 +318,7 @@ def test_user_keys_pass_and_known_keys_are_accepted(tmp_path):
 ])
 def test_options_without_equals_are_one_line(options, message):
     with pytest.raises(ConfigError) as info:
-        launch.load_config(_args(TINY, *options))
+        launch.load_config(launch_args(TINY_STAGE1, *options))
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
@@ -378,7 +359,7 @@ def test_bad_easyvqa_annotations_stop_before_training(easyvqa_root, content, mes
     else:
         path.write_text(content)
     with pytest.raises(ConfigError) as info:
-        launch.load_config(_args(TINY, "datasets.easyvqa_caption.build_info.root=%s" % root,
+        launch.load_config(launch_args(TINY_STAGE1, "datasets.easyvqa_caption.build_info.root=%s" % root,
                                  "datasets.easyvqa_caption.build_info.splits=[train]"))
     assert str(path) in str(info.value) and message in str(info.value), str(info.value)
     assert "split 'train'" in str(info.value)

@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 
 import lavis_xformer  # noqa: F401  (registers everything)
-from lavis.common.registry import registry
 from lavis_xformer.datasets import benchmarks
 from lavis_xformer.tasks import metrics as M
 from lavis_xformer.tasks.xformer_retrieval import recall_metrics
@@ -206,8 +205,9 @@ def varied_vqa_rows(n=300, seed=11):
     return rows
 
 
-def _lavis_vqa_task_metrics(rows, tmp_path, monkeypatch):
-    """LAVIS 1.0.2's VQATask._report_metrics on official-format files of ``rows``."""
+def _lavis_vqa_task_metrics(rows, tmp_path):
+    """LAVIS 1.0.2's VQATask._report_metrics on official-format files of ``rows`` (in
+    ``tmp_path``, the run's output_dir: the result_dirs fixture)."""
     from lavis.tasks.vqa import VQATask
 
     head = {"info": {}, "task_type": "Open-Ended", "data_type": "mscoco", "data_subtype": "val2014",
@@ -222,7 +222,6 @@ def _lavis_vqa_task_metrics(rows, tmp_path, monkeypatch):
     (tmp_path / "q.json").write_text(json.dumps(questions))
     (tmp_path / "a.json").write_text(json.dumps(annotations))
     (tmp_path / "res.json").write_text(json.dumps([{"question_id": q, "answer": p} for q, _, p, _ in rows]))
-    monkeypatch.setitem(registry.mapping["paths"], "output_dir", str(tmp_path))
     task = VQATask(num_beams=5, max_len=10, min_len=1, evaluate=True, num_ans_candidates=128,
                    inference_method="generate")
     task.ques_files["val"] = str(tmp_path / "q.json")
@@ -230,9 +229,9 @@ def _lavis_vqa_task_metrics(rows, tmp_path, monkeypatch):
     return task._report_metrics(result_file=str(tmp_path / "res.json"), split="val")
 
 
-def test_vqa_headline_equals_lavis_vqatask_overall_and_per_answer_type(tmp_path, monkeypatch):
+def test_vqa_headline_equals_lavis_vqatask_overall_and_per_answer_type(tmp_path, result_dirs):
     rows = varied_vqa_rows()
-    lavis = _lavis_vqa_task_metrics(rows, tmp_path, monkeypatch)
+    lavis = _lavis_vqa_task_metrics(rows, tmp_path)
     records = [{"question_id": q, "answers": a, "prediction": p, "question_type": t} for q, a, p, t in rows]
     metrics = score(records, metric="vqa_accuracy")
     assert round(metrics["accuracy"], 2) == lavis["agg_metrics"]
@@ -269,7 +268,7 @@ def test_vqa_with_no_human_answers_is_an_error():
 
 # ----------------------------------------------------------------------------- GQA
 
-def test_gqa_headline_equals_lavis_gqatask(tmp_path, monkeypatch):
+def test_gqa_headline_equals_lavis_gqatask(tmp_path, result_dirs):
     from lavis.tasks.vqa import GQATask
 
     rng = random.Random(2)
@@ -278,7 +277,6 @@ def test_gqa_headline_equals_lavis_gqatask(tmp_path, monkeypatch):
     rows = [(i, rng.choice(gts), rng.choice(preds)) for i in range(400)]
     (tmp_path / "res.json").write_text(json.dumps(
         [{"question_id": i, "pred_ans": p, "gt_ans": g} for i, g, p in rows]))
-    monkeypatch.setitem(registry.mapping["paths"], "output_dir", str(tmp_path))
     task = GQATask(num_beams=5, max_len=10, min_len=1, evaluate=True, num_ans_candidates=128,
                    inference_method="generate")
     lavis = task._report_metrics(result_file=str(tmp_path / "res.json"), split="val")
@@ -293,7 +291,7 @@ def test_gqa_headline_equals_lavis_gqatask(tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------- retrieval
 
-def test_retrieval_metrics_equal_lavis_retrieval_task(tmp_path, monkeypatch):
+def test_retrieval_metrics_equal_lavis_retrieval_task(tmp_path, result_dirs):
     from lavis.tasks.retrieval import RetrievalTask
 
     rng = np.random.default_rng(0)
@@ -306,7 +304,6 @@ def test_retrieval_metrics_equal_lavis_retrieval_task(tmp_path, monkeypatch):
         score_i2t[i, img2txt[i][0]] += rng.uniform(0, 3)
     for t in range(5 * n_img):
         score_t2i[t, txt2img[t]] += rng.uniform(0, 3)
-    monkeypatch.setitem(registry.mapping["paths"], "output_dir", str(tmp_path))
     lavis = RetrievalTask._report_metrics(score_i2t, score_t2i, txt2img, img2txt)
     ours, _, _ = recall_metrics(score_i2t, score_t2i, img2txt, txt2img)
     assert set(lavis) <= set(ours)
@@ -379,9 +376,9 @@ def test_score_tool_rescores_published_rows_from_either_predictions_format(tmp_p
     assert again["accuracy"] == written["accuracy"] and again["mae"] == written["mae"]
 
 
-def test_score_tool_vqa_takes_official_files_and_lavis_result_files(tmp_path, monkeypatch, capsys):
+def test_score_tool_vqa_takes_official_files_and_lavis_result_files(tmp_path, result_dirs, capsys):
     rows = varied_vqa_rows(n=60, seed=4)
-    lavis = _lavis_vqa_task_metrics(rows, tmp_path, monkeypatch)
+    lavis = _lavis_vqa_task_metrics(rows, tmp_path)
     # res.json is LAVIS's own VQATask result file: {"question_id", "answer"}
     metrics = score_tool.main(["--benchmark", "vqav2", "--annotations", str(tmp_path / "a.json"),
                                str(tmp_path / "q.json"), "--predictions", str(tmp_path / "res.json")])

@@ -6,21 +6,11 @@ import math
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 import lavis_xformer  # noqa: F401  (registers the plugin)
-from lavis.common.registry import registry
+from _testlib import build_model
 
 TEXTS = ["a blue circle", "a red rectangle on the left of a green triangle", "two shapes", "a square"]
-
-
-def build(name="xformer", **overrides):
-    cls = registry.get_model_class(name)
-    cfg = OmegaConf.load(cls.default_config_path("tiny")).model
-    for key, value in overrides.items():
-        OmegaConf.update(cfg, key, value)
-    torch.manual_seed(0)
-    return cls.from_config(cfg)
 
 
 @pytest.fixture
@@ -47,7 +37,7 @@ def test_shared_image_kv_gives_the_same_losses_and_gradients(fusion, images):
     """Training mode (dropout on, negatives sampled): the forward is bit-identical, since
     every pass reads the keys/values it computed before; the gradients differ only by the
     order in which the passes' contributions to the one projection are summed."""
-    model = build(fusion=fusion)
+    model = build_model(fusion=fusion)
     model.train()
     old, old_grads = step(model, images, share=False)
     new, new_grads = step(model, images, share=True)
@@ -66,7 +56,7 @@ def cross_attention_modules(model):
 def test_shared_image_kv_computes_each_layers_keys_once(images):
     """Counted at the key projections: one call per cross-attention layer and step (the
     query pass), where the unshared path projects in the query pass, ITM and ITG."""
-    model = build()
+    model = build_model()
     model.train()
     calls = []
     hooks = [m.key.register_forward_hook(lambda mod, inp, out: calls.append(inp[0].shape[0]))
@@ -91,7 +81,7 @@ def test_shared_image_kv_removes_the_repeated_projection_flops(images):
     gradient flows to the trained ln_vision)."""
     from bench.measure import count_flops
 
-    model = build()
+    model = build_model()
     model.train()
     flops = {share: count_flops(lambda s=share: step(model, images, share=s)) for share in (False, True)}
     layers = len(cross_attention_modules(model))
@@ -135,8 +125,8 @@ def test_shared_image_kv_projects_rows_of_other_ranks_afresh():
 
 
 def test_shared_image_kv_is_the_default_and_a_model_key():
-    assert build().share_image_kv is True
-    assert build(share_image_kv=False).share_image_kv is False
+    assert build_model().share_image_kv is True
+    assert build_model(share_image_kv=False).share_image_kv is False
 
 
 # ----------------------------------------------------------------- fused AdamW
@@ -178,7 +168,7 @@ def test_compile_modules_fall_back_to_eager_when_compiling_fails(images, caplog)
     def broken_backend(gm, example_inputs):
         raise RuntimeError("no compiler here")
 
-    model = build()
+    model = build_model()
     model.eval()
     with torch.no_grad():
         expected = model.encode_image(images).queries
@@ -192,7 +182,7 @@ def test_compile_modules_fall_back_to_eager_when_compiling_fails(images, caplog)
 
 def test_compile_modules_rejects_unknown_names():
     with pytest.raises(ValueError, match=r"model.compile_modules has unknown names \['vit'\]"):
-        build(compile_modules=["vit"])
+        build_model(compile_modules=["vit"])
 
 
 @pytest.mark.slow  # graph capture of four modules: ~40 s alone, minutes on a loaded machine
@@ -203,7 +193,7 @@ def test_compiled_small_modules_give_the_same_losses(images):
     from lavis_xformer.models import compiled
 
     # no dropout: compiled code draws its dropout masks from the generator in another pattern
-    model = build(**{"qformer.hidden_dropout_prob": 0.0, "qformer.attention_probs_dropout_prob": 0.0})
+    model = build_model(**{"qformer.hidden_dropout_prob": 0.0, "qformer.attention_probs_dropout_prob": 0.0})
     model.train()
     old, old_grads = step(model, images, share=True)
     compiled.compile_modules(model, list(compiled.COMPILABLE), backend="aot_eager")
@@ -247,13 +237,13 @@ def test_fp8_without_fp8_tensor_cores_is_a_one_line_error(key):
     if torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9):
         pytest.skip("this machine has fp8 tensor cores")
     with pytest.raises(ValueError, match=rf"model.{key}=fp8 needs .*fp8 tensor cores") as info:
-        build(**{key: "fp8"})
+        build_model(**{key: "fp8"})
     assert "\n" not in str(info.value)
 
 
 def test_unknown_precision_is_a_clear_error():
     with pytest.raises(ValueError, match=r"model.vit_precision='int4' is not one of \('fp32', 'fp16', 'fp8'\)"):
-        build(vit_precision="int4")
+        build_model(vit_precision="int4")
 
 
 def test_fp8_linear_layers_keep_the_vit_features():
@@ -261,7 +251,7 @@ def test_fp8_linear_layers_keep_the_vit_features():
     its linear layers in e4m3 gives features with cosine similarity > 0.99 to fp32."""
     from lavis_xformer.models import fp8
 
-    model = build()
+    model = build_model()
     vit = model.visual_encoder
     image = torch.randn(2, 3, 64, 64)
     with torch.no_grad():

@@ -4,38 +4,27 @@ under torchrun (two gloo processes, same predictions, no duplicated or lost ques
 launch-time check for a missing stage-1 checkpoint; the `latest` link; VQA answer scoring."""
 import json
 import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from _testlib import subprocess_env
+from _testlib import REPO, lavis_command, launch_args, run_command
 import torch
 
 import lavis_xformer  # noqa: F401  (registers builders, models, tasks, runner)
 from lavis.common.registry import registry
 from lavis_xformer.datasets import easyvqa
-from lavis_xformer.datasets.checks import ConfigError
-from lavis_xformer.runners import launch
-from lavis_xformer.runners.runner_xformer import point_latest
+from lavis_xformer.config_keys import ConfigError
+from lavis_xformer.training import launch
+from lavis_xformer.training.runner import point_latest
 from lavis_xformer.tasks.xformer_vqa import metrics_table, normalize_answer, score
 
-REPO = Path(__file__).resolve().parents[1]
 PROJECTS = REPO / "projects" / "xformer"
 TINY1, TINY2, TINY_VQA = (PROJECTS / "tiny" / n for n in ("stage1.yaml", "stage2.yaml", "vqa.yaml"))
 # odd, so that under two processes the sampler pads one of them with a repeated question;
 # the first 5 test questions cover all three question types
 QUESTIONS = 5
-
-
-def _args(cfg_path, *options):
-    return launch.parse_args(["--cfg-path", str(cfg_path)] + (["--options", *options] if options else []))
-
-
-def _env(**extra):
-    return subprocess_env(**extra)
 
 
 def _train_options(output_dir, pretrained=None):
@@ -124,7 +113,7 @@ def test_easyvqa_questions_keep_ids_types_and_train_answers():
 def test_missing_stage1_checkpoint_stops_before_building(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError) as info:
-        launch.load_config(_args(TINY2))
+        launch.load_config(launch_args(TINY2))
     message = str(info.value)
     path = tmp_path / "output" / "xformer" / "tiny_stage1" / "latest" / "checkpoint_0.pth"
     assert "model.pretrained: no checkpoint at %s" % path in message
@@ -134,7 +123,7 @@ def test_missing_stage1_checkpoint_stops_before_building(tmp_path, monkeypatch, 
 
     # the paper-size project names its stage 1 the same way, before any data check
     with pytest.raises(ConfigError) as info:
-        launch.load_config(_args(PROJECTS / "stage2.yaml"))
+        launch.load_config(launch_args(PROJECTS / "stage2.yaml"))
     message = str(info.value)
     assert str(tmp_path / "output/xformer/stage1/latest/checkpoint_8.pth") in message
     assert "python -m lavis.train --cfg-path projects/xformer/stage1.yaml" in message
@@ -145,11 +134,11 @@ def test_missing_stage1_checkpoint_stops_before_building(tmp_path, monkeypatch, 
     torch.save({"model": {}}, job / "checkpoint_0.pth")
     assert point_latest(job)
     with pytest.raises(ConfigError, match="that folder holds checkpoint_0.pth"):
-        launch.load_config(_args(TINY2, "model.pretrained=output/xformer/tiny_stage1/latest/checkpoint_3.pth"))
+        launch.load_config(launch_args(TINY2, "model.pretrained=output/xformer/tiny_stage1/latest/checkpoint_3.pth"))
     # without a run.requires hint
     with pytest.raises(ConfigError, match="run the previous stage first or point model.pretrained"):
-        launch.load_config(_args(TINY2, "run.requires=null", "model.pretrained=nowhere/ckpt.pth"))
-    cfg = launch.load_config(_args(TINY2))  # now it exists
+        launch.load_config(launch_args(TINY2, "run.requires=null", "model.pretrained=nowhere/ckpt.pth"))
+    cfg = launch.load_config(launch_args(TINY2))  # now it exists
     assert cfg.model_cfg.pretrained == "output/xformer/tiny_stage1/latest/checkpoint_0.pth"
 
     # the command line: exit status 2 and the one message, no traceback
@@ -170,7 +159,7 @@ def test_stage2_projects_carry_the_papers_setup(tmp_path):
                                   ("stage2_opt6.7b.yaml", "pretrain_opt6.7b", "stage2_opt6.7b")):
         # past the checkpoint check, the missing 14M data are the next (and only) error
         with pytest.raises(ConfigError, match="data for this run is missing") as info:
-            launch.load_config(_args(PROJECTS / name, "model.pretrained=%s" % ckpt))
+            launch.load_config(launch_args(PROJECTS / name, "model.pretrained=%s" % ckpt))
         assert "model.pretrained" not in str(info.value)
         raw = launch._load_yaml(str(PROJECTS / name))
         assert raw.model.arch == "xformer_opt" and raw.model.model_type == model_type
@@ -247,13 +236,8 @@ def test_stage1_then_stage2_then_vqa_in_one_process_and_under_torchrun(tmp_path,
     assert 'majority "yes" %' in out
 
     # the same evaluation under torchrun, two gloo processes: same predictions, each once
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "lavis.evaluate", "--cfg-path", str(TINY_VQA), "--options",
-         *_vqa_options("out/vqa2", "out/s2/latest/checkpoint_0.pth")],
-        cwd=tmp_path, env=_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-6000:]
+    output = run_command(lavis_command(TINY_VQA, *_vqa_options("out/vqa2", "out/s2/latest/checkpoint_0.pth"),
+                                       script="lavis.evaluate", processes=2), tmp_path).output
     assert "distributed init (rank 1, world 2, backend gloo)" in output
     assert output.count("Zero-shot VQA, split 'test'") == 1  # printed by rank 0 only
     distributed, distributed_metrics = _results(tmp_path / "out" / "vqa2")

@@ -3,38 +3,14 @@ plugin's entry point, as users run it) in one plain process and under torchrun w
 processes, each writing LAVIS's checkpoint of the trainable weights."""
 import glob
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from _testlib import subprocess_env
+from _testlib import TINY_STAGE1, tiny_stage1_options
 from omegaconf import OmegaConf
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "projects" / "xformer" / "tiny" / "stage1.yaml"
 LOSSES = ("loss", "loss_itc", "loss_itm", "loss_lm", "loss_rec")
-
-
-def _env():
-    return subprocess_env()
-
-
-def _options(output_dir, images, batch_size):
-    return ["run.output_dir=%s" % output_dir,
-            "datasets.easyvqa_caption.build_info.max_images=%d" % images,
-            "datasets.easyvqa_caption.build_info.splits=[train]",
-            "run.batch_size_train=%d" % batch_size, "run.log_freq=1", "run.max_epoch=1"]
-
-
-def _run(cmd, cwd, **env):
-    result = subprocess.run(cmd, cwd=cwd, env={**_env(), **env}, capture_output=True, text=True,
-                            timeout=600)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-6000:]
-    return output
 
 
 def _checkpoint(output_dir, epoch):
@@ -70,10 +46,9 @@ def _assert_only_trainable(checkpoint):
 
 
 @pytest.mark.slow
-def test_tiny_stage1_trains_in_one_process_and_resumes(tmp_path):
+def test_tiny_stage1_trains_in_one_process_and_resumes(tmp_path, tiny_stage1):
     out = tmp_path / "out"
-    output = _run([sys.executable, "-m", "lavis.train", "--cfg-path", str(TINY),
-                   "--options", *_options(out, images=4, batch_size=2)], cwd=tmp_path)
+    output = tiny_stage1("out", images=4, batch_size=2, threads=None).output
     assert "Not using distributed mode" in output
     progress = [line for line in output.splitlines() if line.startswith("Train: data epoch: [0]  [")]
     assert len(progress) == 2, output[-4000:]  # 4 images / batch 2, printed every iteration
@@ -90,19 +65,17 @@ def test_tiny_stage1_trains_in_one_process_and_resumes(tmp_path):
     from lavis_xformer import train
 
     resumed = tmp_path / "resumed"
-    train.main(["--cfg-path", str(TINY), "--options", *_options(resumed, images=2, batch_size=2),
+    train.main(["--cfg-path", str(TINY_STAGE1), "--options",
+                *tiny_stage1_options(resumed, images=2, batch_size=2),
                 "run.max_epoch=2", "run.resume_ckpt_path=%s" % path])
     assert not glob.glob(os.path.join(str(resumed), "*", "checkpoint_0.pth"))
     assert torch.load(_checkpoint(resumed, 1), map_location="cpu")["epoch"] == 1
 
 
 @pytest.mark.slow
-def test_tiny_stage1_trains_under_torchrun_with_two_gloo_processes(tmp_path):
+def test_tiny_stage1_trains_under_torchrun_with_two_gloo_processes(tmp_path, tiny_stage1):
     out = tmp_path / "out"
-    output = _run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                   "--nproc_per_node=2", "-m", "lavis.train", "--cfg-path", str(TINY),
-                   "--options", *_options(out, images=4, batch_size=2)],
-                  cwd=tmp_path, OMP_NUM_THREADS="1")
+    output = tiny_stage1("out", images=4, batch_size=2, processes=2).output
     assert "distributed init (rank 1, world 2, backend gloo)" in output
     # 4 images over 2 processes, 2 per batch: 1 iteration, printed by rank 0 only
     progress = [line for line in output.splitlines() if line.startswith("Train: data epoch: [0]  [")]

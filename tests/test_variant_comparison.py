@@ -17,21 +17,15 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from _testlib import subprocess_env
+from _testlib import REPO, lavis_command, subprocess_env
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "projects" / "xformer" / "tiny"
 VARIANTS = ("blip2", "concat", "early_ca", "xformer")
 QUESTIONS = 4  # the first 4 test questions cover yes/no, color and shape
-
-
-def _env():
-    return subprocess_env(threads=os.environ.get("OMP_NUM_THREADS", 1))  # it runs beside this process's stage 2
 
 
 def _train_options(output_dir, fusion, pretrained=None):
@@ -56,9 +50,10 @@ def test_every_variant_trains_both_stages_evaluates_and_is_compared(tmp_path, mo
         """Start stage 1 of a variant by the users' command, in its own process."""
         log = open(tmp_path / ("%s_s1.log" % fusion), "w")
         return subprocess.Popen(
-            [sys.executable, "-m", "lavis.train", "--cfg-path", str(TINY / "stage1.yaml"),
-             "--options", *_train_options("out/%s_s1" % fusion, fusion)],
-            cwd=tmp_path, env=_env(), stdout=log, stderr=subprocess.STDOUT)
+            lavis_command(TINY / "stage1.yaml", *_train_options("out/%s_s1" % fusion, fusion)),
+            cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+            # it runs beside this process's stage 2
+            env=subprocess_env(threads=os.environ.get("OMP_NUM_THREADS", 1)))
 
     # The next variant's stage 1 runs while this one's stage 2 and evaluation run here.
     running = stage1(VARIANTS[0])

@@ -11,12 +11,10 @@ import os
 import pytest
 import torch
 
-from _testlib import build_model
+from _testlib import build_model, meta_model
 import torch.distributed as dist
-from omegaconf import OmegaConf
 
 import lavis_xformer  # noqa: F401  (registers the plugin)
-from lavis.common.registry import registry
 
 TEXTS = ["a blue circle", "a red rectangle on the left"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -267,12 +265,7 @@ def test_frozen_fusion_in_stage2_trains_only_the_projection(images):
 def test_paper_size_stage2_trainable_parameters_match_table_9(fusion, paper):
     """Table 9 counts stage 2 with OPT-6.7B (its 108M/130M rows are the OPT-6.7B rows of
     Table 3; OPT-2.7B gives 107M/129M)."""
-    cls = registry.get_model_class("xformer_opt")
-    cfg = OmegaConf.load(cls.default_config_path("pretrain_opt6.7b")).model
-    cfg.random_init = True
-    cfg.fusion = fusion
-    with torch.device("meta"):
-        model = cls.from_config(cfg)
+    model = meta_model("xformer_opt", "pretrain_opt6.7b", fusion=fusion)
     count = sum(p.numel() for p in trainable(model).values())
     assert abs(count - paper) / paper < 0.05, count
     assert (model.mae_branch is None) == (fusion == "blip2")
@@ -287,7 +280,7 @@ def test_ablation_project_files_exist_for_both_stages_and_parse():
                     "clip_layer26", "clip_recon", "no_sa", "no_itc", "no_itm", "no_itg", "no_hflip"):
         stages = {n for n in names if n.startswith(variant + "_stage")}
         assert stages, variant
-    from lavis_xformer.runners.run_files import load_run_file
+    from lavis_xformer.training.run_files import load_run_file
 
     for path in files:
         cfg = load_run_file(path)  # the file with its `includes:` (base/stage<N>.yaml) resolved

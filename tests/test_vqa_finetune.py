@@ -3,7 +3,6 @@ Q-Former, one drawn answer as the target with the loss on it alone, only the CLI
 LayerNorms unfrozen in the ViT, position embeddings interpolated for larger images, and the
 recipe run through lavis.train on LAVIS's own VQA train format."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,25 +12,16 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 import lavis_xformer  # noqa: F401  (registers the plugin)
+from _testlib import REPO, build_model
 from lavis.common.registry import registry
 from lavis_xformer.models.generation import format_prompts
 
-REPO = Path(__file__).resolve().parents[1]
 PROMPT = "Question: {} Short Answer:"
 
 
-def _cfg(**overrides):
-    cls = registry.get_model_class("xformer_opt")
-    cfg = OmegaConf.load(cls.default_config_path("tiny")).model
-    for key, value in overrides.items():
-        OmegaConf.update(cfg, key, value, merge=False)
-    return cls, cfg
-
-
 def build(seed=0, **overrides):
-    cls, cfg = _cfg(**overrides)
-    torch.manual_seed(seed)
-    return cls.from_config(cfg)
+    """A tiny stage-2 model (xformer_opt)."""
+    return build_model("xformer_opt", "tiny", seed, **overrides)
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +164,7 @@ def test_tiny_finetune_project_trains_on_lavis_vqa_files(tmp_path, monkeypatch):
     """projects/xformer/tiny/vqa_finetune.yaml with LAVIS's VQAv2 and VG train formats (the
     files of projects/xformer/vqa_finetune.yaml) in place of easy-VQA."""
     from lavis_xformer import train
-    from lavis_xformer.runners.run_files import load_run_file
+    from lavis_xformer.training.run_files import load_run_file
 
     root = tmp_path / "data"
     coco = [{"question_id": i, "question": "what color is it %d?" % i, "image": "val2014/%d.jpg" % i,
@@ -190,10 +180,7 @@ def test_tiny_finetune_project_trains_on_lavis_vqa_files(tmp_path, monkeypatch):
     for i in range(2):
         _image(root / "vg" / "vg" / ("%d.jpg" % i), 10 + i)
     # the tiny stage-1 and stage-2 weights the recipe starts from
-    stage1 = registry.get_model_class("xformer")
-    s1cfg = OmegaConf.load(stage1.default_config_path("tiny")).model
-    torch.manual_seed(0)
-    torch.save({"model": stage1.from_config(s1cfg).state_dict()}, tmp_path / "s1.pth")
+    torch.save({"model": build_model("xformer", "tiny", seed=0).state_dict()}, tmp_path / "s1.pth")
     torch.save({"model": build(seed=1).state_dict()}, tmp_path / "s2.pth")
 
     cfg = load_run_file(str(REPO / "projects/xformer/tiny/vqa_finetune.yaml"))

@@ -2,7 +2,6 @@
 publishers' formats, the scores against a direct computation, and the project files run
 through lavis.evaluate's entry point with the tiny stage-1 model."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,10 +10,10 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 import lavis_xformer  # noqa: F401  (registers the plugin)
+from _testlib import REPO, build_model, tiny_eval_project
 from lavis.common.registry import registry
 from lavis_xformer.tasks.xformer_zeroshot import classification_metrics, sugarcrepe_metrics
 
-REPO = Path(__file__).resolve().parents[1]
 EVAL = REPO / "projects" / "xformer" / "eval"
 
 
@@ -146,28 +145,11 @@ def test_sugarcrepe_reader_takes_the_published_json(data):
 
 # ----------------------------------------------------------------- end to end
 
-def _tiny_project(src, dst, checkpoint, options):
-    cfg = OmegaConf.load(src)
-    cfg.model.model_type = "tiny"
-    cfg.model.pretrained = str(checkpoint)
-    cfg.model.pop("fusion", None)
-    for key, value in options.items():
-        OmegaConf.update(cfg, key, value, merge=False)
-    for name in cfg.datasets:
-        cfg.datasets[name].vis_processor.eval.image_size = 64
-    cfg.run.update(device="cpu", num_workers=0, batch_size_eval=2, log_freq=1)
-    OmegaConf.save(cfg, dst)
-    return dst
-
-
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     """A tiny stage-1 model and a checkpoint of its weights, so that the run and the direct
     computation see the same model."""
-    cls = registry.get_model_class("xformer")
-    cfg = OmegaConf.load(cls.default_config_path("tiny")).model
-    torch.manual_seed(0)
-    model = cls.from_config(cfg).eval()
+    model = build_model("xformer", "tiny", seed=0).eval()
     path = tmp_path_factory.mktemp("ckpt") / "stage1.pth"
     torch.save({"model": model.state_dict()}, path)
     return model, path
@@ -195,12 +177,13 @@ def _caption(text):
 def test_flowers_project_classifies_by_itc_as_computed_directly(data, tiny_model, tmp_path, monkeypatch, capsys):
     model, ckpt = tiny_model
     names = ["pink primrose", "sweet pea", "sunflower"]
-    cfg = _tiny_project(EVAL / "flowers102.yaml", tmp_path / "flowers.yaml", ckpt, {
+    cfg = tiny_eval_project(EVAL / "flowers102.yaml", tmp_path / "flowers.yaml", {
         "datasets.flowers102_eval.build_info.annotations.test.storage": [
             str(data / "flowers102" / "imagelabels.mat"), str(data / "flowers102" / "setid.mat")],
         "datasets.flowers102_eval.build_info.images.storage": str(data / "flowers102"),
         "datasets.flowers102_eval.build_info.classnames": names,
-        "datasets.flowers102_eval.build_info.templates": ["a photo of a {}, a type of flower.", "a {}."]})
+        "datasets.flowers102_eval.build_info.templates": ["a photo of a {}, a type of flower.", "a {}."]},
+        pretrained=ckpt, model_defaults=["fusion"])
     logs, result = _run(cfg, tmp_path, monkeypatch)
     predictions = json.loads((result / "test_classification_predictions.json").read_text())
     metrics = json.loads((result / "test_classification_metrics.json").read_text())
@@ -228,10 +211,11 @@ def test_flowers_project_classifies_by_itc_as_computed_directly(data, tiny_model
 @pytest.mark.slow
 def test_sugarcrepe_project_scores_itc_and_itm_as_computed_directly(data, tiny_model, tmp_path, monkeypatch):
     model, ckpt = tiny_model
-    cfg = _tiny_project(EVAL / "sugarcrepe_blip2.yaml", tmp_path / "sc.yaml", ckpt, {
+    cfg = tiny_eval_project(EVAL / "sugarcrepe_blip2.yaml", tmp_path / "sc.yaml", {
         "datasets.sugarcrepe_eval.build_info.annotations.test.storage": [
             str(data / "sugar_crepe" / "add_obj.json"), str(data / "sugar_crepe" / "swap_att.json")],
-        "datasets.sugarcrepe_eval.build_info.images.storage": str(data / "coco" / "val2017")})
+        "datasets.sugarcrepe_eval.build_info.images.storage": str(data / "coco" / "val2017")},
+        pretrained=ckpt, model_defaults=["fusion"])
     logs, result = _run(cfg, tmp_path, monkeypatch)
     records = json.loads((result / "test_sugarcrepe_predictions.json").read_text())
     metrics = json.loads((result / "test_sugarcrepe_metrics.json").read_text())

@@ -4,22 +4,16 @@ LAVIS 1.0.2 finds out about missing data late: its builders try to download anno
 (which fails without network, or with a bare URL error), only warn about a missing image
 folder, and the run then dies inside a DataLoader worker. These checks stop a run at once with
 one message that names the dataset, the split, the expected path and the yaml key to set.
-
-Likewise a stage-2 or evaluation run whose ``model.pretrained`` names a local checkpoint that
-does not exist (typically: the previous stage has not been run) stops with the path, the key
-and the command that writes the checkpoint.
+(The checks of the checkpoints a run reads are training/checkpoints.py's.)
 """
-import glob
 import os
 
 from lavis.common.registry import registry
 from lavis.common.utils import get_cache_path, is_url
 
+from lavis_xformer.config_keys import ConfigError
+
 LAVIS_SPLITS = ("train", "val", "test")  # the splits BaseDatasetBuilder.build() builds
-
-
-class ConfigError(ValueError):
-    """A run configuration that cannot work; the message says what to change."""
 
 
 def _as_list(value):
@@ -121,78 +115,6 @@ def check_datasets(datasets_cfg):
                      "as LAVIS does; give absolute paths, in the run yaml or as --options "
                      "key=value." % registry.get_path("cache_root"))
     raise ConfigError("\n".join(lines))
-
-
-CHECKPOINT_KEYS = ("pretrained",)  # model keys naming a checkpoint that some earlier run writes
-
-
-def _is_remote(value):
-    return is_url(value) or value.startswith("pkg:")
-
-
-def check_checkpoints(model_cfg, run_cfg):
-    """Raise ConfigError when ``model.pretrained`` is a local path that does not exist.
-
-    Relative paths are taken from the current directory, as the model does when loading. The
-    message names the key and the absolute path, lists the checkpoints that do exist beside it
-    (e.g. a shortened stage 1 left checkpoint_0.pth only), and says how to produce the file:
-    ``run.requires`` in the project file names the project that writes it (e.g.
-    ``projects/xformer/stage1.yaml``); without that hint it says "the previous stage".
-    """
-    for key in CHECKPOINT_KEYS:
-        value = model_cfg.get(key, None)
-        values = [value] if value is None or isinstance(value, str) else list(value)
-        for value in values:  # a list of checkpoints is loaded in order (sources.load_pretrained)
-            _check_checkpoint(key, value, run_cfg)
-
-
-def _check_checkpoint(key, value, run_cfg):
-    if not value or _is_remote(str(value)):
-        return
-    path = os.path.abspath(os.path.expanduser(str(value)))
-    if os.path.isfile(path):
-        return
-    if os.path.isdir(path):
-        raise ConfigError("model.%s: %s is a directory; point model.%s at a checkpoint file "
-                          "inside it (e.g. checkpoint_<epoch>.pth)" % (key, path, key))
-    requires = run_cfg.get("requires", None)
-    if requires:
-        how = "run %s first (python -m lavis.train --cfg-path %s)" % (requires, requires)
-    else:
-        how = "run the previous stage first"
-    message = "model.%s: no checkpoint at %s" % (key, path)
-    if str(value) != path:
-        message += " (model.%s=%s, relative to %s)" % (key, value, os.getcwd())
-    found = sorted(glob.glob(os.path.join(os.path.dirname(path), "checkpoint_*.pth")))
-    if found:
-        message += "; that folder holds %s" % ", ".join(os.path.basename(f) for f in found)
-    message += "; %s or point model.%s at its checkpoint (--options model.%s=/path/to/" \
-               "checkpoint.pth)" % (how, key, key)
-    raise ConfigError(message)
-
-
-def check_resume(run_cfg):
-    """Raise ConfigError when ``run.resume_ckpt_path`` names a local file or job directory
-    that holds no checkpoint (LAVIS finds out only after building everything)."""
-    predictions = run_cfg.get("resume_predictions", None)
-    if predictions and not os.path.isdir(os.path.expanduser(str(predictions))):
-        raise ConfigError("run.resume_predictions: no folder %s; name the job directory of the "
-                          "interrupted evaluation (it holds result/<split>_*.rank<r>.jsonl)"
-                          % predictions)
-    value = run_cfg.get("resume_ckpt_path", None)
-    if not value or run_cfg.get("evaluate", False) or _is_remote(str(value)):
-        return
-    from lavis_xformer.runners.checkpoints import damaged_resume_message, resolve_resume_path
-
-    try:
-        path = resolve_resume_path(os.path.abspath(os.path.expanduser(str(value))))
-    except FileNotFoundError as e:
-        raise ConfigError("%s; a run's job directory (or its output_dir's `latest` link) "
-                          "resumes from its newest checkpoint" % e) from None
-    damaged = damaged_resume_message(path)  # empty or truncated: a killed copy, a full disk
-    if damaged:
-        raise ConfigError(damaged)
-
 
 
 # --- Annotation content ------------------------------------------------------------------------

@@ -23,7 +23,7 @@ Modules (one defect each)
 
 Overrides that stay with the class they override (by design: they are methods of the
 plugin's subclass, each with a ``# Defect:`` comment where it is defined)
-    runners/runner_xformer.py  ``RunnerXFormer``:
+    training/runner.py  ``RunnerXFormer``:
         ``model``             RunnerBase.model returns None when the model already sits on the
                               run device; DDP always given device_ids (rejected under gloo).
         ``scaler``            a CUDA GradScaler even on a CPU run.
@@ -31,17 +31,18 @@ plugin's subclass, each with a ``# Defect:`` comment where it is defined)
         ``create_loaders``    PrefetchLoader (a torch.cuda.Stream) and pinned memory always.
         ``train``             unconditional dist.barrier(); the loop variable read after an
                               empty loop (a resumed run with no epoch left).
+        ``train_epoch``       the loop (LAVIS's ``BaseTask._train_inner_loop``) uses
+                              ``torch.cuda.amp.autocast`` even on a CPU run (here
+                              ``torch.autocast`` on the run's device type) and reduces its
+                              statistics on "cuda" (here ``metric_sync``).
         ``_load_checkpoint``  strict resume fails because checkpoints omit frozen weights
                               (LAVIS issue #153).
     tasks/evaluation.py  ``XFormerEvalTask.evaluation``: ``BaseTask.evaluation`` (called by
         ``RunnerBase.eval_epoch`` without ``cuda_enabled``) moves every batch to CUDA; batches
         go to the model's device. All evaluation tasks inherit it.
-    tasks/xformer_pretrain.py  ``XFormerPretrainTask._train_inner_loop``: ``BaseTask``'s loop
-        uses ``torch.cuda.amp.autocast`` even on a CPU run (here ``torch.autocast`` on the
-        run's device type) and reduces its statistics on "cuda" (here ``metric_sync``).
     models/blip2_twin.py  ``Blip2OPT`` has no ``predict_answers``, so LAVIS's VQA task cannot
         run it; the twin adds one.
 
 Not a defect, so not here: ``models/fused_attention.py`` (a speed feature) and
-``runners/run_files.py`` (the ``includes:`` of run files, a feature LAVIS lacks).
+``training/run_files.py`` (the ``includes:`` of run files, a feature LAVIS lacks).
 """

@@ -7,7 +7,7 @@ backend and calls ``torch.cuda.set_device``, so ``torchrun`` on a CPU machine (o
 Patch: ``init_distributed_mode`` reads the torchrun environment (RANK, WORLD_SIZE,
 LOCAL_RANK), uses gloo when CUDA is unavailable or ``run.device`` is cpu and nccl otherwise,
 and turns ``run.distributed`` off when the process was not launched by torchrun.
-``runners/launch.py`` calls it in place of LAVIS's.
+``training/launch.py`` calls it in place of LAVIS's.
 
 Removal: once LAVIS chooses the backend from the device, call
 ``lavis.common.dist_utils.init_distributed_mode`` in launch.py and delete this module.

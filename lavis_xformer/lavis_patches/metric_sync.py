@@ -5,7 +5,7 @@ builds its all-reduce tensor with ``device="cuda"``, so ``BaseTask``'s end-of-ep
 (``MetricLogger.synchronize_between_processes``) crash under a gloo (CPU) process group.
 
 Patch: ``synchronize_metric_logger`` and ``all_reduce_sum`` reduce on "cuda" for nccl and on
-"cpu" otherwise; ``tasks/xformer_pretrain.py``'s training loop calls them.
+"cpu" otherwise; the runner's training loop (``training/runner.py``) calls them.
 
 Removal: once SmoothedValue picks the device from the backend, call
 ``metric_logger.synchronize_between_processes()`` in the loop and delete this module.

@@ -7,7 +7,7 @@ selects X's default model yaml: the run keeps the defaults of the run file's mod
 only the name changed (e.g. OPT-2.7B sizes under the name pretrain_opt6.7b).
 
 Patch: ``apply_model_type_option`` rebuilds the model and preprocess sections as LAVIS means
-to (X's defaults, then the run file's model section, then the options); ``runners/launch.py``
+to (X's defaults, then the run file's model section, then the options); ``training/launch.py``
 calls it on the built config.
 
 Removal: once ``build_model_config`` reads ``OmegaConf.select(kwargs, "model.model_type")``,
@@ -21,7 +21,7 @@ def apply_model_type_option(cfg, options):
     --options) choose another model type than the run file."""
     from lavis.common.registry import registry
 
-    from lavis_xformer.runners.run_files import load_run_file
+    from lavis_xformer.training.run_files import load_run_file
 
     model_type = OmegaConf.select(options, "model.model_type")
     file_model = load_run_file(cfg.args.cfg_path).get("model", None) or {}

@@ -79,8 +79,8 @@ class XFormerEvalTask(BaseTask):
     skips_unreadable_images = False  # the runner wraps the dataset in SkipUnreadable
     streams_predictions = False     # per-process JSONL of the records, run.resume_predictions
 
-    def __init__(self, log_freq=10, benchmark=None, model_info=None, **kwargs):
-        super().__init__(**kwargs)  # cooperative: XFormerVQATask also derives from VQATask
+    def __init__(self, log_freq=10, benchmark=None, model_info=None):
+        super().__init__()
         self.log_freq = max(1, int(log_freq))
         self.benchmark = benchmark
         self.model_info = model_info or OrderedDict()

@@ -35,11 +35,11 @@ also names the benchmark (``run.benchmark``, default: the dataset's name) and th
 """
 import logging
 from collections import Counter, OrderedDict
+from typing import NamedTuple, Optional
 
 import torch
 from lavis.common.logger import SmoothedValue
 from lavis.common.registry import registry
-from lavis.tasks.vqa import VQATask
 
 from lavis_xformer.models.generation import VQA_PROMPT
 from lavis_xformer.tasks import metrics as bench_metrics
@@ -167,11 +167,20 @@ def _as_list(value):
     return [value] if isinstance(value, (str, int)) else list(value)
 
 
+class VQASplit(NamedTuple):
+    """What the steps of one VQA split need from its dataset (``split_state``)."""
+    truth: dict                   # question id -> its annotation record (ground truth)
+    answer_list: Optional[list]   # the split's candidate answers (inference_method "rank")
+
+
 @registry.register_task("xformer_vqa")
-class XFormerVQATask(XFormerEvalTask, VQATask):
-    """LAVIS's ``vqa`` task with the paper's zero-shot protocol as defaults, runnable on a
-    CPU, merging results across processes, scoring exact match against a majority baseline.
-    The loop, the merge and the files are XFormerEvalTask's (tasks/evaluation.py)."""
+class XFormerVQATask(XFormerEvalTask):
+    """LAVIS's ``vqa`` task (same run keys) with the paper's zero-shot protocol as defaults,
+    runnable on a CPU, merging results across processes, scoring exact match against a
+    majority baseline. The loop, the merge and the files are XFormerEvalTask's
+    (tasks/evaluation.py). Unlike LAVIS's VQATask it keeps nothing of the datasets: the
+    answer list and the ground truth of a split come from that split's dataset
+    (``split_state``)."""
 
     KIND = "vqa"
     ID_KEY = "question_id"
@@ -188,10 +197,14 @@ class XFormerVQATask(XFormerEvalTask, VQATask):
         if metric not in bench_metrics.METRICS:
             raise ValueError("run.metric=%r is not known; available: %s" % (
                 metric, ", ".join(bench_metrics.METRICS)))
-        super().__init__(log_freq=log_freq, benchmark=benchmark, model_info=model_info,
-                         num_beams=num_beams, max_len=max_len, min_len=min_len,
-                         evaluate=evaluate, num_ans_candidates=num_ans_candidates,
-                         inference_method=inference_method, prompt=prompt)
+        super().__init__(log_freq=log_freq, benchmark=benchmark, model_info=model_info)
+        self.num_beams = num_beams
+        self.max_len = max_len
+        self.min_len = min_len
+        self.evaluate = evaluate
+        self.inference_method = inference_method
+        self.num_ans_candidates = num_ans_candidates
+        self.prompt = prompt
         self.length_penalty = length_penalty
         self.metric = metric
 
@@ -226,19 +239,20 @@ class XFormerVQATask(XFormerEvalTask, VQATask):
 
     def split_state(self, model, dataset):
         """The ground truth that does not fit in a batch, by question id (the dataset's
-        ``annotation`` records)."""
-        return {_question_id(a["question_id"]): a
-                for a in getattr(dataset, "annotation", None) or []
-                if isinstance(a, dict) and "question_id" in a}
+        ``annotation`` records), and the dataset's ``answer_list`` (None without one)."""
+        truth = {_question_id(a["question_id"]): a
+                 for a in getattr(dataset, "annotation", None) or []
+                 if isinstance(a, dict) and "question_id" in a}
+        return VQASplit(truth, getattr(dataset, "answer_list", None))
 
     def sample_ids(self, samples):
         return [_question_id(q) for q in _as_list(samples["question_id"])]
 
     def valid_step(self, model, samples, state=None):
-        truth = state or {}
+        truth, answer_list = state if state is not None else ({}, None)
         answers = model.predict_answers(
             samples=samples,
-            answer_list=self.answer_list,
+            answer_list=answer_list,
             inference_method=self.inference_method,
             num_beams=self.num_beams,
             max_len=self.max_len,

@@ -79,7 +79,7 @@ def convert(source, target):
     import torch
 
     from lavis_xformer.models import sources
-    from lavis_xformer.runners.checkpoints import atomic_save
+    from lavis_xformer.training.checkpoints import atomic_save
 
     if not os.path.isfile(source):
         raise ConvertError("no such file: %s" % source)

@@ -2,7 +2,7 @@
 
 A run is found from any of: a metrics JSON file, a job directory (``<output_dir>/<job_id>``),
 its ``result/`` folder, or a run's ``output_dir`` (then its ``latest`` job, see
-``runner_xformer.point_latest``). From a job directory every ``result/*metrics*.json`` is read;
+``training.runner.point_latest``). From a job directory every ``result/*metrics*.json`` is read;
 a job without one falls back to the last line of LAVIS's ``evaluate.txt``.
 
 A metrics JSON is read tolerantly as

@@ -1,5 +1,8 @@
 """``runner_xformer``: LAVIS's epoch-based RunnerBase, fixed so it trains on a CPU and in one
-plain process as well as under torchrun (gloo on CPU, nccl on GPU).
+plain process as well as under torchrun (gloo on CPU, nccl on GPU), and owning the training
+loop: ``train_epoch`` is one plain loop over the batches (as nanoGPT's), the task supplies only
+the step (``task.train_step(model, samples)``: the loss, or a dict of the loss and its parts to
+log), and where the run stands lives in one ``TrainState`` (training/state.py).
 
 Every override below names the LAVIS 1.0.2 defect it works around; everything else, including
 checkpointing (``checkpoint_<epoch>.pth`` in ``<output_dir>/<job_id>/`` holding only the
@@ -10,7 +13,7 @@ that a later stage's project file can name an earlier stage's output
 
 Robustness (a run of days on many GPUs must survive kills and bad data):
 
-* every checkpoint is written atomically (runners/checkpoints.py) and, besides LAVIS's
+* every checkpoint is written atomically (training/checkpoints.py) and, besides LAVIS's
   trainable weights, optimizer, scaler and epoch, holds the iterations done in its epoch, the
   training data position and every process's random state; ``checkpoint_latest.pth`` in the
   job directory names the newest complete one;
@@ -29,14 +32,17 @@ import inspect
 import logging
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 import webdataset as wds
 import lavis.common.optims  # noqa: F401  (registers LAVIS's lr schedulers; `import lavis` does not)
 from lavis.common.dist_utils import download_cached_file, get_rank, get_world_size, is_main_process
+from lavis.common.logger import MetricLogger, SmoothedValue
 from lavis.common.registry import registry
 from lavis.common.utils import is_url
+from lavis.datasets.data_utils import prepare_sample
 from lavis.datasets.datasets.dataloader_utils import MultiIterLoader, PrefetchLoader
 from lavis.runners.runner_base import RunnerBase
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -44,12 +50,15 @@ from torch.utils.data import DataLoader, DistributedSampler
 from torch.utils.data.dataset import ChainDataset
 
 from lavis_xformer import optims
-from lavis_xformer.lavis_patches import distributed
+from lavis_xformer.lavis_patches import distributed, metric_sync
 from lavis_xformer.datasets.sampling import ResumableIterLoader, ResumableSampler, SeededIndices
 from lavis_xformer.datasets.skipping import (
-    EvalSkippingCollater, SkipBadSamples, SkipUnreadable, SkippingCollater)
-from lavis_xformer.runners import checkpoints, preemption
-from lavis_xformer.tasks.xformer_pretrain import NonFiniteLossError
+    EvalSkippingCollater, SkipBadSamples, SkipUnreadable, SkippingCollater, pop_skipped)
+from lavis_xformer.training import checkpoints, preemption
+from lavis_xformer.training.state import TrainState
+from lavis_xformer.training.step import (
+    ADVICE, NON_FINITE_ERROR, NonFiniteLossError, check_finite, grads_finite, last_named,
+    loss_parts, to_host, where)
 
 
 LATEST = "latest"
@@ -72,17 +81,11 @@ def point_latest(job_dir, name=LATEST):
     """
     job_dir = Path(job_dir)
     link = job_dir.parent / name
-    tmp = job_dir.parent / checkpoints._tmp_name(name)
     try:
-        if os.path.lexists(tmp):
-            os.remove(tmp)
-        os.symlink(job_dir.name, tmp, target_is_directory=True)
-        os.replace(tmp, link)
+        checkpoints.point_link(job_dir, link)
     except OSError as e:
         logging.warning("could not point %s at %s (%s); name the job directory instead", link,
                         job_dir, e)
-        if os.path.lexists(tmp):
-            os.remove(tmp)
         return False
     logging.info("%s -> %s", link, job_dir.name)
     return True
@@ -90,6 +93,11 @@ def point_latest(job_dir, name=LATEST):
 
 @registry.register_runner("runner_xformer")
 class RunnerXFormer(RunnerBase):
+
+    def __init__(self, cfg, task, model, datasets, job_id):
+        self.state = TrainState()
+        self._amp_warned = False
+        super().__init__(cfg, task, model, datasets, job_id)
 
     # Defect: RunnerBase.model only moves and wraps the model when it is not yet on the run
     # device, so on a CPU run (model built on the CPU) it returns None; and it always gives DDP
@@ -116,7 +124,7 @@ class RunnerXFormer(RunnerBase):
         if self._scaler is None and self.config.run_cfg.get("amp", False):
             if self.cuda_enabled:
                 self._scaler = torch.amp.GradScaler("cuda")
-            elif not getattr(self, "_amp_warned", False):
+            elif not self._amp_warned:
                 logging.warning("run.amp is true but the run is on %s: training in fp32.", self.device)
                 self._amp_warned = True
         return self._scaler
@@ -204,14 +212,15 @@ class RunnerXFormer(RunnerBase):
         return int(every)
 
     def _snapshot_rng(self):
-        """Every process's random state, gathered (all processes must call this)."""
+        """Every process's random state, gathered into the state (all processes must call
+        this)."""
         state = checkpoints.rng_state()
         if distributed.dist_ready():
             states = [None] * get_world_size()
             torch.distributed.all_gather_object(states, state)
-            self._rng_states = states
+            self.state.rng = states
         else:
-            self._rng_states = [state]
+            self.state.rng = [state]
 
     def _checkpoint_state(self, cur_epoch, iters_done):
         model_no_ddp = self.unwrap_dist_model(self.model)
@@ -227,8 +236,8 @@ class RunnerXFormer(RunnerBase):
             # additions (LAVIS reads none of them)
             "iters_done": iters_per_epoch if iters_done is None else iters_done,
             "iters_per_epoch": iters_per_epoch,
-            "data": [loader.state_dict() for loader in getattr(self, "_resumable_loaders", [])],
-            "rng": getattr(self, "_rng_states", None),
+            "data": [loader.state_dict() for loader in self.state.loaders],
+            "rng": self.state.rng,
             "lr_sched": (self.lr_scheduler.state_dict()
                          if hasattr(self.lr_scheduler, "state_dict") else None),
         }
@@ -253,44 +262,38 @@ class RunnerXFormer(RunnerBase):
         checkpoints.atomic_save(self._checkpoint_state(cur_epoch, iters_done), save_to)
         checkpoints.point_link(save_to, os.path.join(str(self.output_dir),
                                                      checkpoints.CHECKPOINT_LATEST))
-        previous = getattr(self, "_mid_epoch_checkpoint", None)
+        previous = self.state.mid_epoch_checkpoint
         if previous and previous != save_to and os.path.isfile(previous):
             os.remove(previous)  # keep only the newest mid-epoch checkpoint
-        self._mid_epoch_checkpoint = save_to if iters_done is not None else None
-        self._last_checkpoint = save_to
+        self.state.mid_epoch_checkpoint = save_to if iters_done is not None else None
+        self.state.last_checkpoint = save_to
         point_latest(self.output_dir)
         logging.info("Saved checkpoint %s", save_to)  # all done: a kill from here on loses nothing
         return save_to
 
-    @property
-    def _stop_signals(self):
-        if getattr(self, "_signals", None) is None:
-            self._signals = preemption.StopSignals()
-        return self._signals
-
-    def _after_step(self, epoch, iters_done):
-        """Called by the task after every iteration: a mid-epoch checkpoint every
+    def _after_step(self):
+        """After every iteration of the loop: a mid-epoch checkpoint every
         run.checkpoint_every_iters iterations (the epoch's end has its own); on a stop request
         in any process (preemption.py), a checkpoint now and Preempted."""
+        epoch, done, total = self.state.epoch, self.state.iteration, len(self.train_loader)
         every = self.checkpoint_every_iters
-        saved, due = None, bool(every and iters_done % every == 0 and iters_done < len(self.train_loader))
+        saved, due = None, bool(every and done % every == 0 and done < total)
         if due:
             self._snapshot_rng()  # collective: every process calls it
-            saved = self._save_checkpoint(epoch, iters_done=iters_done)  # None but on rank 0
-        if iters_done >= len(self.train_loader):
+            saved = self._save_checkpoint(epoch, iters_done=done)  # None but on rank 0
+        if done >= total:
             return  # the epoch's end: its own checkpoint comes next, then train() checks
-        if preemption.agreed_stop(self._stop_signals.requested):
+        if preemption.agreed_stop(self.state.signals.requested):
             if not due:
                 self._snapshot_rng()
-                saved = self._save_checkpoint(epoch, iters_done=iters_done)
-            self._preempted("epoch %d, iteration %d of %d" % (
-                epoch, iters_done, len(self.train_loader)), saved)
+                saved = self._save_checkpoint(epoch, iters_done=done)
+            self._preempted("epoch %d, iteration %d of %d" % (epoch, done, total), saved)
 
     def _preempted(self, where, saved):
         """Raise Preempted with the line to show, once the checkpoint is complete everywhere."""
         distributed.barrier()  # the checkpoint is complete before any process leaves
         args = getattr(self.config, "args", None)
-        from lavis_xformer.runners.launch import _dotlist
+        from lavis_xformer.training.launch import _dotlist
 
         command = preemption.resume_command(
             getattr(args, "cfg_path", "<run file>"), _dotlist(getattr(args, "options", None)),
@@ -407,9 +410,7 @@ class RunnerXFormer(RunnerBase):
         if self.cuda_enabled:
             loader = PrefetchLoader(loader)
         loader = ResumableIterLoader(loader, sampler, batch_size)
-        if not hasattr(self, "_resumable_loaders"):
-            self._resumable_loaders = []
-        self._resumable_loaders.append(loader)
+        self.state.loaders.append(loader)
         return loader
 
     # Defect: RunnerBase.train calls dist.barrier() after every epoch, which fails without a
@@ -446,12 +447,12 @@ class RunnerXFormer(RunnerBase):
                 break
             distributed.barrier()
             # a stop requested in the epoch's last step (preemption.py): the epoch is saved
-            if cur_epoch + 1 < self.max_epoch and preemption.agreed_stop(self._stop_signals.requested):
+            if cur_epoch + 1 < self.max_epoch and preemption.agreed_stop(self.state.signals.requested):
                 saved = None
                 if self.valid_splits:  # LAVIS saved only an improving epoch: save this one
                     saved = self._save_checkpoint(cur_epoch, is_best=False)
                 self._preempted("epoch %d (complete)" % cur_epoch,
-                                saved or getattr(self, "_last_checkpoint", None))
+                                saved or self.state.last_checkpoint)
 
         test_epoch = "best" if self.valid_splits else last_epoch
         self.evaluate(cur_epoch=test_epoch, skip_reload=self.evaluate_only)
@@ -459,30 +460,97 @@ class RunnerXFormer(RunnerBase):
         total = str(datetime.timedelta(seconds=int(time.time() - start_time)))
         logging.info("Training time {}".format(total))
 
-    # Replaces RunnerBase.train_epoch: tasks that take them get the iteration to start at (a run
-    # resumed within an epoch), the mid-epoch checkpoint hook and the NaN/inf guard.
+    # Replaces RunnerBase.train_epoch and BaseTask's loop (LAVIS keeps the loop in the task,
+    # which then needs the runner's state for checkpoints and resume). It also fixes two LAVIS
+    # 1.0.2 defects of that loop (lavis_patches/__init__.py): autocast is torch.cuda.amp's even
+    # on a CPU run (here torch.autocast on the run's device type), and the end-of-epoch
+    # statistics are all-reduced on "cuda" whatever the backend (lavis_patches/metric_sync.py).
     def train_epoch(self, epoch):
-        self.model.train()
-        kwargs = dict(epoch=epoch, model=self.model, data_loader=self.train_loader,
-                      optimizer=self.optimizer, scaler=self.scaler,
-                      lr_scheduler=self.lr_scheduler, cuda_enabled=self.cuda_enabled,
-                      log_freq=self.log_freq, accum_grad_iters=self.accum_grad_iters)
-        start_iter, self._start_iter = getattr(self, "_start_iter", 0), 0
-        if "after_step" in inspect.signature(self.task.train_epoch).parameters:
-            kwargs.update(start_iter=start_iter, after_step=self._after_step,
-                          check_finite_loss=bool(self.config.run_cfg.get("check_finite_loss", True)))
-        elif start_iter or self.checkpoint_every_iters:
-            raise ValueError("task %s cannot resume within an epoch or save mid-epoch "
-                             "checkpoints (its train_epoch takes no start_iter/after_step); "
-                             "use run.task=xformer_pretrain or drop run.checkpoint_every_iters"
-                             % type(self.task).__name__)
-        try:
-            with self._stop_signals:  # SIGTERM/SIGINT: finish the step, checkpoint, stop
-                stats = self.task.train_epoch(**kwargs)
-        except NonFiniteLossError as e:
-            last = getattr(self, "_last_checkpoint", None)
-            raise NonFiniteLossError("%s. Last complete checkpoint: %s" % (
-                e, last or "none written by this run (see run.checkpoint_every_iters)")) from None
+        """One epoch of steps, from ``state.iteration`` (a run resumed within the epoch): per
+        batch the learning rate, the task's step under autocast, backward, the NaN/inf guard
+        (``run.check_finite_loss``, before the update), the update every
+        ``run.accum_grad_iters`` batches, the log line, then ``_after_step`` (mid-epoch
+        checkpoint, stop on request). Returns LAVIS's stats plus ``skipped_samples``, the
+        unreadable training samples skipped (summed over processes)."""
+        state = self.state
+        model, optimizer, scaler = self.model, self.optimizer, self.scaler
+        lr_scheduler, loader = self.lr_scheduler, self.train_loader
+        iters_per_epoch = len(loader)
+        if iters_per_epoch == 0:
+            raise ValueError(
+                "the train split has fewer samples than one batch per process "
+                "(run.batch_size_train x processes); lower run.batch_size_train or add data")
+        if not hasattr(loader, "__next__"):
+            loader = iter(loader)
+        check_finite_loss = bool(self.config.run_cfg.get("check_finite_loss", True))
+        device_type = "cuda" if self.cuda_enabled else "cpu"
+        state.epoch = epoch
+        model.train()
+
+        metric_logger = MetricLogger(delimiter="  ")
+        metric_logger.add_meter("lr", SmoothedValue(window_size=1, fmt="{value:.6f}"))
+        metric_logger.add_meter("loss", SmoothedValue(window_size=1, fmt="{value:.4f}"))
+        logging.info("Start training epoch {}, {} iters per inner epoch.".format(
+            epoch, iters_per_epoch))
+        header = "Train: data epoch: [{}]".format(epoch)
+        skipped = 0
+        with state.signals:  # SIGTERM/SIGINT: finish the step, checkpoint, stop (_after_step)
+            for i in metric_logger.log_every(range(state.iteration, iters_per_epoch),
+                                             self.log_freq, header):
+                samples, unreadable = next_readable(loader)
+                skipped += unreadable
+                samples = prepare_sample(samples, cuda_enabled=self.cuda_enabled)
+                samples.update({"epoch": epoch, "num_iters_per_epoch": iters_per_epoch,
+                                "iters": i})
+                lr_scheduler.step(cur_epoch=epoch, cur_step=i)
+
+                try:
+                    with torch.autocast(device_type=device_type, enabled=scaler is not None):
+                        loss, parts = split_loss(self.task.train_step(model=model, samples=samples))
+                except RuntimeError as e:  # e.g. ITM's sampling from NaN similarities
+                    if check_finite_loss and NON_FINITE_ERROR.search(str(e)):
+                        raise NonFiniteLossError(
+                            "the forward pass met NaN/inf values at %s (%s); %s%s" % (
+                                where(epoch, i, iters_per_epoch), e, ADVICE,
+                                last_named(state.last_checkpoint))) from None
+                    raise
+                (scaler.scale(loss) if scaler is not None else loss).backward()
+
+                update = (i + 1) % self.accum_grad_iters == 0
+                # The step's one host sync: loss parts for the log (and NaN/inf flags) together.
+                if check_finite_loss:  # before the update; with amp the scaler skips inf grads
+                    grads_ok = (grads_finite(model.parameters())
+                                if update and scaler is None else None)
+                    parts = check_finite(loss, grads_ok, parts, epoch, i, iters_per_epoch,
+                                         state.last_checkpoint)
+                else:
+                    parts, _ = to_host(parts)
+                if update:
+                    if scaler is not None:
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        optimizer.step()
+                    optimizer.zero_grad()
+
+                for name in parts:
+                    if name not in metric_logger.meters:
+                        metric_logger.add_meter(
+                            name, SmoothedValue(window_size=1, fmt="{value:.4f}"))
+                metric_logger.update(**parts)
+                metric_logger.update(lr=optimizer.param_groups[0]["lr"])
+                state.iteration = i + 1
+                self._after_step()
+            state.iteration = 0  # the next epoch starts at its beginning
+
+            metric_sync.synchronize_metric_logger(metric_logger)
+            logging.info("Averaged stats: " + metric_logger.global_avg())
+            stats = {k: "{:.3f}".format(m.global_avg) for k, m in metric_logger.meters.items()}
+            skipped = metric_sync.all_reduce_sum(skipped)
+        if skipped:
+            logging.warning("epoch %d: skipped %d unreadable training samples (paths in the "
+                            "warnings above)", epoch, skipped)
+        stats["skipped_samples"] = skipped
         self._snapshot_rng()  # for the end-of-epoch checkpoint
         return stats
 
@@ -541,19 +609,19 @@ class RunnerXFormer(RunnerBase):
                     "has %d iterations per epoch: resume with the same data, "
                     "run.batch_size_train and number of processes" % (
                         path, iters_done, total, epoch, len(self.train_loader)))
-            self.start_epoch, self._start_iter = epoch, int(iters_done)
+            self.start_epoch, self.state.iteration = epoch, int(iters_done)
         else:
-            self.start_epoch, self._start_iter = epoch + 1, 0
+            self.start_epoch, self.state.iteration = epoch + 1, 0
 
         data = checkpoint.get("data") or []
-        self.train_loader  # noqa: B018  (builds the train loaders, filling _resumable_loaders)
-        loaders = getattr(self, "_resumable_loaders", [])
+        self.train_loader  # noqa: B018  (builds the train loaders, filling state.loaders)
+        loaders = self.state.loaders
         if data and len(data) == len(loaders):
             for loader, state in zip(loaders, data):
                 try:
                     loader.load_state_dict(state)
                 except ValueError as e:
-                    if self._start_iter:  # within an epoch the position must be exact
+                    if self.state.iteration:  # within an epoch the position must be exact
                         raise RuntimeError("%s: %s" % (path, e)) from None
                     # at an epoch's end (LAVIS's resume) other data may follow: a fresh pass
                     logging.warning("%s: the data changed since this checkpoint (%s); the "
@@ -569,10 +637,10 @@ class RunnerXFormer(RunnerBase):
             logging.warning("checkpoint %s holds random states of %d processes, this run has "
                             "%d: random draws differ from the interrupted run", path, len(rng),
                             get_world_size())
-        self._last_checkpoint = path
+        self.state.last_checkpoint = path
         logging.info("Resume checkpoint from %s (epoch %d, %s)", path, epoch,
                      "iteration %d of %d" % (iters_done, total)
-                     if self._start_iter else "epoch done")
+                     if self.state.iteration else "epoch done")
 
 
 class SizedLoader:
@@ -591,3 +659,28 @@ class SizedLoader:
 
     def __len__(self):
         return self.iters_per_epoch
+
+
+def split_loss(output):
+    """(loss to back-propagate, {name: value} to log) of what a task's ``train_step`` returns:
+    LAVIS's tasks return the loss tensor, xformer_pretrain the model's output (``loss`` and its
+    parts ``loss_itc``, ``loss_itm``, ... ; training/step.py loss_parts)."""
+    if isinstance(output, Mapping):
+        return output["loss"], loss_parts(output)
+    return output, {"loss": output.detach().float().reshape(())}
+
+
+def next_readable(loader):
+    """(the next batch with at least one readable sample, the number of unreadable samples
+    skipped on the way). SkippingCollater drops the unreadable samples of a batch
+    (datasets/skipping.py); a batch of none is replaced by the next."""
+    samples, skipped_paths = pop_skipped(next(loader))
+    skipped, empty = len(skipped_paths), 0
+    while samples is None:
+        empty += 1
+        if empty > len(loader):
+            raise RuntimeError("no readable training sample in %d batches in a row (a whole "
+                               "pass); see the warnings above for the paths" % empty)
+        samples, skipped_paths = pop_skipped(next(loader))
+        skipped += len(skipped_paths)
+    return samples, skipped

@@ -10,7 +10,12 @@ exactly where the killed one stopped.
   turns ``run.resume_ckpt_path=<job dir>`` (or ``<output_dir>/latest``) into it.
 * ``rng_state`` / ``set_rng_state``: python, numpy, torch and CUDA generators, so that a
   resumed run draws the same MAE masks, ITM negatives, dropout and augmentations.
+* ``check_checkpoints`` / ``check_resume``: at launch, before anything is built, a
+  ``model.pretrained`` or ``run.resume_ckpt_path`` that names no usable checkpoint (typically:
+  the previous stage has not been run) stops the run with the path, the key and the command
+  that writes the checkpoint (ConfigError).
 """
+import glob
 import logging
 import os
 import random
@@ -19,6 +24,9 @@ import socket
 
 import numpy as np
 import torch
+from lavis.common.utils import is_url
+
+from lavis_xformer.config_keys import ConfigError
 
 CHECKPOINT_LATEST = "checkpoint_latest.pth"
 # ".<file>.<host>.<pid>.tmp": a save in progress; remove_stale_temporaries removes those of
@@ -64,13 +72,20 @@ def atomic_save(obj, path, save=None):
 
 
 def point_link(target, link):
-    """Make ``link`` a relative symlink to the file ``target`` (same directory), atomically."""
+    """Make ``link`` a relative symlink to ``target`` (a file or folder beside it), atomically:
+    a new link under a temporary name is renamed over the old one, so a reader sees the old
+    or the new target, never a missing or half-made link."""
     link = os.path.abspath(link)
     tmp = os.path.join(os.path.dirname(link), _tmp_name(os.path.basename(link)))
-    if os.path.lexists(tmp):
-        os.remove(tmp)
-    os.symlink(os.path.relpath(os.path.abspath(target), os.path.dirname(link)), tmp)
-    os.replace(tmp, link)
+    try:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        os.symlink(os.path.relpath(os.path.abspath(target), os.path.dirname(link)), tmp)
+        os.replace(tmp, link)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        raise
     _fsync_dir(os.path.dirname(link))
     return link
 
@@ -200,3 +215,74 @@ def set_rng_state(state: dict):
             torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
         except (RuntimeError, IndexError) as e:  # other GPUs than when saved
             logging.warning("could not restore the CUDA random state (%s)", e)
+
+
+# --- launch-time checks -----------------------------------------------------------------------
+
+CHECKPOINT_KEYS = ("pretrained",)  # model keys naming a checkpoint that some earlier run writes
+
+
+def _is_remote(value):
+    return is_url(value) or value.startswith("pkg:")
+
+
+def check_checkpoints(model_cfg, run_cfg):
+    """Raise ConfigError when ``model.pretrained`` is a local path that does not exist.
+
+    Relative paths are taken from the current directory, as the model does when loading. The
+    message names the key and the absolute path, lists the checkpoints that do exist beside it
+    (e.g. a shortened stage 1 left checkpoint_0.pth only), and says how to produce the file:
+    ``run.requires`` in the project file names the project that writes it (e.g.
+    ``projects/xformer/stage1.yaml``); without that hint it says "the previous stage".
+    """
+    for key in CHECKPOINT_KEYS:
+        value = model_cfg.get(key, None)
+        values = [value] if value is None or isinstance(value, str) else list(value)
+        for value in values:  # a list of checkpoints is loaded in order (sources.load_pretrained)
+            _check_checkpoint(key, value, run_cfg)
+
+
+def _check_checkpoint(key, value, run_cfg):
+    if not value or _is_remote(str(value)):
+        return
+    path = os.path.abspath(os.path.expanduser(str(value)))
+    if os.path.isfile(path):
+        return
+    if os.path.isdir(path):
+        raise ConfigError("model.%s: %s is a directory; point model.%s at a checkpoint file "
+                          "inside it (e.g. checkpoint_<epoch>.pth)" % (key, path, key))
+    requires = run_cfg.get("requires", None)
+    if requires:
+        how = "run %s first (python -m lavis.train --cfg-path %s)" % (requires, requires)
+    else:
+        how = "run the previous stage first"
+    message = "model.%s: no checkpoint at %s" % (key, path)
+    if str(value) != path:
+        message += " (model.%s=%s, relative to %s)" % (key, value, os.getcwd())
+    found = sorted(glob.glob(os.path.join(os.path.dirname(path), "checkpoint_*.pth")))
+    if found:
+        message += "; that folder holds %s" % ", ".join(os.path.basename(f) for f in found)
+    message += "; %s or point model.%s at its checkpoint (--options model.%s=/path/to/" \
+               "checkpoint.pth)" % (how, key, key)
+    raise ConfigError(message)
+
+
+def check_resume(run_cfg):
+    """Raise ConfigError when ``run.resume_ckpt_path`` names a local file or job directory
+    that holds no checkpoint (LAVIS finds out only after building everything)."""
+    predictions = run_cfg.get("resume_predictions", None)
+    if predictions and not os.path.isdir(os.path.expanduser(str(predictions))):
+        raise ConfigError("run.resume_predictions: no folder %s; name the job directory of the "
+                          "interrupted evaluation (it holds result/<split>_*.rank<r>.jsonl)"
+                          % predictions)
+    value = run_cfg.get("resume_ckpt_path", None)
+    if not value or run_cfg.get("evaluate", False) or _is_remote(str(value)):
+        return
+    try:
+        path = resolve_resume_path(os.path.abspath(os.path.expanduser(str(value))))
+    except FileNotFoundError as e:
+        raise ConfigError("%s; a run's job directory (or its output_dir's `latest` link) "
+                          "resumes from its newest checkpoint" % e) from None
+    damaged = damaged_resume_message(path)  # empty or truncated: a killed copy, a full disk
+    if damaged:
+        raise ConfigError(damaged)

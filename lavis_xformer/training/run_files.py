@@ -23,7 +23,7 @@ from lavis.common.registry import registry
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lavis_xformer.datasets.checks import ConfigError
+from lavis_xformer.config_keys import ConfigError
 
 INCLUDES_KEY = "includes"
 

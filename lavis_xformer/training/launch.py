@@ -16,11 +16,13 @@ from omegaconf.errors import OmegaConfBaseException
 
 from lavis_xformer.lavis_patches import distributed, model_type_option
 from lavis_xformer.lavis_patches.init_distributed import init_distributed_mode
-from lavis_xformer.runners import preemption
-from lavis_xformer.config_keys import ConfigKeyError, check_config
-from lavis_xformer.datasets.checks import (
-    ConfigError, check_checkpoints, check_dataset_names, check_datasets, check_resume)
-from lavis_xformer.runners.run_files import IncludingConfig, load_run_file
+from lavis_xformer.training import preemption
+from lavis_xformer.training.step import NonFiniteLossError
+from lavis_xformer.config_keys import ConfigError, check_config
+from lavis_xformer.datasets.checks import check_dataset_names, check_datasets
+from lavis_xformer.training.checkpoints import check_checkpoints, check_resume
+from lavis_xformer.training.run_files import IncludingConfig, load_run_file
+from lavis_xformer.training.runner import RunnerXFormer
 
 
 def parse_args(argv=None, description="LAVIS run"):
@@ -93,6 +95,11 @@ def _pre_check(config, path):
     if registry.get_runner_class(runner) is None:
         raise ConfigError("run.runner: unknown runner %r. Registered runners: %s" % (
             runner, ", ".join(registry.list_runners())))
+    if task == "xformer_pretrain" and not config.run.get("evaluate", False) and not issubclass(
+            registry.get_runner_class(runner), RunnerXFormer):
+        # its step returns the model's loss dict, which only runner_xformer's loop reads
+        raise ConfigError("run.task xformer_pretrain trains under run.runner: runner_xformer "
+                          "(got %r)" % runner)
 
 
 def load_config(args):
@@ -106,10 +113,7 @@ def load_config(args):
         raise ConfigError("--options: %s" % " ".join(str(e).split())) from None
     option_keys = [o.partition("=")[0] for o in _dotlist(args.options)]
     _pre_check(merged, args.cfg_path)
-    try:  # every key is one that something reads, of the right type (config_keys.py)
-        check_config(merged, args.cfg_path, option_keys)
-    except ConfigKeyError as e:
-        raise ConfigError(str(e)) from None
+    check_config(merged, args.cfg_path, option_keys)  # every key is one that something reads
     try:
         cfg = IncludingConfig(args, raw)
     except (yaml.YAMLError, OmegaConfBaseException, TypeError, ValueError) as e:
@@ -220,8 +224,6 @@ def run_main(body, argv, description):
         print("error: %s" % e, file=sys.stderr)
         raise SystemExit(2)
     job_id = init_distributed(cfg, job_id)
-    from lavis_xformer.tasks.xformer_pretrain import NonFiniteLossError
-
     from lavis_xformer.models.sources import WeightSourceError
 
     try:
