@@ -284,6 +284,8 @@ def test_model_config_fields_are_the_keys_of_the_model_yamls():
     import dataclasses
     import glob
 
+    from omegaconf import OmegaConf
+
     from lavis_xformer import PACKAGE_DIR
     from lavis_xformer.models.config import ModelConfig
 
