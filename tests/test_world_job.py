@@ -16,10 +16,7 @@ from _testlib import subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
 MARGIN_RETRIEVAL = 2.5  # percentage points of R@5 above chance (2.5 % for 200 scenes)
-
-
-def _env(**extra):
-    return subprocess_env(**extra)
+MARGIN_PROBE = 5.0  # percentage points of the colour-presence probe above its majority line
 
 
 @pytest.mark.slow
@@ -27,7 +24,7 @@ def test_ci_world_learns(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "lavis_xformer.world.main", "--config", "ci", "--quiet",
          "--cache-dir", str(tmp_path / "cache"), "--projects", str(REPO / "projects" / "xformer" / "mini")],
-        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=1800)
+        cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((tmp_path / "output" / "ci" / "report.json").read_text())
     baseline = report["baseline"]
@@ -41,6 +38,9 @@ def test_ci_world_learns(tmp_path):
     # the answers are scored against the majority baseline (at CI size they stay near it)
     for key in ("oc_acc", "mci_acc", "colour_acc", "shape_acc"):
         assert 0.0 <= run[key] <= 100.0 and baseline[key] is not None
+    # the frozen CLIP side learned from its alt text what the probes can read: the colours present
+    clip_probe = report["frozen_parts"]["probes"]["clip_vit"]["colour"]
+    assert clip_probe["acc"] >= clip_probe["majority"] + MARGIN_PROBE, report["frozen_parts"]["probes"]
     # the frozen parts were pretrained, linked and are what the runs loaded
     for part in ("world", "clip", "mae", "lm"):
         assert os.path.realpath(tmp_path / "output" / "ci" / "assets" / part) == report["assets"][part]

@@ -8,9 +8,10 @@
     caption+qa   also one item per train-split question (stage 2), so that the small LLM
                  learns to answer from the visual prefix. The questions of the held-out test
                  split are never used.
+    qa           the train-split questions alone.
 
 Items are ``{"image", "text_input", "image_id"}`` as in LAVIS's image-text datasets; with
-``caption+qa`` every item is a (``text_input``, ``text_output``) pair instead, which the stage-2
+``caption+qa`` and ``qa`` every item is a (``text_input``, ``text_output``) pair instead, which the stage-2
 model reads as prompt -> target with the loss on the target only (its VQA path): a question
 is the zero-shot prompt "Question: {q} Short Answer:" (the question as LAVIS's
 ``blip_question`` gives it) -> its answer, a caption is "" -> the caption. One key set for
@@ -31,7 +32,7 @@ from lavis_xformer import PACKAGE_DIR
 from lavis_xformer.models.generation import VQA_PROMPT
 from lavis_xformer.world.text import qa_text
 
-TEXT_MODES = ("caption", "caption+qa")
+TEXT_MODES = ("caption", "caption+qa", "qa")
 QUESTION_FILES = ("oc", "mci", "attr")
 
 
@@ -46,9 +47,10 @@ def load_items(split_dir, text="caption", max_images=None):
     if max_images is not None:
         records = records[: int(max_images)]
     keep = {r["image_id"] for r in records}
-    items = [{"image": os.path.join(split_dir, r["image"]), "text": r["caption"], "kind": "caption",
-              "image_id": r["image_id"]} for r in records]
-    if text == "caption+qa":
+    items = [] if text == "qa" else [
+        {"image": os.path.join(split_dir, r["image"]), "text": r["caption"], "kind": "caption",
+         "image_id": r["image_id"]} for r in records]
+    if text in ("caption+qa", "qa"):
         question = BlipQuestionProcessor()
         for name in QUESTION_FILES:
             with open(os.path.join(split_dir, "%s.json" % name)) as f:
@@ -68,7 +70,7 @@ class MiniWorldCaptionDataset(BaseDataset):
         super().__init__(vis_processor=vis_processor, text_processor=text_processor,
                          vis_root=os.path.join(split_dir, "images"), ann_paths=[])
         self.annotation = load_items(split_dir, text, max_images)
-        self.pairs = text == "caption+qa"
+        self.pairs = text != "caption"
         self._add_instance_ids()
 
     def __getitem__(self, index):
