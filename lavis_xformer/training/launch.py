@@ -21,7 +21,7 @@ from lavis_xformer.training.step import NonFiniteLossError
 from lavis_xformer.config_keys import ConfigError, check_config
 from lavis_xformer.datasets.checks import check_dataset_names, check_datasets
 from lavis_xformer.training.checkpoints import check_checkpoints, check_resume
-from lavis_xformer.training.run_files import IncludingConfig, load_run_file
+from lavis_xformer.training.run_files import IncludingConfig, load_run_file, option_dotlist
 from lavis_xformer.training.runner import RunnerXFormer
 
 
@@ -34,24 +34,6 @@ def parse_args(argv=None, description="LAVIS run"):
              "e.g. run.max_epoch=1 datasets.easyvqa_caption.build_info.max_images=64",
     )
     return parser.parse_args(argv)
-
-
-def _dotlist(options):
-    """LAVIS's --options forms: `a.b=1 c=2`, or `a.b 1 c 2`."""
-    options = list(options or [])
-    if not options:
-        return options
-    if "=" not in options[0]:
-        if len(options) % 2 or any("=" in k for k in options[0::2]):
-            raise ConfigError("--options %s: expected key=value, e.g. run.max_epoch=1"
-                              % " ".join(options))
-        options = ["%s=%s" % (k, v) for k, v in zip(options[0::2], options[1::2])]
-    for option in options:
-        key, sep, _ = option.partition("=")
-        if not sep or not key or not all(key.split(".")):
-            raise ConfigError("--options %s: expected key=value with a dotted key, e.g. "
-                              "run.max_epoch=1" % option)
-    return options
 
 
 def _load_yaml(path):
@@ -107,11 +89,11 @@ def load_config(args):
     --options), checked before anything is built: raises ConfigError with one clear message."""
     raw = load_run_file(args.cfg_path)  # with its `includes:` resolved (run_files.py)
     try:
-        options = OmegaConf.from_dotlist(_dotlist(args.options))
+        options = OmegaConf.from_dotlist(option_dotlist(args.options))
         merged = OmegaConf.merge(raw, options)
     except OmegaConfBaseException as e:
         raise ConfigError("--options: %s" % " ".join(str(e).split())) from None
-    option_keys = [o.partition("=")[0] for o in _dotlist(args.options)]
+    option_keys = [o.partition("=")[0] for o in option_dotlist(args.options)]
     _pre_check(merged, args.cfg_path)
     check_config(merged, args.cfg_path, option_keys)  # every key is one that something reads
     try:

@@ -81,3 +81,21 @@ class IncludingConfig(Config):
         model_config = self.build_model_config(config, **user_config)
         dataset_config = self.build_dataset_config(config)
         self.config = OmegaConf.merge(runner_config, model_config, dataset_config, user_config)
+
+
+def option_dotlist(options):
+    """LAVIS's --options forms: `a.b=1 c=2`, or `a.b 1 c 2`."""
+    options = list(options or [])
+    if not options:
+        return options
+    if "=" not in options[0]:
+        if len(options) % 2 or any("=" in k for k in options[0::2]):
+            raise ConfigError("--options %s: expected key=value, e.g. run.max_epoch=1"
+                              % " ".join(options))
+        options = ["%s=%s" % (k, v) for k, v in zip(options[0::2], options[1::2])]
+    for option in options:
+        key, sep, _ = option.partition("=")
+        if not sep or not key or not all(key.split(".")):
+            raise ConfigError("--options %s: expected key=value with a dotted key, e.g. "
+                              "run.max_epoch=1" % option)
+    return options

@@ -293,10 +293,10 @@ class RunnerXFormer(RunnerBase):
         """Raise Preempted with the line to show, once the checkpoint is complete everywhere."""
         distributed.barrier()  # the checkpoint is complete before any process leaves
         args = getattr(self.config, "args", None)
-        from lavis_xformer.training.launch import _dotlist
+        from lavis_xformer.training.run_files import option_dotlist
 
         command = preemption.resume_command(
-            getattr(args, "cfg_path", "<run file>"), _dotlist(getattr(args, "options", None)),
+            getattr(args, "cfg_path", "<run file>"), option_dotlist(getattr(args, "options", None)),
             self.output_dir, get_world_size() if self.use_distributed else 1)
         raise preemption.Preempted(
             "stopped on request after %s; checkpoint %s is complete; resume with: %s" % (

@@ -45,8 +45,8 @@ def _opts(prefix, values):
 
 
 class Job:
-    def __init__(self, cfg, projects, cache_dir=None, quiet=False):
-        self.cfg, self.projects, self.quiet = cfg, projects, quiet
+    def __init__(self, cfg, projects, cache_dir=None, quiet=False, resume=False):
+        self.cfg, self.projects, self.quiet, self.resume = cfg, projects, quiet, resume
         self.job = cfg.get("job", {})
         self.name = cfg["name"]
         self.out = os.path.join("output", self.name)
@@ -140,9 +140,24 @@ class Job:
         print("[%s] done in %.0f s" % (tag, seconds), flush=True)
         return seconds
 
+    def stage_output(self, variant, seed, stage):
+        """The file a finished stage leaves: its last checkpoint, or its predictions."""
+        latest = os.path.join(self.run_dir(variant, seed), stage, "latest")
+        if stage in ("stage1", "stage2"):
+            epochs = int(self.job.get(stage, {}).get("max_epoch", 1))
+            return os.path.join(latest, "checkpoint_%d.pth" % (epochs - 1))
+        return os.path.join(latest, "result", "test_vqa_predictions.json")
+
     def pipeline(self, variant, seed):
+        if self.resume and self.finished(variant, seed) is not None:
+            print("[%s-s%d] finished before: its metrics.json kept (--resume)" % (variant, seed), flush=True)
+            return self.finished(variant, seed)
         times = OrderedDict()
         for stage in ("stage1", "stage2") + tuple(name for name, _ in EVALS):
+            if self.resume and os.path.isfile(self.stage_output(variant, seed, stage)):
+                print("[%s-s%d %s] finished before: kept (--resume)" % (variant, seed, stage), flush=True)
+                times[stage] = None
+                continue
             times[stage] = round(self.execute(variant, seed, stage), 1)
         metrics_itc = self.stage1_itc(variant, seed)
         predictions = {}
@@ -207,6 +222,9 @@ def main(argv=None):
                         help="folder of the project files (default: projects/xformer/mini, from the repository root)")
     parser.add_argument("--results-dir", default=None, help="also copy report.json and the tables here")
     parser.add_argument("--quiet", action="store_true", help="show only each stage's end")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep every stage that finished before (its checkpoint or predictions "
+                             "exist) and run only the rest, e.g. after a crash or a stop")
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing: report the pipelines that have finished (their metrics.json)")
     args = parser.parse_args(argv)
@@ -214,7 +232,7 @@ def main(argv=None):
         parser.error("no project files in %s: run from the repository's root or pass --projects" % args.projects)
     start = time.time()
     cfg = world_config.load(args.config)
-    job = Job(cfg, args.projects, args.cache_dir, args.quiet)
+    job = Job(cfg, args.projects, args.cache_dir, args.quiet, args.resume)
     if args.report_only:
         job.assets["world"] = os.path.abspath(world_build.ensure_world(cfg, args.cache_dir, link=False))
     else:
