@@ -102,15 +102,11 @@ class Job:
             if stage == "stage1":
                 opts += _opts("model.", spec.get("stage1", {}))
             else:
-                epochs = int(self.job.get("stage1", {}).get("max_epoch", 1))
-                opts.append("model.pretrained=%s" % os.path.abspath(os.path.join(
-                    self.run_dir(variant, seed), "stage1", "latest", "checkpoint_%d.pth" % (epochs - 1))))
+                opts.append("model.pretrained=%s" % os.path.abspath(self.stage_output(variant, seed, "stage1")))
             return [sys.executable, "-m", "lavis.train", "--cfg-path",
                     os.path.join(self.projects, "%s.yaml" % stage), "--options"] + opts
-        epochs = int(self.job.get("stage2", {}).get("max_epoch", 1))
         data = "datasets.gvtbench.build_info."
-        opts += ["model.pretrained=%s" % os.path.abspath(os.path.join(
-                     self.run_dir(variant, seed), "stage2", "latest", "checkpoint_%d.pth" % (epochs - 1))),
+        opts += ["model.pretrained=%s" % os.path.abspath(self.stage_output(variant, seed, "stage2")),
                  "%sannotations.test.storage=%s" % (data, os.path.join(self.assets["world"], "test", "%s.json" % stage)),
                  "%simages.storage=%s/" % (data, self.assets["world"]),
                  "%smax_items=%s" % (data, self.job.get("eval", {}).get("max_items", None) or "null")]
@@ -162,8 +158,7 @@ class Job:
         metrics_itc = self.stage1_itc(variant, seed)
         predictions = {}
         for name, _ in EVALS:
-            path = os.path.join(self.run_dir(variant, seed), name, "latest", "result", "test_vqa_predictions.json")
-            predictions[name] = report.load_json(path)
+            predictions[name] = report.load_json(self.stage_output(variant, seed, name))
         metrics = report.score_predictions(report.world_questions(self.assets["world"], "test"), predictions)
         metrics["stage1_itc"] = metrics_itc
         metrics["seconds"] = times
@@ -177,8 +172,7 @@ class Job:
         from lavis_xformer.world.retrieval import stage1_retrieval
 
         spec = VARIANTS[variant]
-        epochs = int(self.job.get("stage1", {}).get("max_epoch", 1))
-        checkpoint = os.path.join(self.run_dir(variant, seed), "stage1", "latest", "checkpoint_%d.pth" % (epochs - 1))
+        checkpoint = self.stage_output(variant, seed, "stage1")
         options = dict(spec.get("model", {}), **spec.get("stage1", {}))
         result = stage1_retrieval(checkpoint, self.assets, options)
         print("[%s-s%d stage1] held-out image->caption ITC retrieval: R@1 %.1f R@5 %.1f (chance %.1f / %.1f)" % (
