@@ -30,15 +30,15 @@ from PIL import Image
 
 from lavis_xformer import PACKAGE_DIR
 from lavis_xformer.models.generation import VQA_PROMPT
-from lavis_xformer.world.text import qa_text
 
 TEXT_MODES = ("caption", "caption+qa", "qa")
 QUESTION_FILES = ("oc", "mci", "attr")
 
 
 def load_items(split_dir, text="caption", max_images=None):
-    """[{"image": path, "text": str, "kind": "caption" | "qa", "image_id": int}]; a "qa"
-    item also has "prompt" (the question in the zero-shot prompt) and "answer"."""
+    """[{"image": path, "kind": "caption" | "qa", "image_id": int, ...}]: a "caption" item
+    has "text" (the caption), a "qa" item "prompt" (the question in the zero-shot prompt)
+    and "answer"."""
     if text not in TEXT_MODES:
         raise ValueError("datasets.mini_world_caption.build_info.text=%r is not known; use one of %s"
                          % (text, ", ".join(TEXT_MODES)))
@@ -59,7 +59,7 @@ def load_items(split_dir, text="caption", max_images=None):
                     if image_id in keep:
                         asked = question(q["text_in"])
                         items.append({"image": os.path.join(split_dir, "images", "%05d.png" % image_id),
-                                      "text": qa_text(asked, q["text_out"]), "kind": "qa",
+                                      "kind": "qa",
                                       "prompt": VQA_PROMPT.format(asked), "answer": q["text_out"],
                                       "image_id": image_id})
     return items
