@@ -4,11 +4,7 @@
 # once (nothing of the machine's own Python changes), then runs the benchmark; arguments go
 # to `python -m bench` (or, after `--module NAME`, to that module, e.g. lavis_xformer.train).
 set -euo pipefail
-if [ ! -d /tmp/site/lavis ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
-    tar xzf .whl/site-extra.tar.gz -C /tmp/site
-fi
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+source bench/device/site.sh
 if [ "${1:-}" = "--module" ]; then
     exec python3 -m bench.device "$@"
 fi

@@ -45,8 +45,9 @@ def _opts(prefix, values):
 
 
 class Job:
-    def __init__(self, cfg, projects, cache_dir=None, quiet=False, resume=False):
+    def __init__(self, cfg, projects, cache_dir=None, quiet=False, resume=False, device="cpu"):
         self.cfg, self.projects, self.quiet, self.resume = cfg, projects, quiet, resume
+        self.device = device
         self.job = cfg.get("job", {})
         self.name = cfg["name"]
         self.out = os.path.join("output", self.name)
@@ -65,7 +66,8 @@ class Job:
         self.assets["world"] = os.path.abspath(world_build.ensure_world(self.cfg, self.cache_dir))
 
         def train(part):
-            cmd = [sys.executable, "-m", "lavis_xformer.world.pretrain", part, "--config", config_path]
+            cmd = [sys.executable, "-m", "lavis_xformer.world.pretrain", part, "--config", config_path,
+                   "--device", self.device]
             if self.cache_dir:
                 cmd += ["--cache-dir", self.cache_dir]
             subprocess.run(cmd, check=True, env=self.env())
@@ -92,7 +94,7 @@ class Job:
         spec = VARIANTS[variant]
         run = os.path.join(self.run_dir(variant, seed), stage)
         opts = self.asset_options(stage) + _opts("model.", spec.get("model", {}))
-        opts += ["run.output_dir=%s" % run, "run.seed=%d" % seed]
+        opts += ["run.output_dir=%s" % run, "run.seed=%d" % seed, "run.device=%s" % self.device]
         if stage in ("stage1", "stage2"):
             settings = dict(self.job.get(stage, {}))
             data = "datasets.mini_world_caption.build_info."
@@ -174,7 +176,7 @@ class Job:
         spec = VARIANTS[variant]
         checkpoint = self.stage_output(variant, seed, "stage1")
         options = dict(spec.get("model", {}), **spec.get("stage1", {}))
-        result = stage1_retrieval(checkpoint, self.assets, options)
+        result = stage1_retrieval(checkpoint, self.assets, options, device=self.device)
         print("[%s-s%d stage1] held-out image->caption ITC retrieval: R@1 %.1f R@5 %.1f (chance %.1f / %.1f)" % (
             variant, seed, result["r1"], result["r5"], result["chance_r1"], result["chance_r5"]), flush=True)
         return result
@@ -219,14 +221,28 @@ def main(argv=None):
     parser.add_argument("--resume", action="store_true",
                         help="keep every stage that finished before (its checkpoint or predictions "
                              "exist) and run only the rest, e.g. after a crash or a stop")
+    parser.add_argument("--device", default="cpu",
+                        help="where everything trains and evaluates: cpu (default; the numbers in the "
+                             "docs) or cuda (bench/device/mini_finding.sh)")
+    parser.add_argument("--parallel", type=int, default=None,
+                        help="pipelines (and frozen parts) at once; overrides the config's job.parallel "
+                             "(e.g. 9 on one GPU for the finding's 3 variants x 3 seeds)")
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing: report the pipelines that have finished (their metrics.json)")
     args = parser.parse_args(argv)
     if not os.path.isfile(os.path.join(args.projects, "stage1.yaml")):
         parser.error("no project files in %s: run from the repository's root or pass --projects" % args.projects)
+    try:
+        pretrain.check_device(args.device)
+    except ValueError as e:
+        parser.error(str(e))
+    if args.parallel is not None and args.parallel < 1:
+        parser.error("--parallel %d: give 1 or more" % args.parallel)
     start = time.time()
     cfg = world_config.load(args.config)
-    job = Job(cfg, args.projects, args.cache_dir, args.quiet, args.resume)
+    if args.parallel is not None:  # how the job runs, not what it runs: the report keeps it
+        cfg.setdefault("job", {})["parallel"] = args.parallel
+    job = Job(cfg, args.projects, args.cache_dir, args.quiet, args.resume, args.device)
     if args.report_only:
         job.assets["world"] = os.path.abspath(world_build.ensure_world(cfg, args.cache_dir, link=False))
     else:
@@ -276,7 +292,8 @@ def main(argv=None):
                                                   pretrain.architecture())
     text += "\n" + probes.format_probes(quality["probes"]) + "\n"
     print(probes.format_probes(quality["probes"]))
-    out = OrderedDict(config=cfg, assets=job.assets, frozen_parts=quality, baseline=baseline, results=results,
+    out = OrderedDict(config=cfg, device=args.device, assets=job.assets, frozen_parts=quality,
+                      baseline=baseline, results=results,
                       seconds={"total": round(total, 1), "world_and_frozen_parts": round(prepared, 1)})
     os.makedirs(job.out, exist_ok=True)
     with open(os.path.join(job.out, "report.json"), "w") as f:

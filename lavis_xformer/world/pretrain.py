@@ -158,15 +158,16 @@ class ContrastiveModel(nn.Module):
     def forward(self, pixels, tokens):
         img, txt = self.encode_image(pixels), self.encode_text(tokens)
         logits = self.logit_scale.clamp(max=math.log(100)).exp() * img @ txt.t()
-        target = torch.arange(len(img))
+        target = torch.arange(len(img), device=logits.device)
         return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
 
 
-def _retrieval(model, images, tokens, batch=256):
+def _retrieval(model, images, tokens, device, batch=256):
     """Recall@1/5 (%) of image->text and text->image over the whole set."""
     with torch.no_grad():
-        img = torch.cat([model.encode_image(images[i:i + batch]) for i in range(0, len(images), batch)])
-        txt = torch.cat([model.encode_text({k: v[i:i + batch] for k, v in tokens.items()})
+        img = torch.cat([model.encode_image(images[i:i + batch].to(device)).cpu()
+                         for i in range(0, len(images), batch)])
+        txt = torch.cat([model.encode_text({k: v[i:i + batch].to(device) for k, v in tokens.items()}).cpu()
                          for i in range(0, len(images), batch)])
     sim = img @ txt.t()
 
@@ -178,7 +179,7 @@ def _retrieval(model, images, tokens, batch=256):
             "t2i_r1": recall(sim.t(), 1), "t2i_r5": recall(sim.t(), 5), "n": len(images)}
 
 
-def train_clip(world, settings, arch, out, seed):
+def train_clip(world, settings, arch, out, seed, device):
     from transformers import BertTokenizer
 
     from lavis_xformer.models.config import ModelConfig
@@ -190,16 +191,16 @@ def train_clip(world, settings, arch, out, seed):
     vit = build_eva_vit(ModelConfig.from_cfg({"image_size": arch["image_size"], "vit": arch["vit"],
                                               "random_init": True}))
     model = ContrastiveModel(vit, tokenizer.vocab_size, settings.get("embed_dim", 64),
-                             settings.get("text_dim", 128), settings.get("text_depth", 2))
+                             settings.get("text_dim", 128), settings.get("text_depth", 2)).to(device)
     images, records = load_images(world, "train")
     val_images, val_records = load_images(world, "val")
     alt = [r["alt_text"] for r in records]
 
     def tok(texts):
-        return dict(tokenizer(texts, padding="longest", truncation=True, max_length=48,
-                              return_tensors="pt"))
+        return {k: v.to(device) for k, v in tokenizer(texts, padding="longest", truncation=True,
+                                                      max_length=48, return_tensors="pt").items()}
 
-    val_tokens = tok([r["alt_text"] for r in val_records])
+    val_tokens = {k: v.cpu() for k, v in tok([r["alt_text"] for r in val_records]).items()}
     val_x = normalise(val_images, CLIP_MEAN, CLIP_STD)
     batch, steps = int(settings.get("batch_size", 128)), int(settings.get("steps", 300))
     opt = torch.optim.AdamW(model.parameters(), lr=settings.get("lr", 1e-3),
@@ -207,12 +208,13 @@ def train_clip(world, settings, arch, out, seed):
 
     def batch_loss():
         idx = torch.randint(len(images), (batch,), generator=gen)
-        x = flip(normalise(images[idx], CLIP_MEAN, CLIP_STD), gen)
+        x = flip(normalise(images[idx], CLIP_MEAN, CLIP_STD), gen).to(device)
         return model(x, tok([alt[i] for i in idx.tolist()]))
 
     final_loss = _train("clip", model, opt, steps, settings.get("lr", 1e-3),
                         settings.get("warmup", 20), batch_loss)
-    quality = _retrieval(model, val_x, val_tokens)
+    quality = _retrieval(model, val_x, val_tokens, device)
+    model.cpu()
     _log("clip", "zero-shot retrieval on val (%d images vs their alt text): image->text R@1 %.1f "
          "R@5 %.1f, text->image R@1 %.1f R@5 %.1f (chance R@1 %.1f)" % (
              quality["n"], quality["i2t_r1"], quality["i2t_r5"], quality["t2i_r1"],
@@ -227,14 +229,14 @@ def train_clip(world, settings, arch, out, seed):
 
 # ----------------------------------------------------------------------------- MAE
 
-def train_mae(world, settings, arch, out, seed):
+def train_mae(world, settings, arch, out, seed, device):
     from transformers import ViTMAEConfig, ViTMAEForPreTraining
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     config = ViTMAEConfig(image_size=arch["image_size"], mask_ratio=settings.get("mask_ratio", 0.75),
                           **arch["mae"])
-    model = ViTMAEForPreTraining(config)
+    model = ViTMAEForPreTraining(config).to(device)
     images, _ = load_images(world, "train")
     val_images, _ = load_images(world, "val")
     batch, steps = int(settings.get("batch_size", 128)), int(settings.get("steps", 300))
@@ -243,12 +245,12 @@ def train_mae(world, settings, arch, out, seed):
 
     def batch_loss():
         idx = torch.randint(len(images), (batch,), generator=gen)
-        x = flip(normalise(images[idx], IMAGENET_MEAN, IMAGENET_STD), gen)
+        x = flip(normalise(images[idx], IMAGENET_MEAN, IMAGENET_STD), gen).to(device)
         return model(pixel_values=x).loss  # MAE's own objective: MSE on the masked patches
 
     _train("mae", model, opt, steps, settings.get("lr", 1.5e-3), settings.get("warmup", 20),
            batch_loss, digits=4)
-    val_x = normalise(val_images, IMAGENET_MEAN, IMAGENET_STD)
+    val_x = normalise(val_images, IMAGENET_MEAN, IMAGENET_STD).to(device)
     torch.manual_seed(seed + 1)
     with torch.no_grad():
         losses = [model(pixel_values=val_x[i:i + 256]).loss.item() * len(val_x[i:i + 256])
@@ -262,6 +264,7 @@ def train_mae(world, settings, arch, out, seed):
     picture = os.path.join(out, "reconstruction.png")
     _reconstruction_png(model, val_x[:8], picture, seed)
     _log("mae", "reconstructions: %s" % picture)
+    model.cpu()
     model.config.mask_ratio = 0.75
     model.save_pretrained(out)
     return {"val_loss": val_loss, "mean_colour_baseline": baseline}
@@ -274,9 +277,10 @@ def _reconstruction_png(model, x, path, seed):
     torch.manual_seed(seed)
     with torch.no_grad():
         outputs = model(pixel_values=x)
-    pred = model.unpatchify(outputs.logits)
+    pred = model.unpatchify(outputs.logits).cpu()
     mask = outputs.mask.unsqueeze(-1).repeat(1, 1, model.config.patch_size ** 2 * 3)
-    mask = model.unpatchify(mask)
+    mask = model.unpatchify(mask).cpu()
+    x = x.cpu()
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
@@ -328,7 +332,7 @@ def build_lm_tokenizer(texts, vocab_size, out):
     return tokenizer
 
 
-def train_lm(world, settings, arch, out, seed):
+def train_lm(world, settings, arch, out, seed, device):
     from transformers import OPTConfig, OPTForCausalLM
 
     torch.manual_seed(seed)
@@ -339,7 +343,7 @@ def train_lm(world, settings, arch, out, seed):
     llm = dict(arch["llm"])
     llm.update(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    model = OPTForCausalLM(OPTConfig(**llm))
+    model = OPTForCausalLM(OPTConfig(**llm)).to(device)
     batch, steps = int(settings.get("batch_size", 64)), int(settings.get("steps", 300))
     opt = torch.optim.AdamW(model.parameters(), lr=settings.get("lr", 1e-3),
                             weight_decay=settings.get("weight_decay", 0.01))
@@ -347,8 +351,7 @@ def train_lm(world, settings, arch, out, seed):
     def encode(chunk):
         enc = tokenizer([t + "\n" for t in chunk], padding="longest", return_tensors="pt")
         labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
-        return enc, labels
-
+        return enc.to(device), labels.to(device)
 
     def batch_loss():
         idx = torch.randint(len(texts), (batch,), generator=gen).tolist()
@@ -367,7 +370,7 @@ def train_lm(world, settings, arch, out, seed):
     ppl = math.exp(total / count)
     _log("lm", "val perplexity %.2f per token (%d tokens of held-out captions and question/answer "
          "text; vocabulary %d)" % (ppl, count, len(tokenizer)))
-    model.save_pretrained(out)
+    model.cpu().save_pretrained(out)
     tokenizer.save_pretrained(out)
     return {"val_perplexity": ppl, "vocab_size": len(tokenizer)}
 
@@ -375,9 +378,24 @@ def train_lm(world, settings, arch, out, seed):
 TRAINERS = {"clip": train_clip, "mae": train_mae, "lm": train_lm}
 
 
-def ensure_part(cfg, part, cache_dir=None, link=True):
+def check_device(device):
+    """``device`` as given ("cpu", "cuda", "cuda:1"), or a one-line error if it cannot be used."""
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise ValueError("--device %r: not a torch device; use cpu or cuda" % device) from None
+    if kind not in ("cpu", "cuda"):
+        raise ValueError("--device %r: the miniature world runs on cpu or cuda" % device)
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device %r: CUDA is not available here; use --device cpu" % device)
+    return device
+
+
+def ensure_part(cfg, part, cache_dir=None, link=True, device="cpu"):
     """The folder of one pretrained part (trained now unless cached), linked as
-    output/<name>/assets/<part>. Builds the world first if needed."""
+    output/<name>/assets/<part>. Builds the world first if needed. ``device`` is where it
+    trains; it is recorded in the cache entry but is not part of its key (a part trained on
+    a GPU is the same configuration, drawn with other random numbers)."""
     world = world_build.ensure_world(cfg, cache_dir, link=link)
     settings = dict(cfg.get(part, {}))
     arch = architecture()
@@ -390,10 +408,10 @@ def ensure_part(cfg, part, cache_dir=None, link=True):
     else:
         if threads:
             torch.set_num_threads(int(threads))
-        _log(part, "training -> %s" % path)
-        cache.build(path, lambda tmp: {"result": TRAINERS[part](world, settings, arch, tmp, seed)},
+        _log(part, "training on %s -> %s" % (device, path))
+        cache.build(path, lambda tmp: {"result": TRAINERS[part](world, settings, arch, tmp, seed, device)},
                     {"kind": part, "settings": cfg.get(part, {}), "architecture": arch,
-                     "world": world})
+                     "world": world, "device": device})
         _log(part, "done in %.0f s" % cache.read_done(path)["seconds"])
     if link:
         cache.publish(path, os.path.join(world_config.assets_dir(cfg), part))
@@ -405,10 +423,15 @@ def main(argv=None):
     parser.add_argument("part", choices=PARTS + ("all",))
     parser.add_argument("--config", default="mini", help="world config: a path or a packaged name (mini, ci, finding)")
     parser.add_argument("--cache-dir", default=None, help="cache root (default: $%s or ~/.cache/lavis_xformer/mini)" % cache.ENV_CACHE)
+    parser.add_argument("--device", default="cpu", help="where the parts train: cpu (default) or cuda")
     args = parser.parse_args(argv)
+    try:
+        check_device(args.device)
+    except ValueError as e:
+        parser.error(str(e))
     cfg = world_config.load(args.config)
     for part in (PARTS if args.part == "all" else (args.part,)):
-        print(ensure_part(cfg, part, args.cache_dir))
+        print(ensure_part(cfg, part, args.cache_dir, device=args.device))
 
 
 if __name__ == "__main__":

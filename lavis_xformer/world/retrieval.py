@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 
-def stage1_retrieval(checkpoint, assets, model_options=None, split="test", n=200):
+def stage1_retrieval(checkpoint, assets, model_options=None, split="test", n=200, device="cpu"):
     """{"r1", "r5", "chance_r1", "chance_r5", "n"} (in %) of one stage-1 checkpoint."""
     from lavis.processors.blip_processors import BlipCaptionProcessor, BlipImageEvalProcessor
 
@@ -27,7 +27,7 @@ def stage1_retrieval(checkpoint, assets, model_options=None, split="test", n=200
     cfg.pretrained = checkpoint
     for key, value in (model_options or {}).items():
         OmegaConf.update(cfg, key, value)
-    model = XFormer.from_config(cfg).eval()
+    model = XFormer.from_config(cfg).eval().to(device)
     with open(os.path.join(assets["world"], split, "captions.json")) as f:
         records = json.load(f)[:n]
     image_processor = BlipImageEvalProcessor(image_size=cfg.image_size)
@@ -36,9 +36,10 @@ def stage1_retrieval(checkpoint, assets, model_options=None, split="test", n=200
                           for r in records])
     texts = [text_processor(r["caption"]) for r in records]
     with torch.no_grad():
-        image_feats = torch.cat([model.extract_features({"image": images[i:i + 50]}, mode="image").image_embeds_proj
+        image_feats = torch.cat([model.extract_features({"image": images[i:i + 50].to(device)},
+                                                        mode="image").image_embeds_proj.cpu()
                                  for i in range(0, len(images), 50)])
-        text_feats = model.extract_features({"text_input": texts}, mode="text").text_embeds_proj[:, 0]
+        text_feats = model.extract_features({"text_input": texts}, mode="text").text_embeds_proj[:, 0].cpu()
     sim = torch.einsum("iqd,td->iqt", image_feats, text_feats).max(dim=1).values
     target = torch.arange(len(sim)).unsqueeze(1)
     n = len(sim)
