@@ -58,8 +58,11 @@ def test_device_boot_gives_every_process_the_plugin_without_its_pth(tmp_path):
         return subprocess.run([base, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True,
                               timeout=300)
 
-    without = run()
-    assert without.returncode != 0 and "No module named 'lavis.train'" in without.stderr
+    without = run()  # the hook's two jobs undone: no lavis.train alias, and on Python >= 3.12
+    # transformers 4.26 refuses the tokenizers installed there (its pin is relaxed by the hook)
+    assert without.returncode != 0
+    assert ("No module named 'lavis.train'" in without.stderr
+            or "tokenizers>=0.11.1,!=0.11.3,<0.14 is required" in without.stderr), without.stderr[-3000:]
     booted = run(str(REPO / "bench" / "device" / "boot"))
     assert booted.returncode == 0, booted.stderr[-3000:]
     assert booted.stdout.strip() == "True"
