@@ -12,6 +12,8 @@ writes ``output/<name>/report.json`` (and, with ``--results-dir``, a copy with t
 tables).
 
 Run it from the repository's root (the project files and output/ are relative to it).
+``--device cuda`` trains the frozen parts and runs every stage on a GPU (the CPU is the
+default and what the docs' numbers come from); ``--parallel N`` runs N pipelines at once.
 Progress: each stage's training/evaluation progress lines are shown; full logs go to
 ``output/<name>/runs/<variant>-s<seed>/<stage>.log``.
 """
