@@ -15,6 +15,7 @@ import torch
 import lavis_xformer  # noqa: F401  (registers builders, models, tasks, runner)
 from lavis.common.registry import registry
 from lavis_xformer.datasets import easyvqa
+from lavis_xformer.training.run_files import load_run_file
 from lavis_xformer.config_keys import ConfigError
 from lavis_xformer.training import launch
 from lavis_xformer.training.runner import point_latest
@@ -161,10 +162,10 @@ def test_stage2_projects_carry_the_papers_setup(tmp_path):
         with pytest.raises(ConfigError, match="data for this run is missing") as info:
             launch.load_config(launch_args(PROJECTS / name, "model.pretrained=%s" % ckpt))
         assert "model.pretrained" not in str(info.value)
-        raw = launch._load_yaml(str(PROJECTS / name))
+        raw = load_run_file(str(PROJECTS / name))
         assert raw.model.arch == "xformer_opt" and raw.model.model_type == model_type
         assert raw.model.pretrained == "output/xformer/stage1/latest/checkpoint_8.pth"
-        assert set(raw.datasets) == set(launch._load_yaml(str(PROJECTS / "stage1.yaml")).datasets)
+        assert set(raw.datasets) == set(load_run_file(str(PROJECTS / "stage1.yaml")).datasets)
         run = raw.run
         assert (run.task, run.runner, run.max_epoch, run.lr_sched) == (
             "xformer_pretrain", "runner_xformer", 1, "linear_warmup_cosine_step_lr")

@@ -36,11 +36,6 @@ def parse_args(argv=None, description="LAVIS run"):
     return parser.parse_args(argv)
 
 
-def _load_yaml(path):
-    """The run file at ``path``, its ``includes:`` resolved (run_files.load_run_file)."""
-    return load_run_file(path)
-
-
 def _pre_check(config, path):
     """Checks LAVIS's Config would fail on with an assertion or an AttributeError."""
     for section in ("model", "datasets", "run"):

@@ -149,9 +149,10 @@ class Job:
         return os.path.join(latest, "result", "test_vqa_predictions.json")
 
     def pipeline(self, variant, seed):
-        if self.resume and self.finished(variant, seed) is not None:
+        done = self.finished(variant, seed) if self.resume else None
+        if done is not None:
             print("[%s-s%d] finished before: its metrics.json kept (--resume)" % (variant, seed), flush=True)
-            return self.finished(variant, seed)
+            return done
         times = OrderedDict()
         for stage in ("stage1", "stage2") + tuple(name for name, _ in EVALS):
             if self.resume and os.path.isfile(self.stage_output(variant, seed, stage)):
