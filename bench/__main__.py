@@ -24,16 +24,9 @@ import sys
 import torch
 
 from bench import measure
+from bench.inputs import CAPTIONS, QUESTIONS, images, texts
 from bench.models import SIZES, VARIANTS, build
 
-CAPTIONS = [
-    "a man riding a red bicycle down a busy city street next to a bus",
-    "two dogs playing with a frisbee on the grass in a sunny park",
-    "a plate of pasta with tomato sauce and basil on a wooden table",
-    "a group of people standing on a beach watching the sunset",
-]
-QUESTIONS = ["how many people are in the picture?", "what color is the bus?",
-             "is it raining?", "what is the man holding?"]
 PARTS = ("stage1", "stage2", "inference", "components", "speedwork", "stock")
 # The speed work, undone one change at a time (``speedwork``): model-config overrides.
 # "optimizer" is not a model key: the step's AdamW (fused on CUDA unless "foreach").
@@ -107,14 +100,6 @@ def parse_options(text):
 
 def batch_size(args, part):
     return args.batch_size or DEFAULT_BATCH[torch.device(args.device).type][part]
-
-
-def images(model, n, device):
-    return torch.randn(n, 3, model.image_size, model.image_size, device=device)
-
-
-def texts(pool, n):
-    return [pool[i % len(pool)] for i in range(n)]
 
 
 def train_step(model, samples, device, amp, optimizer="auto"):

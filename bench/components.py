@@ -6,7 +6,7 @@ trained parts forward + backward, under the same autocast as the training step.
 """
 import torch
 
-from bench.__main__ import CAPTIONS, images, texts
+from bench.inputs import CAPTIONS, images, texts
 
 
 def component_steps(stage1, stage2, batch, args):

@@ -17,7 +17,7 @@ def branch():
         intermediate_size=96, decoder_hidden_size=32, decoder_num_hidden_layers=1,
         decoder_num_attention_heads=2, decoder_intermediate_size=64,
     )
-    return MAEBranch(ViTMAEForPreTraining(config), mask_ratio=0.5)
+    return MAEBranch(ViTMAEForPreTraining(config))
 
 
 def test_fusion_shapes_and_parameter_count_at_paper_width():

@@ -285,7 +285,7 @@ class XFormerBase(PluginModel, Blip2Base):
         self.mae_branch = None
         if c.builds_mae:
             mae = encoders.build_mae(c, encoder=c.mae_source == "mae", decoder=bool(self.rec_weight))
-            self.mae_branch = MAEBranch(mae, mask_ratio=self.mask_ratio)
+            self.mae_branch = MAEBranch(mae)
             # Frozen, so half precision loses nothing trainable; the decoder stays differentiable.
             if c.mae_precision in ("fp16", "fp8") and torch.cuda.is_available():
                 self.mae_branch.mae.half()

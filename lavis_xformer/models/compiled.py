@@ -11,7 +11,7 @@ autocast) and cast to the matmul precision fused into one kernel each (``FusedNo
 LAVIS runs them as three: add, layer_norm, cast). Same arithmetic: results agree to rounding.
 
 Names (``COMPILABLE``): qformer (its encoder), fusion (the X-Former block / fusion
-module), mae_decoder, vit_norm. Off by default; the GPU benchmark (bench/device/issue16.sh)
+module), mae_decoder, vit_norm. Off by default; the GPU benchmark (bench/device/paper_speed.sh)
 measures each.
 """
 import logging

@@ -13,7 +13,7 @@ multiples of 16 (what the fp8 kernels need) stay in fp16, as do the patch embedd
 LayerNorms and the attention itself (fused SDPA in fp16).
 
 Fidelity (cosine similarity of the encoder features to fp16) and speed are measured by
-bench/device/issue16.sh; off by default.
+bench/device/paper_speed.sh; off by default.
 """
 import torch
 import torch.nn.functional as F

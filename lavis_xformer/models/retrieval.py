@@ -67,8 +67,8 @@ def itc_similarity(image_feats, text_feats):
 
 
 def _my_rows(n):
-    rank, world = distributed.get_rank(), distributed.get_world_size()
-    step = (n + world - 1) // world
+    rank, world_size = distributed.get_rank(), distributed.get_world_size()
+    step = (n + world_size - 1) // world_size
     return range(rank * step, min(n, (rank + 1) * step))
 
 

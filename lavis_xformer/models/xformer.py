@@ -221,10 +221,10 @@ class XFormer(XFormerBase):
         """ITM with one hard negative text per image and one hard negative image per text,
         sampled in proportion to the ITC similarity (BLIP-2's mining), across all ranks."""
         bs = queries.shape[0]
-        ids_world = distributed.concat_all_gather(tokens.input_ids)
-        atts_world = distributed.concat_all_gather(tokens.attention_mask)
-        prefix_world = distributed.all_gather_with_grad(queries)
-        image_embeds_world = distributed.all_gather_with_grad(image_embeds)
+        ids_all_ranks = distributed.concat_all_gather(tokens.input_ids)
+        atts_all_ranks = distributed.concat_all_gather(tokens.attention_mask)
+        prefix_all_ranks = distributed.all_gather_with_grad(queries)
+        image_embeds_all_ranks = distributed.all_gather_with_grad(image_embeds)
         with torch.no_grad():
             own = torch.arange(bs, device=queries.device) + rank * bs
             weights_t2i = F.softmax(sim_t2i.float(), dim=1) + 1e-4
@@ -234,10 +234,10 @@ class XFormer(XFormerBase):
             neg_image = torch.multinomial(weights_t2i, 1).squeeze(1)  # one per text
             neg_text = torch.multinomial(weights_i2t, 1).squeeze(1)  # one per image
 
-        input_ids = torch.cat([tokens.input_ids, tokens.input_ids, ids_world[neg_text]])
-        attention_mask = torch.cat([tokens.attention_mask, tokens.attention_mask, atts_world[neg_text]])
-        prefix = torch.cat([queries, prefix_world[neg_image], queries])  # pos, neg, pos
-        negatives = image_embeds_world[neg_image]
+        input_ids = torch.cat([tokens.input_ids, tokens.input_ids, ids_all_ranks[neg_text]])
+        attention_mask = torch.cat([tokens.attention_mask, tokens.attention_mask, atts_all_ranks[neg_text]])
+        prefix = torch.cat([queries, prefix_all_ranks[neg_image], queries])  # pos, neg, pos
+        negatives = image_embeds_all_ranks[neg_image]
         images = torch.cat([image_embeds, negatives, image_embeds])
         rows = torch.arange(bs, device=queries.device)
         # rows of the step's own images reuse their keys/values; other ranks' are projected

@@ -97,7 +97,6 @@ class MAEBranch(nn.Module):
 
     Args:
         mae: a ``transformers.ViTMAEForPreTraining``; all its parameters are frozen here.
-        mask_ratio: fraction of patches hidden from the encoder while training.
         input_mean, input_std: statistics the incoming images are normalised with.
         mae_mean, mae_std: statistics the MAE weights expect.
         norm_pix_loss: normalise each target patch (MAE's option; off for vit-mae-huge).
@@ -106,7 +105,6 @@ class MAEBranch(nn.Module):
     def __init__(
         self,
         mae: nn.Module,
-        mask_ratio: float = 0.5,
         input_mean: Sequence[float] = CLIP_MEAN,
         input_std: Sequence[float] = CLIP_STD,
         mae_mean: Sequence[float] = IMAGENET_MEAN,
@@ -114,10 +112,7 @@ class MAEBranch(nn.Module):
         norm_pix_loss: bool = False,
     ):
         super().__init__()
-        if not 0.0 <= mask_ratio < 1.0:
-            raise ValueError(f"mae mask_ratio must be in [0, 1), got {mask_ratio}")
         self.mae = mae
-        self.mask_ratio = mask_ratio
         self.norm_pix_loss = norm_pix_loss
         self.patch_size = mae.config.patch_size
         self.image_size = mae.config.image_size

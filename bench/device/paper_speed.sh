@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Issue #16's GPU figures in one call THERE (an H100/H200; after bench/device/prepare.sh ran
+# The paper-size GPU speed figures (issue #16) in one call THERE (an H100/H200; after bench/device/prepare.sh ran
 # here, with .whl and .bench-assets carried), each part under its own time limit so that one
-# failure leaves the others' results. JSON files and logs go to $1 (default /tmp/issue16).
+# failure leaves the others' results. JSON files and logs go to $1 (default /tmp/paper_speed).
 # Paper size, fp16, batch 104 unless said; expected total about 9 minutes on an H200:
 #   stock      stock LAVIS Blip2Qformer vs plugin BLIP-2 vs X-Former, stage-1 step, 30 rounds
 #   stage2     X-Former vs BLIP-2 with OPT-2.7B, stage-2 step (images/s; target 330+)
@@ -11,7 +11,7 @@
 #   batch210   stage-1 step at 210 per GPU (8 GPUs x 210 = BLIP-2's global 1680): images/s, memory
 #   compile    stage-1 step with every compile_modules entry (compile time in the log)
 set -uo pipefail
-OUT=${1:-/tmp/issue16}; mkdir -p "$OUT"
+OUT=${1:-/tmp/paper_speed}; mkdir -p "$OUT"
 B="bash bench/device/run.sh --size paper --device cuda"
 part() {  # name, seconds, command...
     local name=$1 limit=$2; shift 2
