@@ -2,7 +2,8 @@
 
 ``lavis_xformer_hook.pth`` must land at the top of site-packages, where the interpreter runs
 it at start-up (see lavis_xformer/_hook.py for what it does and LAVIS_XFORMER_NO_HOOK to turn
-it off). setuptools has no option for a top-level data file, so, as pytest-cov and
+it off; the line only calls ``lavis_xformer_startup.run()``, a top-level module listed in
+setup.cfg's ``py_modules``). setuptools has no option for a top-level data file, so, as pytest-cov and
 pytest-socket do, two commands are extended:
 
 * ``build_py`` copies the .pth into the build directory: regular wheels and ``pip install .``;

@@ -2,7 +2,8 @@
 
 LAVIS has no plugin discovery, and its wheel ships no ``lavis/train.py`` or
 ``lavis/evaluate.py``. The installed file ``lavis_xformer_hook.pth`` runs this module at
-interpreter start-up (the pattern of pytest-cov and pytest-socket) and calls :func:`install`,
+interpreter start-up (the pattern of pytest-cov and pytest-socket; the line calls
+``lavis_xformer_startup.run``, which loads this file without the package's ``__init__``) and calls :func:`install`,
 which puts one finder at the front of ``sys.meta_path``. The finder acts on five names only:
 
 ``lavis``

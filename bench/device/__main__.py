@@ -6,12 +6,12 @@ the packages LAVIS 1.0.2 imports at start-up (see prepare.sh), and may carry a n
 - ``spacy`` (imported by LAVIS's img2prompt model) and ``pycocoevalcap`` (its captioning
   task) are replaced by modules whose every attribute is a function that raises: the
   benchmark builds neither, and any use fails loudly instead of silently.
-- transformers 4.26 refuses at import a ``tokenizers`` >= 0.14, and none < 0.14 exists for
-  Python 3.12: the pin is relaxed for this process only (the benchmark uses the pure-Python
-  BERT and GPT-2 tokenizers; transformers only imports the fast-tokenizer module).
+- the packages sit on PYTHONPATH there, where the plugin's ``.pth`` is never read, so its
+  start-up hook is run here by hand (``lavis_xformer_startup.run``, the ``.pth`` line's body):
+  among other things it relaxes transformers 4.26's ``tokenizers<0.14`` pin when the
+  installed tokenizers is newer (none < 0.14 exists for Python 3.12).
 """
 import importlib.util
-import os
 import sys
 import types
 
@@ -41,20 +41,11 @@ def install_stand_ins():
                 sys.modules[name] = _Absent(name)
 
 
-def relax_tokenizers_pin():
-    """Load transformers' dependency table ahead of transformers, without the tokenizers pin."""
-    package = importlib.util.find_spec("transformers")
-    path = os.path.join(list(package.submodule_search_locations)[0], "dependency_versions_table.py")
-    spec = importlib.util.spec_from_file_location("transformers.dependency_versions_table", path)
-    table = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(table)
-    table.deps["tokenizers"] = "tokenizers"
-    sys.modules[spec.name] = table
-
-
 if __name__ == "__main__":
+    import lavis_xformer_startup
+
     install_stand_ins()
-    relax_tokenizers_pin()
+    lavis_xformer_startup.run()
     if len(sys.argv) > 2 and sys.argv[1] == "--module":
         # `python -m bench.device --module lavis_xformer.train --cfg-path ...`: another entry
         # point of this project in the same environment (e.g. a GPU check of the tiny runs).

@@ -6,7 +6,7 @@ so the plugin's ``lavis_xformer_hook.pth`` is never read, and ``python -m lavis.
 ``lavis_xformer.world.main`` starts once per stage) would not find the plugin. Each process
 therefore runs here what ``python -m bench.device`` runs in its own: the stand-ins for the two
 packages LAVIS imports but the world never uses (``bench/device/__main__.py``), then the
-plugin's start-up hook, by executing that very ``.pth`` line (``lavis_xformer/_hook.py``).
+plugin's start-up hook, the very function the ``.pth`` line calls (``lavis_xformer_startup.run``).
 """
 import os
 import sys
@@ -15,8 +15,8 @@ _root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.
 if _root not in sys.path:
     sys.path.append(_root)
 
+import lavis_xformer_startup  # noqa: E402
 from bench.device.__main__ import install_stand_ins  # noqa: E402
 
 install_stand_ins()
-with open(os.path.join(_root, "lavis_xformer_hook.pth")) as _f:
-    exec(_f.read())
+lavis_xformer_startup.run()
