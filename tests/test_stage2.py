@@ -158,6 +158,8 @@ def test_reconstruction_can_be_switched_on_in_stage2(images):
     out = model({"image": images, "text_input": CAPTIONS})
     assert torch.isfinite(out["loss_rec"]) and out["loss_rec"] > 0
     torch.testing.assert_close(out["loss"], out["loss_lm"] + out["loss_rec"])
+    # one output type per stage, read by name or by key (XFormerOutput's counterpart)
+    assert out.loss is out["loss"] and out.loss_rec is out["loss_rec"]
     with pytest.raises(ValueError, match="needs masked patches"):
         build("xformer_opt", **{"loss_weights": {"lm": 1.0, "rec": 1.0}, "mask_ratio": 0.0})
 

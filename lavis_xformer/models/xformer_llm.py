@@ -25,11 +25,14 @@ generation stops at a newline and answers are cut there, as BLIP-2 does.
 """
 import os
 import random
+from dataclasses import dataclass
 from functools import cached_property
+from typing import Optional
 
 import torch
 
 from lavis.common.registry import registry
+from transformers.modeling_outputs import ModelOutput
 
 from lavis_xformer import PACKAGE_DIR
 from lavis_xformer.models import encoders
@@ -37,6 +40,16 @@ from lavis_xformer.models.base import XFormerBase
 from lavis_xformer.models.config import STAGE2_LOSSES
 from lavis_xformer.models.generation import VQA_PROMPT, format_prompts  # noqa: F401
 from lavis_xformer.models.llm_head import FrozenLLMHead, OPTHead
+
+
+@dataclass
+class XFormerLLMOutput(ModelOutput):
+    """Stage-2 losses: ``loss`` is ``loss_lm`` plus ``model.loss_weights.rec`` times
+    ``loss_rec`` (None, and absent from the keys, when stage 2 does not reconstruct)."""
+
+    loss: Optional[torch.FloatTensor] = None
+    loss_lm: Optional[torch.FloatTensor] = None
+    loss_rec: Optional[torch.FloatTensor] = None
 
 
 class XFormerLLMBase(FrozenLLMHead, XFormerBase):
@@ -152,11 +165,8 @@ class XFormerLLMBase(FrozenLLMHead, XFormerBase):
         prefix, loss_rec = self.visual_prefix(image, qformer_text=vqa[0] if vqa else None)
         with self.llm_autocast():
             loss_lm = self.lm_loss(prefix, samples, text)
-        out = {"loss_lm": loss_lm, "loss": loss_lm}
-        if loss_rec is not None:
-            out["loss_rec"] = loss_rec
-            out["loss"] = loss_lm + self.rec_weight * loss_rec
-        return out
+        loss = loss_lm if loss_rec is None else loss_lm + self.rec_weight * loss_rec
+        return XFormerLLMOutput(loss=loss, loss_lm=loss_lm, loss_rec=loss_rec)
 
 
 @registry.register_model("xformer_opt")
