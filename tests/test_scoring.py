@@ -390,9 +390,9 @@ def test_score_tool_vqa_takes_official_files_and_lavis_result_files(tmp_path, re
 @pytest.mark.parametrize("predictions, message", [
     ([{"question_id": 0, "prediction": "1"}], "5 of 6 questions have no prediction .* --subset"),
     ([{"question_id": i, "prediction": "1"} for i in range(6)] + [{"question_id": 17, "prediction": "2"}],
-     "1 predictions have question ids that the annotations do not hold \\(first: 17\\)"),
-    ([{"question_id": 0, "prediction": "1"}, {"question_id": 0, "prediction": "2"}], "question_id 0 appears twice"),
-    ([{"question_id": "first", "prediction": "1"}], "question_id 'first' is not an integer .*row's index"),
+     "1 predictions have question ids that the annotations do not hold \\(first: entry 6, question_id 17\\)"),
+    ([{"question_id": 0, "prediction": "1"}, {"question_id": 0, "prediction": "2"}], "entries 0 and 1 both have question_id 0"),
+    ([{"question_id": "first", "prediction": "1"}], "question_id 'first' is a str, not an integer .*row's index"),
     ([{"id": 0, "text": "1"}], "every entry needs \"question_id\" and \"prediction\""),
     ({"0": "1"}, "expected a non-empty JSON list"),
 ])

@@ -201,6 +201,18 @@ def gvt_yes_no(prediction, answer):
     return float(("Yes" in answer and "yes" in prediction) or ("No" in answer and "no" in prediction))
 
 
+def gvt_yes_no_truth(answer, question_id=None):
+    """GVTBench's MCI ground truth ("Yes." or "No."), checked: its yes/no word. Anything else
+    is an error, not a guess: ``multiclass.py``'s substring rule would read a null written
+    out as "None" (or "Not sure") as "No"."""
+    words = normalize_answer(answer).split() if isinstance(answer, str) else []
+    if not words or words[0] not in ("yes", "no"):
+        raise ValueError("multi-class identification: the ground-truth answer %r of question %r "
+                         "is not \"Yes.\" or \"No.\" (GVTBench's MCI answers); use GVTBench's "
+                         "MCI file" % (answer, question_id))
+    return words[0]
+
+
 def strict_yes_no(prediction, answer):
     """1 if the prediction's first word is the answer's yes/no (case-insensitive)."""
     words = normalize_answer(prediction).split()
@@ -239,6 +251,7 @@ def score_record(record, metric):
         record["predicted_count_parsed"] = parse_count(prediction)
         record["correct_parsed"] = record["predicted_count_parsed"] == truth
     elif metric == "mci":
+        gvt_yes_no_truth(record["answer"], record.get("question_id"))
         record["score"] = gvt_yes_no(prediction, record["answer"])
         record["correct"] = bool(record["score"])
         record["correct_strict"] = bool(strict_yes_no(prediction, record["answer"]))

@@ -1,7 +1,7 @@
 """Compare evaluation runs: one markdown table and one PNG bar chart, with the paper's numbers.
 
     python -m lavis_xformer.tools.compare RUN [RUN ...] --out DIR [--labels L1 L2 ...]
-        [--paper matching|all|none]
+        [--paper matching|all|none] [--overwrite]
 
 Each RUN is a run's ``output_dir`` (its ``latest`` job is read), a job directory, its
 ``result/`` folder or a metrics JSON (see ``results_io`` for what is read and how tolerantly).
@@ -18,9 +18,12 @@ in tables of their own, apart from the main-setting rows; the paper's computatio
 (supplementary Table 7) closes the report. Each run row's source is its metrics file.
 
 Writes ``DIR/comparison.md``, ``DIR/comparison.png`` and ``DIR/comparison.json`` (the numbers
-behind both), and prints the markdown.
+behind both), and prints the markdown. A DIR that already holds one of them is refused before
+any run is read, unless ``--overwrite`` is given. All three are made in memory first, then
+each replaces its file atomically: a run that cannot be read or charted leaves DIR as it was.
 """
 import argparse
+import io
 import json
 import os
 import sys
@@ -224,7 +227,8 @@ def table_title(group, table):
 
 def bar_chart(report, path):
     """One panel per benchmark table; bars per column (metric or question type), one per row:
-    runs solid, the baseline grey, the paper's rows hatched."""
+    runs solid, the baseline grey, the paper's rows hatched. ``path``: a file name or a
+    binary file."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -261,15 +265,43 @@ def bar_chart(report, path):
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
     return path
 
 
 # ------------------------------------------------------------------ command
 
-def compare(paths, out_dir, labels=None, mode="matching", paper_file=None):
-    """Read the runs, write comparison.{md,png,json} into ``out_dir``; returns the report."""
+OUTPUTS = tuple("comparison.%s" % ext for ext in ("md", "png", "json"))
+
+
+def check_out(out_dir, overwrite=False):
+    """A finished comparison is replaced only when asked to."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ResultsError("--out %s is a file; give a folder for %s" % (out_dir, ", ".join(OUTPUTS)))
+    existing = [os.path.join(out_dir, name) for name in OUTPUTS
+                if os.path.lexists(os.path.join(out_dir, name))]
+    if existing and not overwrite:
+        raise ResultsError("%s exists; pass --overwrite to replace the comparison in %s, or give "
+                           "another --out" % (existing[0], out_dir))
+
+
+def _replace(path, data):
+    """Write ``data`` (bytes) to ``path`` atomically: a temporary file renamed over it."""
+    tmp = "%s.tmp%d" % (path, os.getpid())
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def compare(paths, out_dir, labels=None, mode="matching", paper_file=None, overwrite=False):
+    """Read the runs, write comparison.{md,png,json} into ``out_dir`` (which must not hold
+    them unless ``overwrite``); returns the report."""
+    check_out(out_dir, overwrite)
     if mode not in PAPER_MODES:
         raise ResultsError("--paper must be one of %s, got %r" % (", ".join(PAPER_MODES), mode))
     if labels and len(labels) != len(paths):
@@ -281,14 +313,14 @@ def compare(paths, out_dir, labels=None, mode="matching", paper_file=None):
     for i, path in enumerate(paths):
         results += load_run(path, label=labels[i] if labels else None, paper=paper)
     report = build_tables(results, paper, mode)
-    os.makedirs(out_dir, exist_ok=True)
     text = markdown(report, mode, costs)
-    with open(os.path.join(out_dir, "comparison.md"), "w") as f:
-        f.write(text)
-    bar_chart(report, os.path.join(out_dir, "comparison.png"))
-    with open(os.path.join(out_dir, "comparison.json"), "w") as f:
-        json.dump({"results": [asdict(r) for r in results], "report": report,
-                   "paper_costs": costs if mode != "none" else None}, f, indent=1)
+    png = io.BytesIO()
+    bar_chart(report, png)
+    numbers = json.dumps({"results": [asdict(r) for r in results], "report": report,
+                          "paper_costs": costs if mode != "none" else None}, indent=1)
+    os.makedirs(out_dir, exist_ok=True)
+    for name, data in zip(OUTPUTS, (text.encode("utf-8"), png.getvalue(), numbers.encode("utf-8"))):
+        _replace(os.path.join(out_dir, name), data)
     return report, text
 
 
@@ -304,14 +336,16 @@ def main(argv=None):
     parser.add_argument("--labels", nargs="+", help="one label per run (default: its variant)")
     parser.add_argument("--paper", default="matching", choices=PAPER_MODES,
                         help="the paper's rows to show: those of the compared variants (default), all, none")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the comparison files that --out already holds")
     args = parser.parse_args(argv)
     try:
-        _, text = compare(args.runs, args.out, args.labels, args.paper)
+        _, text = compare(args.runs, args.out, args.labels, args.paper, overwrite=args.overwrite)
     except ResultsError as e:
         print("error: %s" % e, file=sys.stderr)
         raise SystemExit(2)
     print(text)
-    print("wrote %s" % ", ".join(os.path.join(args.out, "comparison.%s" % ext) for ext in ("md", "png", "json")))
+    print("wrote %s" % ", ".join(os.path.join(args.out, name) for name in OUTPUTS))
 
 
 if __name__ == "__main__":
