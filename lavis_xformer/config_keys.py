@@ -6,13 +6,15 @@ merged with ``--options``, before anything is built, and stops at
 
 * a key that nothing reads: the message names it, where it was written (the yaml file or
   ``--options``) and the closest known key;
-* a value of the wrong type: the message names the key and the type expected.
+* a value of the wrong type: the message names the key and the type expected;
+* a value of the right type out of range (a zero batch size, ``mask_ratio: 1.5``, a negative
+  ``max_images``): the message names the key, the value and the allowed values.
 
 Where the known keys come from:
 
 * ``run.*``: RUN_KEYS below, the one list of every run key that the plugin or the parts of
-  LAVIS it runs (RunnerBase, the tasks, Config, the lr schedules) read, with its type and
-  meaning. A new run key is one line here.
+  LAVIS it runs (RunnerBase, the tasks, Config, the lr schedules) read, with its type,
+  allowed values and meaning. A new run key is one line here.
 * ``model.*``: derived, never listed: the union of the keys (nested ones too) of every
   model-type yaml of the chosen ``model.arch`` (``PRETRAINED_MODEL_CONFIG_DICT``; for the
   plugin's models ``lavis_xformer/configs/models/``), plus LAVIS's own model keys. A model
@@ -20,87 +22,95 @@ Where the known keys come from:
   read it. The type expected is that of the defaults (a float key takes an int too; a key
   whose default is null in some yaml takes null). Sections that are handed to a transformers
   config as keyword arguments (``qformer``, ``mae``, ``llm``) take that config's attributes.
+  The allowed values of the plugin's model keys are declared next to their defaults in
+  ``ModelConfig`` (models/config.py).
 * ``datasets.<name>.*``: the structure LAVIS's builders read (``data_type``, ``build_info``
   with ``annotations.<split>.{url,storage}`` and ``<data_type>.storage``, ``vis_processor`` /
   ``text_processor`` with ``train`` / ``eval`` entries naming a registered processor), plus
-  the keys of the builder's own default yaml.
+  the keys of the builder's own default yaml; the limits in BUILD_INFO_KEYS are typed and
+  bounded.
 
 The one place for keys meant for a user's own code: ``run.user`` (a mapping; never checked,
 kept in the run's config as ``cfg.run_cfg.user``).
 """
 import difflib
 import functools
+import re
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 ANY = "any"
 
-# name: (type, meaning). Types: int, float (an int too), bool, str, list, dict, any; "|null"
-# also allows null.
+# name: (type, allowed values, meaning). Types: int, float (an int too), bool, str, list, dict,
+# any; "|null" also allows null. Allowed values (of the right type; null is never out of range):
+# None (any), a range (">= 1", "> 0", "[0, 1)") or a tuple of choices. A key is known, typed and
+# bounded here, in one line, and nowhere else.
 RUN_KEYS = {
     # what runs
-    "task": ("str", "registered task (xformer_pretrain, xformer_vqa, xformer_caption, ...)"),
-    "runner": ("str", "registered runner (runner_xformer; LAVIS's runner_base, runner_iter)"),
-    "requires": ("str|null", "project file whose run writes model.pretrained (named in errors)"),
-    "evaluate": ("bool", "evaluation only: no training"),
-    "train_splits": ("list", "dataset splits to train on"),
-    "valid_splits": ("list", "splits to validate on after each epoch (best checkpoint)"),
-    "test_splits": ("list", "splits to evaluate at the end"),
-    "train_dataset_ratios": ("list|dict|null", "sampling ratios of several train datasets (runner_xformer, as RunnerBase: a list in loader order; runner_iter: by dataset name)"),
+    "task": ("str", None, "registered task (xformer_pretrain, xformer_vqa, xformer_caption, ...)"),
+    "runner": ("str", None, "registered runner (runner_xformer; LAVIS's runner_base, runner_iter)"),
+    "requires": ("str|null", None, "project file whose run writes model.pretrained (named in errors)"),
+    "evaluate": ("bool", None, "evaluation only: no training"),
+    "train_splits": ("list", None, "dataset splits to train on"),
+    "valid_splits": ("list", None, "splits to validate on after each epoch (best checkpoint)"),
+    "test_splits": ("list", None, "splits to evaluate at the end"),
+    "train_dataset_ratios": ("list|dict|null", None, "sampling ratios of several train datasets (runner_xformer, as RunnerBase: a list in loader order; runner_iter: by dataset name)"),
     # optimisation
-    "lr_sched": ("str", "registered lr schedule"),
-    "init_lr": ("float", "peak learning rate"),
-    "min_lr": ("float", "final learning rate of the cosine schedules"),
-    "warmup_lr": ("float", "learning rate at the start of the warm-up"),
-    "warmup_steps": ("int", "warm-up iterations"),
-    "lr_decay_rate": ("float|null", "decay of the step schedule"),
-    "weight_decay": ("float", "AdamW weight decay"),
-    "beta2": ("float", "AdamW beta2"),
-    "max_epoch": ("int", "epochs to train"),
-    "max_iters": ("int", "iterations to train (LAVIS's runner_iter)"),
-    "iters_per_inner_epoch": ("int", "iterations per inner epoch (runner_iter)"),
-    "iters_per_epoch": ("int|null", "iterations per epoch for per-iteration schedules"),
-    "accum_grad_iters": ("int", "gradient accumulation steps"),
-    "batch_size_train": ("int", "training batch size per process"),
-    "batch_size_eval": ("int", "evaluation batch size per process"),
-    "num_workers": ("int", "data loader workers per process"),
-    "amp": ("bool", "mixed precision on CUDA"),
-    "seed": ("int", "random seed (data order, augmentation, initialisation)"),
-    "check_finite_loss": ("bool", "stop at a NaN/inf loss or gradient (default true)"),
-    "find_unused_parameters": ("bool", "DDP's find_unused_parameters"),
+    "lr_sched": ("str", None, "registered lr schedule"),
+    "init_lr": ("float", "> 0", "peak learning rate"),
+    "min_lr": ("float", ">= 0", "final learning rate of the cosine schedules"),
+    "warmup_lr": ("float", ">= 0", "learning rate at the start of the warm-up"),
+    "warmup_steps": ("int", ">= 0", "warm-up iterations"),
+    "lr_decay_rate": ("float|null", "> 0", "decay of the step schedule"),
+    "weight_decay": ("float", ">= 0", "AdamW weight decay"),
+    "beta2": ("float", "[0, 1)", "AdamW beta2"),
+    "max_epoch": ("int", ">= 1", "epochs to train"),
+    "max_iters": ("int", ">= 1", "iterations to train (LAVIS's runner_iter)"),
+    "iters_per_inner_epoch": ("int", ">= 1", "iterations per inner epoch (runner_iter)"),
+    "iters_per_epoch": ("int|null", ">= 1", "iterations per epoch for per-iteration schedules"),
+    "accum_grad_iters": ("int", ">= 1", "gradient accumulation steps"),
+    "batch_size_train": ("int", ">= 1", "training batch size per process"),
+    "batch_size_eval": ("int", ">= 1", "evaluation batch size per process"),
+    "num_workers": ("int", ">= 0", "data loader workers per process"),
+    "amp": ("bool", None, "mixed precision on CUDA"),
+    "seed": ("int", "[0, 2147483647]", "random seed (data order, augmentation, initialisation)"),
+    "check_finite_loss": ("bool", None, "stop at a NaN/inf loss or gradient (default true)"),
+    "find_unused_parameters": ("bool", None, "DDP's find_unused_parameters"),
     # output, checkpoints, resume
-    "output_dir": ("str", "folder of the run's job directories"),
-    "resume_ckpt_path": ("str|null", "checkpoint file or job directory to resume from"),
-    "checkpoint_every_iters": ("int|null", "also save every N iterations within an epoch"),
-    "log_freq": ("int", "progress line every N iterations / batches"),
-    "resume_predictions": ("str|null", "evaluation: job directory (or result folder) of an "
+    "output_dir": ("str", None, "folder of the run's job directories"),
+    "resume_ckpt_path": ("str|null", None, "checkpoint file or job directory to resume from"),
+    "checkpoint_every_iters": ("int|null", ">= 0", "also save every N iterations within an epoch"),
+    "log_freq": ("int", ">= 1", "progress line every N iterations / batches"),
+    "resume_predictions": ("str|null", None, "evaluation: job directory (or result folder) of an "
                            "interrupted evaluation whose predictions are kept and not redone"),
     # devices and processes
-    "device": ("str", "cpu or cuda"),
-    "distributed": ("bool", "use torch.distributed when launched by torchrun"),
-    "world_size": ("int", "number of processes (set from torchrun)"),
-    "dist_url": ("str", "torch.distributed init method"),
-    "use_dist_eval_sampler": ("bool", "each process evaluates its share"),
-    "rank": ("int", "process rank (set from torchrun)"),
-    "gpu": ("int", "local device index (set from torchrun)"),
-    "dist_backend": ("str", "gloo or nccl (set at start)"),
+    "device": ("str", None, "cpu or cuda"),
+    "distributed": ("bool", None, "use torch.distributed when launched by torchrun"),
+    "world_size": ("int", ">= 1", "number of processes (set from torchrun)"),
+    "dist_url": ("str", None, "torch.distributed init method"),
+    "use_dist_eval_sampler": ("bool", None, "each process evaluates its share"),
+    "rank": ("int", ">= 0", "process rank (set from torchrun)"),
+    "gpu": ("int", ">= 0", "local device index (set from torchrun)"),
+    "dist_backend": ("str", ("gloo", "nccl"), "gloo or nccl (set at start)"),
     # evaluation protocol (xformer_vqa, xformer_caption, xformer_retrieval, LAVIS's tasks)
-    "inference_method": ("str", "VQA: generate or rank"),
-    "prompt": ("str|null", "VQA / captioning prompt"),
-    "num_beams": ("int", "beam search width"),
-    "max_len": ("int", "maximum generated tokens"),
-    "min_len": ("int", "minimum generated tokens"),
-    "length_penalty": ("float", "beam search length penalty"),
-    "num_ans_candidates": ("int", "VQA ranking: answer candidates"),
-    "metric": ("str", "VQA scoring: exact_match, vqa_accuracy, oc, mci"),
-    "benchmark": ("str|null", "benchmark name in the metrics JSON"),
-    "spice": ("bool", "captioning: try SPICE (needs a download)"),
-    "k_test": ("int", "retrieval: ITC candidates re-ranked by ITM"),
-    "report_metric": ("bool", "LAVIS's caption/retrieval tasks: compute metrics"),
+    "inference_method": ("str", ("generate", "rank"), "VQA: generate or rank"),
+    "prompt": ("str|null", None, "VQA / captioning prompt"),
+    "num_beams": ("int", ">= 1", "beam search width"),
+    "max_len": ("int", ">= 1", "maximum generated tokens"),
+    "min_len": ("int", ">= 0", "minimum generated tokens"),
+    "length_penalty": ("float", None, "beam search length penalty"),
+    "num_ans_candidates": ("int", ">= 1", "VQA ranking: answer candidates"),
+    "metric": ("str", ("exact_match", "vqa_accuracy", "oc", "mci"), "VQA scoring"),
+    "benchmark": ("str|null", None, "benchmark name in the metrics JSON"),
+    "spice": ("bool", None, "captioning: try SPICE (needs a download)"),
+    "k_test": ("int", ">= 1", "retrieval: ITC candidates re-ranked by ITM"),
+    "report_metric": ("bool", None, "LAVIS's caption/retrieval tasks: compute metrics"),
     # the escape hatch
-    "user": ("dict|null", "keys for your own code; never checked"),
+    "user": ("dict|null", None, "keys for your own code; never checked"),
 }
 OPEN_RUN_KEYS = ("user",)
+# pairs of run keys where the first may not exceed the second (checked when both are given)
+RUN_ORDER = (("min_len", "max_len"),)
 
 # Keys of every LAVIS model config besides a model type's own (BaseModel, load_model).
 LAVIS_MODEL_KEYS = {"arch": "str", "model_type": "str", "load_pretrained": "bool",
@@ -116,6 +126,14 @@ OPEN_MODEL_SECTIONS = {
 DATASET_KEYS = ("data_type", "build_info", "vis_processor", "text_processor", "type",
                 "dataset_card")
 LAVIS_SPLITS = ("train", "val", "test")
+# build_info keys of the plugin's builders, checked in every dataset that has them, in
+# RUN_KEYS' form (a negative limit used to be taken as a Python slice: max_images=-5 kept all
+# but 5 images; 0 left an empty dataset)
+BUILD_INFO_KEYS = {
+    "max_images": ("int|null", ">= 1", "keep the first N images of each split; null: all"),
+    "max_questions": ("int|null", ">= 1", "then the first N questions of each split; null: all"),
+    "max_items": ("int|null", ">= 1", "keep the first N records of each split; null: all"),
+}
 
 
 class ConfigError(ValueError):
@@ -163,6 +181,54 @@ def _describe(spec):
     if "float" in kinds:
         kinds = [k for k in kinds if k != "int"]
     return " or ".join(_TYPE_WORDS.get(t, t) for t in kinds)
+
+
+_BOUND = re.compile(r"^(>=|>|<=|<) (\S+)$")
+_INTERVAL = re.compile(r"^([\[(])(\S+), (\S+)([\])])$")
+
+
+def out_of_range(value, allowed):
+    """None if ``value`` is among the ``allowed`` values (a range such as ">= 1" or "[0, 1)",
+    a tuple of choices, or None for any), else the allowed values in words. Null and values
+    of another type are left to the type check."""
+    if allowed is None or value is None:
+        return None
+    if isinstance(allowed, tuple):  # choices; of a list, for each of its items
+        many = isinstance(value, (list, tuple, ListConfig))
+        if all(v in allowed for v in (value if many else [value])):
+            return None
+        return ("items among " if many else "one of ") + ", ".join(map(repr, allowed))
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    bound = _BOUND.match(allowed)
+    if bound:
+        op, limit = bound.group(1), float(bound.group(2))
+        ok = {">=": value >= limit, ">": value > limit, "<=": value <= limit, "<": value < limit}[op]
+    else:
+        low_side, low, high, high_side = _INTERVAL.match(allowed).groups()
+        low, high = float(low), float(high)
+        ok = (value >= low if low_side == "[" else value > low) and (
+            value <= high if high_side == "]" else value < high)
+    return None if ok else allowed  # NaN fails every comparison: out of range
+
+
+def check_keys(node, schema, prefix, problems, hint=""):
+    """Check every key of the mapping ``node`` against ``schema`` ({key: (type, allowed,
+    meaning)}, as RUN_KEYS): a key not in it, a value of the wrong type or out of range is one
+    line in ``problems`` (``Problems``), named ``prefix`` + key."""
+    names = [prefix + k for k in schema]
+    for key in node:
+        name = prefix + str(key)
+        if key not in schema:
+            problems.unknown(name, names, hint)
+            continue
+        spec, allowed = schema[key][:2]
+        value = OmegaConf.select(node, str(key), throw_on_missing=False) \
+            if isinstance(node, DictConfig) else node[key]
+        if not _fits(value, spec):
+            problems.wrong_type(name, value, spec)
+        else:
+            problems.check_range(name, value, allowed)
 
 
 # ------------------------------------------------------------------ known keys
@@ -226,6 +292,19 @@ def model_keys(arch):
     return known
 
 
+def model_allowed(arch):
+    """key -> the allowed values of a model key of ``arch`` (None: any value of its type). The
+    plugin's models declare them next to each key's default in ``ModelConfig``
+    (models/config.py); LAVIS's own models declare none."""
+    from lavis.common.registry import registry
+    from lavis_xformer.models.base import PluginModel
+    from lavis_xformer.models.config import allowed_values
+
+    if issubclass(registry.get_model_class(arch), PluginModel):
+        return allowed_values
+    return lambda key: None
+
+
 def _known_model_key(key, known):
     if key in known:
         return True
@@ -265,7 +344,10 @@ def _closest(key, candidates):
     return near[0] if near else None
 
 
-class _Problems:
+class Problems:
+    """The problems found so far, one line each, naming where each key was written (the file,
+    or --options)."""
+
     def __init__(self, cfg_path, option_keys):
         self.cfg_path, self.option_keys, self.lines = cfg_path, option_keys, []
 
@@ -284,6 +366,16 @@ class _Problems:
         self.lines.append("%s: %s=%r must be %s" % (self.where(key), key, _plain(value),
                                                     _describe(spec)))
 
+    def check_range(self, key, value, allowed):
+        words = out_of_range(value, allowed)
+        if words:
+            self.lines.append("%s: %s=%r is out of range; allowed: %s" % (
+                self.where(key), key, _plain(value), words))
+
+    def raise_any(self):
+        if self.lines:
+            raise ConfigError("\n".join(self.lines))
+
 
 def _plain(value):
     if isinstance(value, (DictConfig, ListConfig)):
@@ -300,27 +392,24 @@ def check_config(config, cfg_path="the run file", option_keys=()):
     set, to say where each problem was written)."""
     from lavis.common.registry import registry
 
-    problems = _Problems(cfg_path, set(option_keys))
+    problems = Problems(cfg_path, set(option_keys))
     for section in config:
         if section not in ("model", "datasets", "run", "preprocess"):
             problems.unknown(section, ["model", "datasets", "run", "preprocess"], _USER_HINT)
 
     run = config.get("run", None) or {}
-    run_names = ["run." + k for k in RUN_KEYS]
-    for key in run:
-        name = "run.%s" % key
-        if key not in RUN_KEYS:
-            problems.unknown(name, run_names, _USER_HINT)
-            continue
-        spec = RUN_KEYS[key][0]
-        value = OmegaConf.select(config, name, throw_on_missing=False)
-        if not _fits(value, spec):
-            problems.wrong_type(name, value, spec)
+    check_keys(run, RUN_KEYS, "run.", problems, _USER_HINT)
+    for low, high in RUN_ORDER:
+        a, b = run.get(low, None), run.get(high, None)
+        if _fits(a, "int") and _fits(b, "int") and a > b:
+            problems.lines.append("%s: run.%s=%r is below run.%s=%r; allowed: run.%s >= run.%s" % (
+                problems.where("run." + high), high, b, low, a, high, low))
 
     model = config.get("model", None) or {}
     arch = model.get("arch", None)
     if arch and registry.get_model_class(arch) is not None:
         known = model_keys(arch)
+        allowed = model_allowed(arch)
         names = ["model." + k for k in known]
         for key, value in _flatten(model).items():
             if "." in key and key.split(".")[0] in OPEN_MODEL_SECTIONS and key.count(".") > 1:
@@ -332,12 +421,13 @@ def check_config(config, cfg_path="the run file", option_keys=()):
             spec = known.get(key, ANY)
             if not _fits(value, spec):
                 problems.wrong_type("model." + key, value, spec)
+            else:
+                problems.check_range("model." + key, value, allowed(key))
 
     for name in config.get("datasets", None) or {}:
         _check_dataset(name, config.datasets[name], problems, registry)
 
-    if problems.lines:
-        raise ConfigError("\n".join(problems.lines))
+    problems.raise_any()
 
 
 def _check_dataset(name, node, problems, registry):
@@ -362,6 +452,8 @@ def _check_dataset(name, node, problems, registry):
                 if key not in allowed:
                     problems.unknown(prefix + "build_info." + key,
                                      [prefix + "build_info." + k for k in allowed])
+            check_keys({k: build_info[k] for k in build_info if k in BUILD_INFO_KEYS},
+                       BUILD_INFO_KEYS, prefix + "build_info.", problems)
             annotations = build_info.get("annotations", None)
             if isinstance(annotations, DictConfig):
                 for split in annotations:

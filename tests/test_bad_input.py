@@ -94,8 +94,8 @@ def test_training_skips_counts_and_logs_unreadable_images(damaged_root, tmp_path
     ("run.runner=runner_base", "run.task xformer_pretrain trains under run.runner: "
                                "runner_xformer (got 'runner_base')"),
     ("run.lr_sched=no_such_sched", "run.lr_sched: unknown schedule 'no_such_sched'"),
-    ("run.checkpoint_every_iters=-5", "run.checkpoint_every_iters: -5 is not a number of iterations"),
-    ("run.checkpoint_every_iters=often", "run.checkpoint_every_iters: 'often' is not"),
+    ("run.checkpoint_every_iters=-5", "run.checkpoint_every_iters=-5 is out of range; allowed: >= 0"),
+    ("run.checkpoint_every_iters=often", "run.checkpoint_every_iters='often' must be an integer or null"),
 ])
 def test_wrong_names_and_options_are_one_clear_error(option, message):
     with pytest.raises(ConfigError) as info:

@@ -239,7 +239,7 @@ def test_unknown_model_type_is_a_clear_error():
 
 
 def test_unknown_fusion_is_a_clear_error():
-    with pytest.raises(ValueError, match="model.fusion='sum' is not known"):
+    with pytest.raises(ValueError, match="model.fusion='sum' is out of range; allowed: one of 'xformer'"):
         registry.get_model_class("xformer").from_config(tiny_cfg(fusion="sum"))
 
 

@@ -108,7 +108,7 @@ def test_concat_and_early_ca_put_the_mae_tokens_into_the_qformer_context(images)
 
 
 def test_unknown_variant_keys_are_clear_errors():
-    with pytest.raises(ValueError, match="model.mae_source='dino' is not known"):
+    with pytest.raises(ValueError, match="model.mae_source='dino' is out of range; allowed: one of 'mae'"):
         build(mae_source="dino")
     with pytest.raises(ValueError, match="needs model.clip_layer_index"):
         build(mae_source="clip_layer")

@@ -11,7 +11,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
+from lavis_xformer.config_keys import ConfigError, out_of_range
 from lavis_xformer.models import fp8
+from lavis_xformer.models.compiled import COMPILABLE, MODES
 from lavis_xformer.nn import ConcatFusion, EarlyCAFusion, QueryPassthrough, XFormerFusion
 
 FUSION_CLASSES = {
@@ -29,55 +31,65 @@ STAGE1_LOSSES = {"itc": 1.0, "itm": 1.0, "lm": 1.0, "rec": 1.0}
 STAGE2_LOSSES = {"lm": 1.0, "rec": 0.0}
 
 
+def _allowed(default, allowed, entries=False):
+    """A field whose values are limited to ``allowed`` (config_keys.out_of_range: a range such
+    as ">= 1" or "[0, 1)", or a tuple of choices); ``entries``: ``allowed`` holds for each value
+    of a mapping. config_keys checks the run file with it, before anything is built."""
+    kind = "entries" if entries else "allowed"
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata={kind: allowed})
+    return field(default=default, metadata={kind: allowed})
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     # where weights come from (models/sources.py); null: random, seeded by random_seed
     pretrained: Optional[object] = None  # a checkpoint path or URL, or a list loaded in order
     allow_partial_pretrained: bool = False
-    random_seed: int = 0
+    random_seed: int = _allowed(0, ">= 0")
     random_init: bool = False
-    image_size: Optional[int] = None
+    image_size: Optional[int] = _allowed(None, ">= 1")
     # frozen CLIP ViT (LAVIS's EVA ViT)
     clip_vit_weights: Optional[str] = None
     vit: dict = field(default_factory=dict)  # patch_size, embed_dim, depth, num_heads, mlp_ratio
-    drop_path_rate: float = 0.0
+    drop_path_rate: float = _allowed(0.0, "[0, 1)")
     use_grad_checkpoint: bool = False
-    vit_precision: str = "fp32"
+    vit_precision: str = _allowed("fp32", PRECISIONS)
     freeze_vit: bool = True
     unfreeze_vit_layernorm: bool = False
     # frozen MAE (transformers' ViTMAEForPreTraining); `mae` is its config
     mae_weights: Optional[str] = None
     mae: dict = field(default_factory=dict)
-    mae_precision: str = "fp32"
-    mask_ratio: float = 0.5
+    mae_precision: str = _allowed("fp32", PRECISIONS)
+    mask_ratio: float = _allowed(0.5, "[0, 1)")  # 0: no patch masked (no reconstruction)
     # Q-Former (LAVIS's BertLMHeadModel); `qformer` is its BertConfig
     qformer_weights: Optional[str] = None
     tokenizer: Optional[str] = None
     qformer: dict = field(default_factory=dict)
-    num_query_token: Optional[int] = None
-    cross_attention_freq: int = 2
+    num_query_token: Optional[int] = _allowed(None, ">= 1")
+    cross_attention_freq: int = _allowed(2, ">= 1")
     # fusion variant (nn/fusions.py) and what stands in the MAE encoder's place
-    fusion: str = "xformer"
-    fusion_num_heads: int = 12
-    fusion_mlp_ratio: float = 4.0
+    fusion: str = _allowed("xformer", FUSIONS)
+    fusion_num_heads: int = _allowed(12, ">= 1")
+    fusion_mlp_ratio: float = _allowed(4.0, "> 0")
     fusion_self_attn: bool = True
-    early_ca_mlp_ratio: float = 5.0
-    mae_source: str = "mae"
-    clip_layer_index: Optional[int] = None
+    early_ca_mlp_ratio: float = _allowed(5.0, "> 0")
+    mae_source: str = _allowed("mae", MAE_SOURCES)
+    clip_layer_index: Optional[int] = _allowed(None, ">= 1")
     # speed (same results)
     fused_attention: bool = True
-    compile_modules: list = field(default_factory=list)
-    compile_mode: str = "default"
+    compile_modules: list = _allowed([], COMPILABLE)
+    compile_mode: str = _allowed("default", MODES)
     share_image_kv: bool = True
     # stage 1 heads and text
-    embed_dim: int = 256
-    max_txt_len: int = 32
-    loss_weights: dict = field(default_factory=dict)  # resolved: every loss of the stage
+    embed_dim: int = _allowed(256, ">= 1")
+    max_txt_len: int = _allowed(32, ">= 1")
+    loss_weights: dict = _allowed({}, ">= 0", entries=True)  # resolved: every loss of the stage
     # stage 2: the frozen LLM and its head
     llm_weights: Optional[str] = None
     llm_tokenizer: Optional[str] = None
     llm: dict = field(default_factory=dict)
-    llm_precision: str = "fp16"
+    llm_precision: str = _allowed("fp16", LLM_PRECISIONS)
     prompt: str = ""
     qformer_text_input: bool = False
     freeze_fusion: bool = False
@@ -110,10 +122,14 @@ class ModelConfig:
         return cls(**values)
 
     def __post_init__(self):
-        if self.fusion not in FUSIONS:
-            raise ValueError(f"model.fusion={self.fusion!r} is not known; available: {', '.join(FUSIONS)}")
-        if self.mae_source not in MAE_SOURCES:
-            raise ValueError(f"model.mae_source={self.mae_source!r} is not known; available: {', '.join(MAE_SOURCES)}")
+        for name, value, allowed in self._bounded_values():
+            words = out_of_range(value, allowed)
+            if words:
+                raise ConfigError(f"model.{name}={value!r} is out of range; allowed: {words}")
+        if self.rec_weight and not self.mask_ratio:
+            # nothing masked, nothing to reconstruct: the loss would be left out without a word
+            raise ValueError(f"model.loss_weights.rec={self.rec_weight} needs masked patches: set "
+                             f"model.mask_ratio > 0 (e.g. 0.5), or model.loss_weights.rec: 0")
         if not self.uses_mae and self.mae_source != "mae":
             raise ValueError(f"model.mae_source={self.mae_source!r} needs a fusion that uses it; "
                              f"model.fusion={self.fusion!r} uses no MAE features")
@@ -124,9 +140,6 @@ class ModelConfig:
             if not 1 <= int(self.clip_layer_index) <= depth:
                 raise ValueError(f"model.clip_layer_index={self.clip_layer_index} is outside 1..{depth} (CLIP ViT blocks)")
         for key in ("vit_precision", "mae_precision"):
-            if getattr(self, key) not in PRECISIONS:
-                raise ValueError(f"model.{key}={getattr(self, key)!r} is not one of {PRECISIONS}")
-        for key in ("vit_precision", "mae_precision"):
             if getattr(self, key) != "fp8" or (key == "mae_precision" and not self.builds_mae):
                 continue
             # fp8 (fp8.py) needs fp8 tensor cores, a frozen encoder and the fused attention
@@ -136,14 +149,22 @@ class ModelConfig:
                 raise ValueError("model.vit_precision=fp8 needs model.freeze_vit: true (fp8 layers have no backward)")
             if not self.fused_attention:
                 raise ValueError(f"model.{key}=fp8 needs model.fused_attention: true")
-        if self.llm_precision not in LLM_PRECISIONS:
-            raise ValueError(f"model.llm_precision={self.llm_precision!r} is not one of {LLM_PRECISIONS}")
         if self.freeze_vit and self.unfreeze_vit_layernorm and self.use_grad_checkpoint:
             # LAVIS's EVA ViT uses torch's reentrant checkpoint: its blocks' parameters get
             # no gradient when the blocks' input needs none (the frozen patch embedding)
             raise ValueError("model.unfreeze_vit_layernorm: True does not work with "
                              "model.use_grad_checkpoint: True (the LayerNorms would get no "
                              "gradient); set use_grad_checkpoint: False")
+
+    def _bounded_values(self):
+        """(key, value, allowed values) of every field declared with ``_allowed``."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if "allowed" in f.metadata:
+                yield f.name, value, f.metadata["allowed"]
+            if "entries" in f.metadata:
+                for key, entry in value.items():
+                    yield "%s.%s" % (f.name, key), entry, f.metadata["entries"]
 
     @property
     def uses_mae(self) -> bool:
@@ -166,3 +187,14 @@ class ModelConfig:
     def rec_weight(self) -> float:
         """The reconstruction loss's weight in force: 0 without a reconstruction path."""
         return self.loss_weights.get("rec", 0.0) if self.can_reconstruct else 0.0
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(ModelConfig)}
+
+
+def allowed_values(key):
+    """The allowed values of the model key ``key`` (dotted: ``loss_weights.itc``) as declared in
+    ModelConfig; None: any value of its type (config_keys.check_config reads it)."""
+    name, _, entry = key.partition(".")
+    meta = _FIELDS[name].metadata if name in _FIELDS else {}
+    return meta.get("entries" if entry else "allowed")

@@ -21,7 +21,8 @@ from lavis_xformer.training.step import NonFiniteLossError
 from lavis_xformer.config_keys import ConfigError, check_config
 from lavis_xformer.datasets.checks import check_dataset_names, check_datasets
 from lavis_xformer.training.checkpoints import check_checkpoints, check_resume
-from lavis_xformer.training.run_files import IncludingConfig, load_run_file, option_dotlist
+from lavis_xformer.training.run_files import (IncludingConfig, load_run_file, option_dotlist,
+                                               parse_options)
 from lavis_xformer.training.runner import RunnerXFormer
 
 
@@ -64,10 +65,6 @@ def _pre_check(config, path):
     if not config.run.get("evaluate", False) and registry.get_lr_scheduler_class(lr_sched) is None:
         raise ConfigError("run.lr_sched: unknown schedule %r. Registered schedules: %s" % (
             lr_sched, ", ".join(registry.list_lr_schedulers())))
-    every = config.run.get("checkpoint_every_iters", None)
-    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 0):
-        raise ConfigError("run.checkpoint_every_iters: %r is not a number of iterations; give a "
-                          "positive integer, or 0/null for checkpoints at epoch ends only" % (every,))
     runner = config.run.get("runner", "runner_base")
     if registry.get_runner_class(runner) is None:
         raise ConfigError("run.runner: unknown runner %r. Registered runners: %s" % (
@@ -83,28 +80,70 @@ def load_config(args):
     """LAVIS's Config (run file, its `includes:` resolved, merged over the model's and each builder's defaults, then the
     --options), checked before anything is built: raises ConfigError with one clear message."""
     raw = load_run_file(args.cfg_path)  # with its `includes:` resolved (run_files.py)
+    options = parse_options(args.options)
     try:
-        options = OmegaConf.from_dotlist(option_dotlist(args.options))
         merged = OmegaConf.merge(raw, options)
     except OmegaConfBaseException as e:
         raise ConfigError("--options: %s" % " ".join(str(e).split())) from None
     option_keys = [o.partition("=")[0] for o in option_dotlist(args.options)]
     _pre_check(merged, args.cfg_path)
     check_config(merged, args.cfg_path, option_keys)  # every key is one that something reads
+    check_output_dir(merged.run.get("output_dir", None))
     try:
         cfg = IncludingConfig(args, raw)
     except (yaml.YAMLError, OmegaConfBaseException, TypeError, ValueError) as e:
         # e.g. --options giving a single value where the builder's defaults hold a list
         raise ConfigError("could not build the configuration: %s" % " ".join(str(e).split())) from None
     model_type_option.apply_model_type_option(cfg, options)  # --options model.model_type=... (LAVIS defect)
+    check_model_config(cfg.model_cfg)
     check_checkpoints(cfg.model_cfg, cfg.run_cfg)
     check_resume(cfg.run_cfg)
-    check_datasets(cfg.datasets_cfg)
+    check_datasets(cfg.datasets_cfg, cfg.run_cfg)  # run.metric: what the ground truth must be
     device = str(cfg.run_cfg.get("device", "cuda"))
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        kind = None
+    if kind not in ("cpu", "cuda"):
+        raise ConfigError("run.device=%r is not a device this plugin runs on; set run.device=cpu or "
+                          "cuda (or cuda:N)" % device)
+    if kind == "cuda" and not torch.cuda.is_available():
         raise ConfigError("run.device is %r but CUDA is not available here; set run.device=cpu "
                           "(e.g. --options run.device=cpu run.amp=False)" % device)
     return cfg
+
+
+def check_output_dir(output_dir):
+    """run.output_dir must be a folder, or a path where one can be made: given, not a file nor
+    under one, and writable (the runner makes it only after the model is built)."""
+    if output_dir is None:
+        raise ConfigError("run.output_dir is not set; give the folder of the run's job folders, "
+                          "e.g. --options run.output_dir=output/my_run")
+    path = os.path.abspath(os.path.expanduser(str(output_dir)))
+    existing = path
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ConfigError("run.output_dir=%r: %s is a file, not a folder; give a folder (new or "
+                          "existing) for the run's job folders" % (output_dir, existing))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError("run.output_dir=%r: cannot write in %s; give a folder you can write to"
+                          % (output_dir, existing))
+
+
+def check_model_config(model_cfg):
+    """The plugin's models read their config once, into a ModelConfig, whose checks (values
+    out of range, keys that do not fit together, fp8 without fp8 tensor cores) would otherwise
+    stop the run only when the model is built, after the datasets: run them now."""
+    from lavis_xformer.models.base import PluginModel
+    from lavis_xformer.models.config import ModelConfig
+
+    model_cls = registry.get_model_class(model_cfg.arch)
+    if issubclass(model_cls, PluginModel):
+        try:
+            ModelConfig.from_cfg(model_cfg, model_cls.LOSSES)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(" ".join(str(e).split())) from None
 
 
 def new_job_id():
@@ -189,7 +228,8 @@ def run_main(body, argv, description):
     ends the process with its message and exit status 2 (so does a weight file that is unsafe,
     damaged or does not fit), a NaN/inf training loss (NonFiniteLossError) with its message
     and exit status 3, a stop on SIGTERM/SIGINT after its checkpoint with the resume command
-    and exit status 75 (preemption.py), all without a traceback."""
+    and exit status 75 (preemption.py), a full disk during a checkpoint save with the resume
+    command and exit status 74 (checkpoints.DiskFullError), all without a traceback."""
     # progress lines should show up at once, also when stdout is a pipe or a file
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)
@@ -202,15 +242,23 @@ def run_main(body, argv, description):
         raise SystemExit(2)
     job_id = init_distributed(cfg, job_id)
     from lavis_xformer.models.sources import WeightSourceError
+    from lavis_xformer.training.checkpoints import EXIT_DISK_FULL, DiskFullError
 
     try:
         result = body(cfg, job_id)
-    except WeightSourceError as e:
-        # a weight file that is unsafe, damaged or does not fit: one line, no traceback
+    except (WeightSourceError, ConfigError) as e:
+        # a weight file that is unsafe, damaged or does not fit, or a setting checked when the
+        # task reads it (run.resume_predictions): one line, no traceback
         print("error: %s" % e, file=sys.stderr, flush=True)
         if distributed.dist_ready():
             torch.distributed.destroy_process_group()
         raise SystemExit(2)
+    except DiskFullError as e:
+        # raised by the saving process (rank 0); torchrun then stops the others
+        print("error: %s" % e, file=sys.stderr, flush=True)
+        if distributed.dist_ready():
+            torch.distributed.destroy_process_group()
+        raise SystemExit(EXIT_DISK_FULL)
     except preemption.Preempted as e:
         # every process stops after the same step, with the checkpoint complete
         if get_rank() == 0:

@@ -99,3 +99,21 @@ def option_dotlist(options):
             raise ConfigError("--options %s: expected key=value with a dotted key, e.g. "
                               "run.max_epoch=1" % option)
     return options
+
+
+def parse_options(options):
+    """The --options as one OmegaConf mapping; a value that is not valid YAML (``run.foo=[1,2``)
+    is a ConfigError naming the option."""
+    parsed = []
+    for option in option_dotlist(options):
+        try:
+            parsed.append(OmegaConf.from_dotlist([option]))
+        except (yaml.YAMLError, OmegaConfBaseException) as e:
+            reason = getattr(e, "problem", None) or " ".join(str(e).split())
+            raise ConfigError("--options %s: the value is not valid YAML (%s); write a list as "
+                              "[1, 2], a mapping as {a: 1}, and quote a string holding brackets, "
+                              "braces or ': '" % (option, reason)) from None
+    try:
+        return OmegaConf.merge(OmegaConf.create(), *parsed)
+    except OmegaConfBaseException as e:
+        raise ConfigError("--options: %s" % " ".join(str(e).split())) from None
