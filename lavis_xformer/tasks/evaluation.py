@@ -9,8 +9,10 @@ The base does, once for every task:
   ``BaseTask.evaluation`` moves them to CUDA, see lavis_patches/__init__.py), drops the
   unreadable samples of a batch and records them (``skips_unreadable_images``), appends every
   batch's records to a per-process JSONL file and skips what an interrupted evaluation already
-  predicted (``streams_predictions``, ``run.resume_predictions``; results.PredictionLog). It
-  returns an ``EvalOutput``: the records, the skipped samples and the split's dataset, so that
+  predicted (``streams_predictions``, ``run.resume_predictions``; results.PredictionLog), when
+  that evaluation's settings (the logs' first line: ``log_settings``) are this run's; other
+  settings are refused at ``setup_resume``, before the model is built. It returns an
+  ``EvalOutput``: the records, the skipped samples and the split's dataset, so that
   ``after_evaluation`` gets what it needs from its argument, not from the task's state.
 * ``after_evaluation``: merge the records of all processes, let the task compute its metrics,
   write ``<split>_<KIND>_predictions.json`` and ``<split>_<KIND>_metrics.json`` to the run's
@@ -22,22 +24,26 @@ A task supplies only what differs: ``KIND`` (the files' and the metric's name), 
 dataset)`` (what the steps of a split need from its dataset, computed once per split and passed
 to every step), ``split_metrics``, ``table`` and, where it has one, ``protocol``.
 """
+import datetime
+import glob
 import os
 from collections import OrderedDict
 from typing import Any, List, NamedTuple
 
 import torch
+from omegaconf import OmegaConf
 from lavis.common.dist_utils import is_main_process
 from lavis.common.logger import MetricLogger
 from lavis.common.registry import registry
 from lavis.datasets.data_utils import prepare_sample
 from lavis.tasks.base_task import BaseTask
 
+from lavis_xformer.config_keys import ConfigError
 from lavis_xformer.datasets.skipping import SkipUnreadable, pop_skipped
 from lavis_xformer.lavis_patches import distributed
 from lavis_xformer.tasks.results import (
-    PredictionLog, append_evaluate_line, gather_results, gather_skipped, select_samples,
-    write_json)
+    PredictionLog, append_evaluate_line, check_settings, gather_results, gather_skipped,
+    resume_folder, select_samples, write_json)
 
 
 class EvalOutput(NamedTuple):
@@ -69,6 +75,44 @@ def model_info(model_cfg):
                         ("fusion", fusion), ("pretrained", pretrained)])
 
 
+def _flat(prefix, value):
+    if isinstance(value, dict) and value:
+        for key, inner in value.items():
+            yield from _flat("%s.%s" % (prefix, key), inner)
+    else:
+        yield prefix, value
+
+
+def _file_identity(value):
+    """A local file named by a config value, as "<real path> (<size> bytes, modified <time>)";
+    other values unchanged."""
+    if not isinstance(value, str) or not os.path.isfile(os.path.expanduser(value)):
+        return value
+    path = os.path.realpath(os.path.expanduser(value))
+    stat = os.stat(path)
+    return "%s (%d bytes, modified %s)" % (path, stat.st_size, datetime.datetime.fromtimestamp(
+        stat.st_mtime_ns / 1e9, datetime.timezone.utc).isoformat())
+
+
+def run_settings(cfg):
+    """What a run's predictions depend on besides the task's own protocol: the model section
+    (every key, flattened), the datasets section, and run.seed (random-initialised parts).
+
+    The checkpoint is told by the model keys naming local files (``model.pretrained``, in
+    order when a list, ``model.finetuned``, ...): each is replaced by its real path (``latest``
+    links resolved), size and modification time. Cheap (a stat, no read of gigabytes) and it
+    changes whenever the file is rewritten; a copy elsewhere counts as another checkpoint,
+    which refuses a resume that might have been fine, never keeps one that is not."""
+    settings = OrderedDict()
+    for section, values in (("model", cfg.model_cfg), ("datasets", cfg.datasets_cfg)):
+        for key, value in _flat(section, OmegaConf.to_container(values, resolve=True)):
+            if isinstance(value, list):
+                value = [_file_identity(v) for v in value]
+            settings[key] = _file_identity(value)
+    settings["run.seed"] = cfg.run_cfg.get("seed", None)
+    return settings
+
+
 class XFormerEvalTask(BaseTask):
     """Base of the evaluation tasks; see the module's docstring."""
 
@@ -84,7 +128,8 @@ class XFormerEvalTask(BaseTask):
         self.log_freq = max(1, int(log_freq))
         self.benchmark = benchmark
         self.model_info = model_info or OrderedDict()
-        self.resume_predictions = None  # run.resume_predictions (setup_task)
+        self.resume_predictions = None  # run.resume_predictions (setup_resume)
+        self.run_settings = None        # run_settings(cfg) (setup_resume)
 
     @staticmethod
     def common_args(cfg):
@@ -97,6 +142,43 @@ class XFormerEvalTask(BaseTask):
     @classmethod
     def setup_task(cls, cfg):
         return cls(**cls.common_args(cfg))
+
+    def setup_resume(self, cfg):
+        """Read ``run.resume_predictions`` and the run's settings (the prediction logs' first
+        line); a folder whose logs of this task were made under other settings, or that holds
+        none, is refused here, before the datasets and the model are built (ConfigError)."""
+        run_cfg = cfg.run_cfg
+        self.run_settings = run_settings(cfg)
+        self.resume_predictions = run_cfg.get("resume_predictions", None)
+        if not self.resume_predictions:
+            return
+        if not run_cfg.get("evaluate", False):
+            raise ConfigError("run.resume_predictions: %s is given to a training run; only an "
+                              "evaluation (run.evaluate: True) resumes predictions, a training "
+                              "run validates the weights of each epoch" % self.resume_predictions)
+        folder = resume_folder(self.resume_predictions)
+        suffix = "_%s_predictions" % self.KIND
+        logs = sorted(glob.glob(os.path.join(folder, "*%s.rank*.jsonl" % suffix)))
+        if not logs:
+            raise ConfigError("run.resume_predictions: %s holds no %s prediction logs "
+                              "(<split>%s.rank<r>.jsonl): not a %s evaluation's job folder; "
+                              "name the job directory of the interrupted evaluation" % (
+                                  folder, self.KIND, suffix, self.KIND))
+        for path in logs:  # the split is in the file's name
+            check_settings(path, self.log_settings(os.path.basename(path).split(suffix)[0]))
+
+    def generation_settings(self):
+        """The run keys (without ``run.``) the predictions depend on: ``protocol`` by
+        default."""
+        return self.protocol
+
+    def log_settings(self, split):
+        """The first line of a split's prediction log: benchmark, split, the task's
+        generation settings, and run_settings (model, checkpoint files, datasets, seed)."""
+        settings = OrderedDict([("benchmark", self.benchmark), ("split", split)])
+        settings.update(("run.%s" % k, v) for k, v in self.generation_settings().items())
+        settings.update(self.run_settings or {})
+        return settings
 
     # --- what a task supplies -------------------------------------------------------------
 
@@ -161,9 +243,9 @@ class XFormerEvalTask(BaseTask):
         metric_logger = MetricLogger(delimiter="  ")
         log = None
         if self.streams_predictions:
+            split = getattr(self, "current_split", "eval")
             log = PredictionLog(registry.get_path("result_dir"), "%s_%s_predictions" % (
-                getattr(self, "current_split", "eval"), self.KIND), self.ID_KEY,
-                self.resume_predictions)
+                split, self.KIND), self.ID_KEY, self.resume_predictions, self.log_settings(split))
         results = list(log.carried) if log is not None and distributed.get_rank() == 0 else []
         skipped = []
         for samples in metric_logger.log_every(data_loader, self.log_freq, self.LOG_HEADER):
@@ -221,4 +303,4 @@ class XFormerEvalTask(BaseTask):
         return dict(metrics)
 
 
-__all__ = ["XFormerEvalTask", "EvalOutput", "loader_dataset", "model_info"]
+__all__ = ["XFormerEvalTask", "EvalOutput", "loader_dataset", "model_info", "run_settings"]

@@ -21,6 +21,7 @@ import os
 
 import torch.distributed as dist
 
+from lavis_xformer.config_keys import ConfigError
 from lavis_xformer.lavis_patches import distributed
 
 
@@ -71,28 +72,34 @@ def format_table(header, rows):
 
 # --- Predictions written as they are made -----------------------------------------------------
 
+# the first line of every prediction log: {SETTINGS_KEY: {setting: value}}, what its
+# predictions depend on (benchmark, split, model and checkpoint, generation protocol; the
+# task's XFormerEvalTask.log_settings), compared when run.resume_predictions takes them over
+SETTINGS_KEY = "prediction_log_settings"
+FIX = ("evaluate without run.resume_predictions, or with the settings that made those "
+       "predictions")
+
+
 class PredictionLog:
     """Every process appends its prediction records to ``<result_dir>/<name>.rank<r>.jsonl``
     as each batch is done (one JSON line per record, flushed), so that a crash or a kill keeps
-    what was predicted. ``run.resume_predictions`` names an interrupted evaluation's job
-    directory (or its ``result/`` folder): the records of all its ``<name>.rank*.jsonl`` files
-    (any number of processes) are taken over, written into this run's own file by rank 0,
-    and their keys are not predicted again (``done``). A line cut short by the kill is
-    ignored."""
+    what was predicted; the first line holds the ``settings`` they are made under.
+    ``run.resume_predictions`` names an interrupted evaluation's job directory (or its
+    ``result/`` folder): the records of all its ``<name>.rank*.jsonl`` files (any number of
+    processes) are taken over, written into this run's own file by rank 0, and their keys are
+    not predicted again (``done``); a file made under other settings, or without a settings
+    line, stops the evaluation (ConfigError, check_settings) before anything is predicted. A
+    line cut short by the kill is ignored."""
 
-    def __init__(self, result_dir, name, key, resume_from=None):
+    def __init__(self, result_dir, name, key, resume_from=None, settings=None):
         self.key = key
         self.path = os.path.join(result_dir, "%s.rank%d.jsonl" % (name, distributed.get_rank()))
         self.carried = []
         if resume_from:
-            folder = str(resume_from)
-            if os.path.isdir(os.path.join(folder, "result")):
-                folder = os.path.join(folder, "result")
-            if not os.path.isdir(folder):
-                raise FileNotFoundError("run.resume_predictions: no folder %s" % resume_from)
+            folder = resume_folder(resume_from)
             seen = {}
             for path in sorted(glob.glob(os.path.join(folder, "%s.rank*.jsonl" % name))):
-                for record in _read_jsonl(path):
+                for record in check_settings(path, settings):
                     if key in record:
                         seen.setdefault(record[key], record)
             self.carried = list(seen.values())
@@ -102,6 +109,7 @@ class PredictionLog:
         # a fresh file per evaluation (validation after each epoch writes it again); a run
         # never shares its job folder, so nothing of another run is overwritten
         self._file = open(self.path, "w")
+        self.append([{SETTINGS_KEY: settings or {}}])
         if self.carried and distributed.get_rank() == 0:
             self.append(self.carried)
 
@@ -114,17 +122,64 @@ class PredictionLog:
         self._file.close()
 
 
-def _read_jsonl(path):
-    records = []
+def resume_folder(resume_from):
+    """The folder of ``run.resume_predictions``'s prediction logs: the job directory's
+    ``result/`` folder, or the folder named."""
+    folder = os.path.expanduser(str(resume_from))
+    if os.path.isdir(os.path.join(folder, "result")):
+        folder = os.path.join(folder, "result")
+    if not os.path.isdir(folder):
+        raise ConfigError("run.resume_predictions: no folder %s; name the job directory of the "
+                          "interrupted evaluation" % resume_from)
+    return folder
+
+
+def read_prediction_log(path):
+    """(the settings of its first line, or None when it has none, the records) of a log."""
+    settings, records = None, []
     with open(path) as f:
-        for line in f:
+        for i, line in enumerate(f):
             try:
                 record = json.loads(line)
             except ValueError:
                 continue  # the last line of a killed process may be cut short
-            if isinstance(record, dict):
+            if isinstance(record, dict) and SETTINGS_KEY in record:
+                settings = record[SETTINGS_KEY] if i == 0 else settings
+            elif isinstance(record, dict):
                 records.append(record)
+    return settings, records
+
+
+def _read_jsonl(path):
+    return read_prediction_log(path)[1]
+
+
+def check_settings(path, settings):
+    """The records of the prediction log ``path`` when it was made under ``settings``; else
+    ConfigError, one line naming the file and each setting that differs (then vs now)."""
+    old, records = read_prediction_log(path)
+    if old is None and records:
+        raise ConfigError("run.resume_predictions: %s has no settings line (written before "
+                          "prediction logs recorded their model, benchmark and protocol), so "
+                          "its predictions cannot be verified to fit this evaluation; %s"
+                          % (path, FIX))
+    if old is None:
+        return records  # empty: its process was killed before its first line
+    new = json.loads(json.dumps(settings or {}))  # as the log holds them (tuples -> lists)
+    differ = ["%s: %s vs %s" % (k, _shown(old, k), _shown(new, k))
+              for k in list(new) + [k for k in old if k not in new]
+              if (k in old, old.get(k)) != (k in new, new.get(k))]
+    if differ:
+        more = len(differ) - 4
+        raise ConfigError("run.resume_predictions: %s holds predictions made under other "
+                          "settings (then vs now: %s%s); %s" % (
+                              path, "; ".join(differ[:4]),
+                              "; and %d more" % more if more > 0 else "", FIX))
     return records
+
+
+def _shown(settings, key):
+    return json.dumps(settings[key]) if key in settings else "(not set)"
 
 
 def select_samples(samples, keep):

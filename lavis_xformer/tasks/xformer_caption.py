@@ -98,7 +98,7 @@ class XFormerCaptionTask(XFormerEvalTask):
             spice=bool(run_cfg.get("spice", False)),
             **cls.common_args(cfg),
         )
-        task.resume_predictions = run_cfg.get("resume_predictions", None)
+        task.setup_resume(cfg)  # run.resume_predictions, checked before anything is built
         return task
 
     @property

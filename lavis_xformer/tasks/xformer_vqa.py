@@ -223,7 +223,7 @@ class XFormerVQATask(XFormerEvalTask):
             metric=run_cfg.get("metric", "exact_match"),
             **cls.common_args(cfg),
         )
-        task.resume_predictions = run_cfg.get("resume_predictions", None)
+        task.setup_resume(cfg)  # run.resume_predictions, checked before anything is built
         return task
 
     def _has_truth(self, record):
@@ -236,6 +236,12 @@ class XFormerVQATask(XFormerEvalTask):
             ("num_beams", self.num_beams), ("max_len", self.max_len),
             ("min_len", self.min_len), ("length_penalty", self.length_penalty),
         ])
+
+    def generation_settings(self):
+        """The protocol, the candidates of the rank method, and the metric (the records carry
+        their score)."""
+        return OrderedDict(self.protocol, num_ans_candidates=self.num_ans_candidates,
+                           metric=self.metric)
 
     def split_state(self, model, dataset):
         """The ground truth that does not fit in a batch, by question id (the dataset's

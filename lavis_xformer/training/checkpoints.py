@@ -4,7 +4,8 @@ exactly where the killed one stopped.
 * ``atomic_save``: torch.save into a temporary file in the target's directory, flush, fsync,
   then ``os.replace`` over the target (rename(2): atomic on POSIX file systems) and fsync the
   directory. A kill at any moment leaves either the old complete file or the new complete
-  file, plus at worst a stray ``.tmp`` file, never a truncated checkpoint.
+  file, plus at worst a stray ``.tmp`` file, never a truncated checkpoint. A save that fails
+  removes its temporary file; a full disk is DiskFullError, one line naming the folder.
 * ``CHECKPOINT_LATEST`` (``checkpoint_latest.pth``) in a job directory is a relative symlink
   replaced the same way, only after the file it names is complete; ``resolve_resume_path``
   turns ``run.resume_ckpt_path=<job dir>`` (or ``<output_dir>/latest``) into it.
@@ -15,6 +16,7 @@ exactly where the killed one stopped.
   the previous stage has not been run) stops the run with the path, the key and the command
   that writes the checkpoint (ConfigError).
 """
+import errno
 import glob
 import logging
 import os
@@ -32,6 +34,22 @@ CHECKPOINT_LATEST = "checkpoint_latest.pth"
 # ".<file>.<host>.<pid>.tmp": a save in progress; remove_stale_temporaries removes those of
 # saves that were killed (their process is gone)
 _TMP = re.compile(r"^\.(?P<name>.+)\.(?P<host>[^.]+)\.(?P<pid>\d+)\.tmp$")
+# the names of the job folders the runner makes (launch.new_job_id): <time>_<pid>_<8 hex>
+JOB_FOLDER = re.compile(r"^\d{14}_\d+_[0-9a-f]{8}$")
+# the files the plugin saves atomically in a job folder (RunnerXFormer._save_checkpoint)
+_JOB_FILE = re.compile(r"^checkpoint_[^/]*\.pth$")
+
+EXIT_DISK_FULL = 74  # EX_IOERR (sysexits.h): launch.run_main's exit status for DiskFullError
+# torch.save's zip writer turns the OSError of a failed write into this RuntimeError ("[enforce
+# fail at inline_container.cc:...] unexpected pos ..."), the errno lost
+_TORCH_WRITE_FAILED = re.compile(r"inline_container\.cc|PytorchStreamWriter failed")
+_LOW_SPACE = 64 << 20  # bytes; a failed torch write with less free is a full disk
+
+
+class DiskFullError(OSError):
+    """A save failed because its disk is full (ENOSPC, a quota, or torch's wrapped write
+    error with almost no space left); its temporary file is removed and no file was replaced.
+    The message names the folder; launch.run_main prints it and exits with EXIT_DISK_FULL."""
 
 
 def _tmp_name(name):
@@ -51,6 +69,34 @@ def _fsync_dir(directory):
         os.close(fd)
 
 
+def _free_bytes(directory):
+    try:
+        stat = os.statvfs(directory)
+    except OSError:
+        return None
+    return stat.f_bavail * stat.f_frsize
+
+
+def _remove_failed(tmp, path, error):
+    """Remove the temporary file ``tmp`` of a save of ``path`` that failed with ``error``;
+    raise DiskFullError instead of ``error`` when the disk is full."""
+    directory = os.path.dirname(tmp)
+    free = _free_bytes(directory)  # measured while the temporary file still takes its space
+    if os.path.lexists(tmp):
+        os.remove(tmp)
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        full = True
+    else:
+        full = (isinstance(error, RuntimeError) and free is not None and free < _LOW_SPACE
+                and bool(_TORCH_WRITE_FAILED.search(str(error))))
+    if full:
+        raise DiskFullError("the disk is full at %s (%s): %s could not be written; its "
+                            "temporary file is removed and no file was replaced" % (
+                                directory, "quota exceeded" if getattr(error, "errno", None)
+                                == errno.EDQUOT else "%d MiB free" % ((free or 0) >> 20),
+                                os.path.basename(path))) from error
+
+
 def atomic_save(obj, path, save=None):
     """Write ``obj`` with torch.save (or ``save(obj, file)``) to ``path`` atomically."""
     save = save or torch.save
@@ -63,9 +109,8 @@ def atomic_save(obj, path, save=None):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    except BaseException as e:
+        _remove_failed(tmp, path, e)
         raise
     _fsync_dir(directory)
     return path
@@ -82,9 +127,8 @@ def point_link(target, link):
             os.remove(tmp)
         os.symlink(os.path.relpath(os.path.abspath(target), os.path.dirname(link)), tmp)
         os.replace(tmp, link)
-    except BaseException:
-        if os.path.lexists(tmp):
-            os.remove(tmp)
+    except BaseException as e:
+        _remove_failed(tmp, link, e)
         raise
     _fsync_dir(os.path.dirname(link))
     return link
@@ -155,10 +199,27 @@ def read_resume_checkpoint(path):
             e, good or "none")) from None
 
 
-def remove_stale_temporaries(directory):
+def remove_stale_temporaries(output_dir, links=("latest",)):
     """Remove the temporary files of saves that were killed half-way (``atomic_save`` and
-    ``point_link`` name them after the host and process that wrote them): those of this
-    host whose process is gone. Returns the removed paths."""
+    ``point_link`` name them after the host and process that wrote them): those of this host
+    whose process is gone, and only where the runner saves: the links ``links`` at the top of
+    ``output_dir`` (``latest``), and the checkpoints (``checkpoint_*.pth``) at the top of
+    its job folders (names as launch.new_job_id makes them). Anything else, a user's own
+    ``.tmp`` files included, is left alone. Returns the removed paths."""
+    removed = _remove_stale(output_dir, lambda name: name in links)
+    try:
+        jobs = [e.path for e in os.scandir(output_dir)
+                if JOB_FOLDER.match(e.name) and e.is_dir(follow_symlinks=False)]
+    except OSError:
+        jobs = []
+    for job in sorted(jobs):
+        removed += _remove_stale(job, _JOB_FILE.match)
+    return removed
+
+
+def _remove_stale(directory, saved_here):
+    """Remove the temporaries of dead processes in ``directory`` whose target name is one
+    that ``saved_here(name)`` accepts."""
     removed = []
     try:
         names = os.listdir(directory)
@@ -167,7 +228,8 @@ def remove_stale_temporaries(directory):
     host = socket.gethostname().split(".")[0]
     for name in names:
         match = _TMP.match(name)
-        if not match or match.group("host") != host or _alive(int(match.group("pid"))):
+        if (not match or not saved_here(match.group("name")) or match.group("host") != host
+                or _alive(int(match.group("pid")))):
             continue
         path = os.path.join(directory, name)
         try:
