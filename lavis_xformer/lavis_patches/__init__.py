@@ -40,6 +40,11 @@ plugin's subclass, each with a ``# Defect:`` comment where it is defined)
     tasks/evaluation.py  ``XFormerEvalTask.evaluation``: ``BaseTask.evaluation`` (called by
         ``RunnerBase.eval_epoch`` without ``cuda_enabled``) moves every batch to CUDA; batches
         go to the model's device. All evaluation tasks inherit it.
+    models/base.py  ``PluginModel.load_checkpoint`` / ``load_from_pretrained``:
+        ``BaseModel.load_checkpoint`` and ``Blip2Base.load_from_pretrained`` call ``torch.load``
+        directly (and cache URLs by file name); here ``sources.load_pretrained`` (the safe
+        reader, its refusal message, the fit checks, downloads cached by the whole URL);
+        ``init_vision_encoder`` (a fixed EVA URL read with a bare ``torch.load``) is refused.
     models/blip2_twin.py  ``Blip2OPT`` has no ``predict_answers``, so LAVIS's VQA task cannot
         run it; the twin adds one.
 

@@ -35,6 +35,7 @@ Stage 1 (``xformer``) adds the text losses and the reconstruction; stage 2 (``xf
 """
 import dataclasses
 import logging
+import os
 from contextlib import contextmanager
 from typing import Optional
 
@@ -219,9 +220,10 @@ def query_pass(qformer, query_tokens, context, text_tokens=None):
 
 
 class PluginModel:
-    """LAVIS's model-type lookup and ``from_config`` for every model of the plugin: model
-    types map to the yaml files in ``PRETRAINED_MODEL_CONFIG_DICT``; ``model.pretrained`` is
-    loaded after building (``sources.load_pretrained``)."""
+    """LAVIS's model-type lookup, ``from_config`` and checkpoint loaders for every model of the
+    plugin: model types map to the yaml files in ``PRETRAINED_MODEL_CONFIG_DICT``;
+    ``model.pretrained`` is loaded after building, and ``load_checkpoint`` /
+    ``load_from_pretrained`` load the same way (``sources.load_pretrained``)."""
 
     PRETRAINED_MODEL_CONFIG_DICT = {}
 
@@ -250,7 +252,38 @@ class PluginModel:
         non-strictly and what was loaded, missing and ignored is logged."""
         model = cls(cfg)
         c = model.model_config
-        return sources.load_pretrained(model, c.pretrained, c.allow_partial_pretrained)
+        sources.load_pretrained(model, c.pretrained, c.allow_partial_pretrained)
+        return model
+
+    # Defect: LAVIS's public loaders (BaseModel.load_checkpoint, which load_model(checkpoint=)
+    # and load_checkpoint_from_config call, and Blip2Base.load_from_pretrained) call torch.load
+    # themselves: a file could run code, and a refusal surfaced as torch's raw error. Here they
+    # take model.pretrained's path: the safe reader, its refusal message and its fit checks.
+    def load_checkpoint(self, url_or_filename):
+        """Load a checkpoint file or URL non-strictly, as ``model.pretrained`` is loaded
+        (``sources.load_pretrained``); returns the missing and unexpected keys."""
+        return self._load_weights(url_or_filename, "load_checkpoint")
+
+    def load_from_pretrained(self, url_or_filename):
+        """As ``load_checkpoint``."""
+        return self._load_weights(url_or_filename, "load_from_pretrained")
+
+    @classmethod
+    def init_vision_encoder(cls, *args, **kwargs):
+        # Defect: Blip2Base.init_vision_encoder downloads EVA ViT-g from a fixed URL into a cache
+        # keyed by file name and reads it with a bare torch.load; the plugin never calls it.
+        raise sources.WeightSourceError(
+            "%s.init_vision_encoder(): not used by the plugin, which builds its CLIP ViT from "
+            "model.clip_vit_weights (a path, URL or null, read by the safe reader); set that key "
+            "and build the model with load_model or from_config" % cls.__name__)
+
+    def _load_weights(self, value, method):
+        key = "%s.%s()" % (type(self).__name__, method)
+        if not value or not isinstance(value, (str, os.PathLike)):
+            raise sources.WeightSourceError("%s: got %r; pass the path or URL of a checkpoint "
+                                            "file" % (key, value))
+        return sources.load_pretrained(self, os.fspath(value),
+                                       self.model_config.allow_partial_pretrained, key=key)
 
 
 class XFormerBase(PluginModel, Blip2Base):

@@ -1,6 +1,8 @@
 """Convert a trusted old checkpoint into the safe format, once, explicitly.
 
-    python -m lavis_xformer.tools.convert_checkpoint OLD.pth NEW.pth --i-trust-this-file
+    python -m lavis_xformer.tools.convert_checkpoint OLD.pth NEW.pth --i-trust-this-file [--overwrite]
+    python -m lavis_xformer.tools.convert_checkpoint OLD_FOLDER NEW_FOLDER --i-trust-this-file
+        (a from_pretrained folder: a copy with each pytorch_model*.bin converted under its name)
 
 The plugin reads every weight file with ``torch.load(weights_only=True)`` or safetensors
 (``models/sources.py``), which build tensors and plain containers only. A checkpoint that
@@ -13,7 +15,8 @@ writes NEW atomically (``.safetensors``: the flat tensor state dict only) and re
 with the safe loader before saying it is done. Anything it cannot convert is an error that
 names where in the file it sits.
 
-Without ``--i-trust-this-file`` nothing is unpickled.
+Without ``--i-trust-this-file`` nothing is unpickled. An existing NEW is refused before
+anything is read, unless ``--overwrite`` is given; NEW is never OLD itself.
 """
 import argparse
 import os
@@ -73,7 +76,20 @@ def _state_dict(obj):
     return {k: v.contiguous() for k, v in state.items()}
 
 
-def convert(source, target):
+def check_paths(source, target, overwrite=False):
+    """Before anything is read: the source exists, and the target neither is it nor replaces
+    a file without ``overwrite``."""
+    if not os.path.isfile(source):
+        raise ConvertError("no such file: %s" % source)
+    if os.path.realpath(source) == os.path.realpath(target):
+        raise ConvertError("write the converted file beside the old one, not over it")
+    if os.path.isdir(target):
+        raise ConvertError("%s is a folder; give the new file's path" % target)
+    if os.path.lexists(target) and not overwrite:
+        raise ConvertError("%s exists; pass --overwrite to replace it, or choose another name" % target)
+
+
+def convert(source, target, overwrite=False):
     """Unpickle ``source`` fully (trusted), write its plain form to ``target``, verify that
     the safe loader reads it. Returns ``target``."""
     import torch
@@ -81,10 +97,11 @@ def convert(source, target):
     from lavis_xformer.models import sources
     from lavis_xformer.training.checkpoints import atomic_save
 
-    if not os.path.isfile(source):
-        raise ConvertError("no such file: %s" % source)
-    if os.path.abspath(source) == os.path.abspath(target):
-        raise ConvertError("write the converted file beside the old one, not over it")
+    if os.path.isdir(source):  # a from_pretrained folder (model.mae_weights, ...): each file
+        from lavis_xformer.tools.loading import convert_folder
+
+        return convert_folder(source, target, overwrite)
+    check_paths(source, target, overwrite)
     # The one full unpickling in the plugin, asked for by the user for this file.
     obj = torch.load(source, map_location="cpu", weights_only=False)
     converted = plain(obj)
@@ -107,17 +124,18 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         description="Convert a trusted checkpoint that the safe loader refuses into tensors and "
                     "plain containers only.")
-    parser.add_argument("source", help="the old checkpoint (it is unpickled in full: trusted files only)")
+    parser.add_argument("source", help="the old checkpoint, or a from_pretrained folder (unpickled in full: trusted files only)")
     parser.add_argument("target", help="the new file (.pth, or .safetensors for a flat state dict)")
     parser.add_argument("--i-trust-this-file", action="store_true",
                         help="required: unpickling SOURCE runs any code it contains")
+    parser.add_argument("--overwrite", action="store_true", help="let TARGET replace an existing file")
     args = parser.parse_args(argv)
     if not args.i_trust_this_file:
         print("error: converting unpickles %s in full, which runs any code it contains; add "
               "--i-trust-this-file if you know where it comes from" % args.source, file=sys.stderr)
         raise SystemExit(2)
     try:
-        convert(args.source, args.target)
+        convert(args.source, args.target, args.overwrite)
     except ConvertError as e:
         print("error: %s" % e, file=sys.stderr)
         raise SystemExit(2)

@@ -25,7 +25,9 @@ Robustness (a run of days on many GPUs must survive kills and bad data):
   (datasets/sampling.py), the same in one process and under torchrun;
 * unreadable training samples are skipped, logged and counted (datasets/skipping.py);
 * a NaN or infinite loss stops the run (all processes) before its update is applied,
-  naming the step and the last complete checkpoint (``run.check_finite_loss``, default on).
+  naming the step and the last complete checkpoint (``run.check_finite_loss``, default on);
+* a full disk during a save stops the run with one line: the folder, and the command that
+  resumes from the last good checkpoint (checkpoints.DiskFullError, exit status 74).
 """
 import datetime
 import inspect
@@ -38,7 +40,7 @@ from pathlib import Path
 import torch
 import webdataset as wds
 import lavis.common.optims  # noqa: F401  (registers LAVIS's lr schedulers; `import lavis` does not)
-from lavis.common.dist_utils import download_cached_file, get_rank, get_world_size, is_main_process
+from lavis.common.dist_utils import get_rank, get_world_size, is_main_process
 from lavis.common.logger import MetricLogger, SmoothedValue
 from lavis.common.registry import registry
 from lavis.common.utils import is_url
@@ -54,6 +56,7 @@ from lavis_xformer.lavis_patches import distributed, metric_sync
 from lavis_xformer.datasets.sampling import ResumableIterLoader, ResumableSampler, SeededIndices
 from lavis_xformer.datasets.skipping import (
     EvalSkippingCollater, SkipBadSamples, SkipUnreadable, SkippingCollater, pop_skipped)
+from lavis_xformer.models import sources
 from lavis_xformer.training import checkpoints, preemption
 from lavis_xformer.training.state import TrainState
 from lavis_xformer.training.step import (
@@ -175,8 +178,8 @@ class RunnerXFormer(RunnerBase):
     # current directory, as a user expects.
     # Addition: the job directory is created exclusively by the main process (its name is
     # unique per run, launch.new_job_id, shared by all processes of a torchrun job), so two
-    # runs can never write into one folder; temporary files of saves killed half-way in the
-    # output folder's jobs are removed.
+    # runs can never write into one folder; the temporary files of the runner's saves killed
+    # half-way in the output folder's jobs are removed (checkpoints.remove_stale_temporaries).
     def setup_output_dir(self):
         base = Path(os.path.expanduser(str(self.config.run_cfg.output_dir))).absolute()
         output_dir = base / self.job_id
@@ -189,8 +192,7 @@ class RunnerXFormer(RunnerBase):
                 raise FileExistsError(
                     "job directory %s exists already: another run uses this job id; start "
                     "again (each start draws a new one)" % output_dir) from None
-            for job in [base] + [p for p in base.iterdir() if p.is_dir() and not p.is_symlink()]:
-                checkpoints.remove_stale_temporaries(job)
+            checkpoints.remove_stale_temporaries(base, links=(LATEST,))
             result_dir.mkdir()
         distributed.barrier()  # the other processes of this job use the folder rank 0 made
         result_dir.mkdir(parents=True, exist_ok=True)  # (nodes without a shared file system)
@@ -259,9 +261,16 @@ class RunnerXFormer(RunnerBase):
         save_to = os.path.join(str(self.output_dir), name)
         logging.info("Saving checkpoint at epoch %s%s to %s.", cur_epoch,
                      "" if iters_done is None else ", iteration %d" % iters_done, save_to)
-        checkpoints.atomic_save(self._checkpoint_state(cur_epoch, iters_done), save_to)
-        checkpoints.point_link(save_to, os.path.join(str(self.output_dir),
-                                                     checkpoints.CHECKPOINT_LATEST))
+        try:
+            checkpoints.atomic_save(self._checkpoint_state(cur_epoch, iters_done), save_to)
+            checkpoints.point_link(save_to, os.path.join(str(self.output_dir),
+                                                         checkpoints.CHECKPOINT_LATEST))
+        except checkpoints.DiskFullError as e:  # the previous checkpoint is intact: say so
+            last = self.state.last_checkpoint
+            advice = ("free space, then resume from the last good checkpoint with: %s"
+                      % self._resume_command(last) if last else
+                      "no checkpoint of this run is complete yet: free space and start it again")
+            raise checkpoints.DiskFullError("%s; %s" % (e, advice)) from None
         previous = self.state.mid_epoch_checkpoint
         if previous and previous != save_to and os.path.isfile(previous):
             os.remove(previous)  # keep only the newest mid-epoch checkpoint
@@ -292,16 +301,20 @@ class RunnerXFormer(RunnerBase):
     def _preempted(self, where, saved):
         """Raise Preempted with the line to show, once the checkpoint is complete everywhere."""
         distributed.barrier()  # the checkpoint is complete before any process leaves
-        args = getattr(self.config, "args", None)
-        from lavis_xformer.training.run_files import option_dotlist
-
-        command = preemption.resume_command(
-            getattr(args, "cfg_path", "<run file>"), option_dotlist(getattr(args, "options", None)),
-            self.output_dir, get_world_size() if self.use_distributed else 1)
         raise preemption.Preempted(
             "stopped on request after %s; checkpoint %s is complete; resume with: %s" % (
                 where, saved or os.path.join(str(self.output_dir), checkpoints.CHECKPOINT_LATEST),
-                command))
+                self._resume_command(self.output_dir)))
+
+    def _resume_command(self, resume_from):
+        """The command line that continues this run from ``resume_from`` (a checkpoint file
+        or job directory)."""
+        from lavis_xformer.training.run_files import option_dotlist
+
+        args = getattr(self.config, "args", None)
+        return preemption.resume_command(
+            getattr(args, "cfg_path", "<run file>"), option_dotlist(getattr(args, "options", None)),
+            resume_from, get_world_size() if self.use_distributed else 1)
 
     # Addition: the task learns which split it evaluates (its per-split prediction files).
     def eval_epoch(self, split_name, cur_epoch, skip_reload=False):
@@ -574,15 +587,16 @@ class RunnerXFormer(RunnerBase):
     # checkpoint written within an epoch resumes at its iteration, with the data position and
     # random states it recorded.
     def _load_checkpoint(self, url_or_filename):
-        if is_url(url_or_filename):
-            path = download_cached_file(url_or_filename, check_hash=False, progress=True)
+        if is_url(url_or_filename):  # cached by the whole URL; a refused download is removed
+            path = url_or_filename
+            checkpoint = sources.read_source(url_or_filename, "run.resume_ckpt_path")
         else:
             try:
                 path = checkpoints.resolve_resume_path(url_or_filename)
             except FileNotFoundError as e:
                 raise RuntimeError(str(e)) from None
-        # safe load (no code from the file); a truncated file is one line naming the last good one
-        checkpoint = checkpoints.read_resume_checkpoint(path)
+            # safe load (no code from the file); a truncated file names the last good one
+            checkpoint = checkpoints.read_resume_checkpoint(path)
 
         model = self.unwrap_dist_model(self.model)
         result = model.load_state_dict(checkpoint["model"], strict=False)
