@@ -82,9 +82,10 @@ def test_model_pretrained_file_is_refused(crafted):
 
 
 def test_model_pretrained_url_is_refused(crafted, tmp_path, monkeypatch):
-    """A URL is downloaded (here from a local server) and then read as safely as a file."""
+    """A URL is downloaded (here from a local server) and then read as safely as a file; the
+    refused download is not kept in the plugin's cache."""
     path, marker = crafted
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setenv("LAVIS_XFORMER_CACHE", str(tmp_path / "cache"))
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(path.parent))
     handler.log_message = lambda *a: None
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -93,10 +94,71 @@ def test_model_pretrained_url_is_refused(crafted, tmp_path, monkeypatch):
         url = "http://127.0.0.1:%d/%s" % (server.server_address[1], path.name)
         with pytest.raises(sources.UnsafeCheckpointError) as info:
             sources.load_checkpoint_file("pretrained", url)
+        from types import SimpleNamespace
+
+        from lavis_xformer.training.runner import RunnerXFormer
+
+        with pytest.raises(sources.UnsafeCheckpointError) as resume:  # run.resume_ckpt_path=URL
+            RunnerXFormer._load_checkpoint(SimpleNamespace(), url)
     finally:
         server.shutdown()
-    assert "model.pretrained: refused to load" in str(info.value)
+    assert str(resume.value).startswith("run.resume_ckpt_path: refused to load %s" % url)
+    message = str(info.value)
+    assert message.startswith("model.pretrained: refused to load %s: it holds Python objects" % url)
+    assert ("download it to checkpoint_0.pth yourself and convert it once: python -m "
+            "lavis_xformer.tools.convert_checkpoint checkpoint_0.pth checkpoint_0.safe.pth "
+            "--i-trust-this-file, then point model.pretrained at the converted file") in message
+    assert os.listdir(tmp_path / "cache" / "downloads") == []  # the refused download is gone
     assert not marker.exists()
+
+
+def test_inherited_loaders_use_the_safe_reader(crafted, tmp_path, monkeypatch):
+    """LAVIS's public loaders on the plugin's models (load_model(checkpoint=) and
+    load_checkpoint_from_config call load_checkpoint) read as model.pretrained does: refused
+    with the plugin's message, also when the unsafe torch default is forced after the build."""
+    path, marker = crafted
+    from lavis_xformer.models.xformer import XFormer
+
+    model = XFormer.from_config(_model_cfg())
+    trained = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    torch.save({"model": {"resnet.conv1.weight": torch.zeros(1)}}, tmp_path / "other.pth")
+    torch.save({"model": {k: torch.ones_like(v) for k, v in trained.items()}}, tmp_path / "good.pth")
+    for method in ("load_checkpoint", "load_from_pretrained"):
+        load = getattr(model, method)
+        with pytest.raises(sources.UnsafeCheckpointError) as info:
+            load(str(path))
+        _refused(str(info.value), path, "XFormer.%s()" % method)
+        assert "then pass the converted file instead" in str(info.value)
+        monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+        with pytest.raises(sources.WeightSourceError, match="TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set"):
+            load(str(path))
+        monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
+        # a safe file goes through model.pretrained's fit checks
+        with pytest.raises(sources.WeightSourceError, match=r"^XFormer\.%s\(\)='.*other.pth': "
+                           r"none of its 1 tensors fits model XFormer" % method):
+            load(str(tmp_path / "other.pth"))
+        with pytest.raises(sources.WeightSourceError, match="no such file or directory; pass the path"):
+            load(str(tmp_path / "missing.pth"))
+    with pytest.raises(sources.UnsafeCheckpointError):
+        model.load_checkpoint_from_config(OmegaConf.create({"finetuned": str(path)}))
+    assert not marker.exists()
+    assert all(torch.equal(p, trained[n]) for n, p in model.named_parameters() if n in trained)
+    # a file that fits loads, returning the missing and unexpected keys as LAVIS's does
+    result = model.load_checkpoint(str(tmp_path / "good.pth"))
+    assert result.unexpected_keys == [] and torch.equal(model.query_tokens,
+                                                        torch.ones_like(trained["query_tokens"]))
+    from lavis.common.registry import registry
+
+    from lavis_xformer.models.base import PluginModel
+
+    plugin = [c for c in registry.mapping["model_name_mapping"].values()
+              if c.__module__.startswith("lavis_xformer.")]
+    assert len(plugin) >= 4 and all(  # every model of the plugin, the BLIP-2 twin included
+        c.load_checkpoint is PluginModel.load_checkpoint and
+        c.load_from_pretrained is PluginModel.load_from_pretrained for c in plugin), plugin
+    # LAVIS's init_vision_encoder (a fixed EVA URL, a bare torch.load) is refused, not run
+    with pytest.raises(sources.WeightSourceError, match=r"init_vision_encoder\(\): not used by the plugin.*model\.clip_vit_weights"):
+        XFormer.init_vision_encoder("eva_clip_g", 224, 0, False, "fp32")
 
 
 def test_clip_vit_weights_are_refused(crafted):
@@ -121,6 +183,59 @@ def test_from_pretrained_folder_with_pickled_weights_is_refused(crafted, tmp_pat
         encoders.build_mae(ModelConfig.from_cfg(_model_cfg(mae_weights=str(folder))))
     _refused(str(info.value), folder, "model.mae_weights")
     assert str(folder / "pytorch_model.bin") in str(info.value)
+    assert not marker.exists()
+
+
+def test_folder_refusal_names_a_command_that_converts_the_folder(tmp_path, capsys):
+    """For a from_pretrained folder whose pytorch_model.bin is refused, the advice is
+    convert_checkpoint on the folder; that command writes a folder that then loads."""
+    import shlex
+
+    from transformers import ViTMAEForPreTraining
+
+    from lavis_xformer.tools import convert_checkpoint
+
+    cfg = _model_cfg()
+    mae = ViTMAEForPreTraining(encoders.mae_config(ModelConfig.from_cfg(cfg)))
+    folder = tmp_path / "mae"
+    mae.config.save_pretrained(folder)
+    # numpy arrays: harmless, but torch's weights-only unpickler refuses them
+    torch.save({k: v.numpy() for k, v in mae.state_dict().items()}, folder / "pytorch_model.bin")
+    original = {p.name: p.read_bytes() for p in folder.iterdir()}
+    with pytest.raises(sources.UnsafeCheckpointError) as info:
+        encoders.build_mae(ModelConfig.from_cfg(_model_cfg(mae_weights=str(folder))))
+    message = str(info.value)
+    command = re.search(r"convert it once: (.*?), then point model\.mae_weights at the converted "
+                        r"folder$", message).group(1)
+    argv = shlex.split(command)
+    assert argv[:3] == ["python", "-m", convert_checkpoint.__name__]
+    assert argv[3:] == [str(folder), str(folder) + ".safe", "--i-trust-this-file"], message
+    convert_checkpoint.main(argv[3:])
+    converted = encoders.build_mae(ModelConfig.from_cfg(_model_cfg(mae_weights=argv[4])))
+    assert all(torch.equal(v, mae.state_dict()[k]) for k, v in converted.state_dict().items())
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == original  # source untouched
+    # the converted folder is never replaced by a second run
+    stamp = os.stat(os.path.join(argv[4], "pytorch_model.bin")).st_mtime_ns
+    with pytest.raises(SystemExit) as exit_info:
+        convert_checkpoint.main(argv[3:])
+    assert exit_info.value.code == 2 and "%s exists" % argv[4] in capsys.readouterr().err
+    assert os.stat(os.path.join(argv[4], "pytorch_model.bin")).st_mtime_ns == stamp
+    convert_checkpoint.main(argv[3:] + ["--overwrite"])  # asked for: replaced once complete
+    assert os.stat(os.path.join(argv[4], "pytorch_model.bin")).st_mtime_ns != stamp
+    assert sorted(os.listdir(tmp_path)) == ["mae", "mae.safe"]  # no temporary folder left
+
+
+def test_hub_name_refusal_names_the_download_and_the_folder_conversion(crafted):
+    """A hub name (e.g. model.llm_weights) whose pickled weights transformers' loader refuses:
+    the advice fetches it as a folder and converts that folder."""
+    path, marker = crafted
+    with pytest.raises(sources.UnsafeCheckpointError) as info:
+        with sources.loading("llm_weights", "org/opt-tiny"):  # as from_pretrained meets the file
+            torch.load(path, map_location="cpu", weights_only=True)
+    assert str(info.value).endswith(
+        "If you trust its origin, download it (huggingface-cli download org/opt-tiny --local-dir "
+        "opt-tiny) and convert it once: python -m lavis_xformer.tools.convert_checkpoint opt-tiny "
+        "opt-tiny.safe --i-trust-this-file, then point model.llm_weights at the converted folder")
     assert not marker.exists()
 
 
@@ -341,8 +456,8 @@ def easyvqa_root(tmp_path):
     ("", "is empty (0 bytes)"),
     ("[]", "holds an empty list"),
     ("truncated", "is not valid JSON (truncated or damaged?"),
-    ("null answer", "entry 2: field 'answer' is None, must be a string"),
-    ("number question", "entry 1: field 'question' is 5, must be a string"),
+    ("null answer", "entry 2: field 'answer' is null, must be a string"),
+    ("number question", "entry 1: field 'question' is int 5, must be a string"),
 ])
 def test_bad_easyvqa_annotations_stop_before_training(easyvqa_root, content, message):
     root, questions = easyvqa_root

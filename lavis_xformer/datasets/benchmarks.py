@@ -20,7 +20,8 @@ unchanged, as LAVIS builders (one dataset key per benchmark):
 Paths follow LAVIS's layout: ``build_info.annotations.<split>.storage`` (a file or a list)
 and ``build_info.images.storage``; relative paths are taken under LAVIS's ``cache_root``, as
 LAVIS does. Only the splits listed are built, and nothing is downloaded: a missing file stops
-the run at launch with the key to set (datasets/checks.py). ``build_info.max_items`` keeps the
+the run at launch with the key to set, and so does an entry that lacks what the reader takes
+from it, or holds null there (datasets/checks.py; each dataset's ``annotation_problems``). ``build_info.max_items`` keeps the
 first N questions (images, for captioning) of each split; null keeps all.
 
 Items are what the tasks need in a batch (``image``, ``text_input``, ``question_id`` or
@@ -39,8 +40,10 @@ from lavis.datasets.datasets.base_dataset import BaseDataset
 from PIL import Image
 
 from lavis_xformer import PACKAGE_DIR
-from lavis_xformer.datasets.checks import LAVIS_SPLITS, _as_list, _storage_path
-from lavis_xformer.tasks.metrics import n_obj_bin
+from lavis_xformer.datasets.checks import (
+    ID, LAVIS_SPLITS, PATH, TEXT, TEXT_OR_TEXTS, Kind, _as_list, _of_type, _storage_path,
+    entry_problems, optional)
+from lavis_xformer.tasks.metrics import gvt_true_count, gvt_yes_no_truth, n_obj_bin
 
 CONFIG_DIR = os.path.join(PACKAGE_DIR, "configs", "datasets", "benchmarks")
 
@@ -55,7 +58,8 @@ def read_json(path, what):
 
 class BenchmarkDataset(BaseDataset):
     """One evaluation split: ``load`` turns the files into annotation records, each with an
-    ``image`` path relative to ``vis_root``."""
+    ``image`` path relative to ``vis_root``. ``annotation_problems(data, run_cfg)``, where a
+    class has it, checks one of its files' content before anything is built (checks.py)."""
 
     NAME = "benchmark"
 
@@ -156,9 +160,18 @@ def load_gqa(path):
 
 class GQADataset(QuestionDataset):
     NAME = "GQA"
+    # what load_gqa reads: GQA's own dict by question id, or LAVIS's converted list
+    OFFICIAL_FIELDS = {"imageId": TEXT, "question": TEXT, "answer": TEXT}
+    LIST_FIELDS = {"question_id": ID, "image": PATH, "question": TEXT, "answer": TEXT}
 
     def load(self, ann_paths):
         return [r for p in ann_paths for r in load_gqa(p)]
+
+    @classmethod
+    def annotation_problems(cls, data, run_cfg=None):
+        if isinstance(data, dict):
+            return entry_problems(data, cls.OFFICIAL_FIELDS, entry="question")
+        return entry_problems(data, cls.LIST_FIELDS)
 
 
 # ------------------------------------------------------------------ GVTBench OC / MCI
@@ -171,6 +184,29 @@ def gvt_image_path(image_id):
     return str(image_id)
 
 
+def _reads(parse):
+    """True where ``parse(value)`` does not raise ValueError (the scorer's own reading)."""
+    def ok(value):
+        try:
+            parse(value)
+        except ValueError:
+            return False
+        return True
+    return ok
+
+
+# GVTBench's ground truth by run.metric: count.py reads int(text_out), multiclass.py looks for
+# "Yes"/"No" in it; other metrics compare str(text_out). A null would be scored as "None".
+GVT_COUNT = Kind("a count (an integer, or a string of one such as \"3\")",
+                 lambda v: type(v) is int or (isinstance(v, str) and _reads(gvt_true_count)(v)))
+GVT_ANSWERS = {"oc": GVT_COUNT,
+               "mci": Kind("\"Yes.\" or \"No.\"",
+                           lambda v: isinstance(v, str) and _reads(gvt_yes_no_truth)(v))}
+GVT_FIELDS = {"image_id": ID, "text_in": TEXT,
+              "text_out": Kind("a string or an integer", _of_type(str, int)),
+              "n_obj_exist": optional(GVT_COUNT)}
+
+
 def load_gvtbench(path):
     data = read_json(path, "GVTBench file")
     if not isinstance(data, list):
@@ -181,6 +217,10 @@ def load_gvtbench(path):
         missing = {"image_id", "text_in", "text_out"} - set(item)
         if missing:
             raise ValueError("%s: entry %d lacks %s" % (path, i, sorted(missing)))
+    problems = entry_problems(data, GVT_FIELDS, limit=1)
+    if problems:  # e.g. a null answer, which str() below would turn into "None"
+        raise ValueError("%s: %s" % (path, problems[0]))
+    for i, item in enumerate(data):
         record = {"question_id": i, "image_id": item["image_id"],
                   "image": gvt_image_path(item["image_id"]), "question": item["text_in"],
                   "answer": str(item["text_out"])}
@@ -193,6 +233,12 @@ def load_gvtbench(path):
 
 class GVTBenchDataset(QuestionDataset):
     NAME = "GVTBench"
+
+    @classmethod
+    def annotation_problems(cls, data, run_cfg=None):
+        metric = run_cfg.get("metric", None) if run_cfg is not None else None
+        answer = GVT_ANSWERS.get(metric, GVT_FIELDS["text_out"])
+        return entry_problems(data, dict(GVT_FIELDS, text_out=answer))
 
     def load(self, ann_paths):
         records = [r for p in ann_paths for r in load_gvtbench(p)]
@@ -241,6 +287,23 @@ class CaptionEvalDataset(BenchmarkDataset):
     """Items: image, image_id. References: ``annotation[i]["captions"]``."""
 
     NAME = "captioning"
+    # what load_captions reads: a Karpathy-style list (the id comes from the file name where
+    # an entry has none), or a COCO-format file's images and annotations
+    KARPATHY_FIELDS = {"image": PATH, "caption": TEXT_OR_TEXTS, "image_id": optional(ID)}
+    COCO_FIELDS = {"images": {"id": ID, "file_name": PATH, "domain": optional(TEXT)},
+                   "annotations": {"image_id": ID, "caption": TEXT}}
+
+    @classmethod
+    def annotation_problems(cls, data, run_cfg=None):
+        if isinstance(data, list):
+            return entry_problems(data, cls.KARPATHY_FIELDS)
+        lists = [k for k in cls.COCO_FIELDS if not isinstance(data.get(k), list)]
+        if lists:
+            return ["a JSON object without %s list%s (COCO format: {\"images\": [...], "
+                    "\"annotations\": [...]}); or give a Karpathy-style list" % (
+                        " and ".join(repr(k) for k in lists), "s" if len(lists) > 1 else "")]
+        return [p for key, fields in cls.COCO_FIELDS.items()
+                for p in entry_problems(data[key], fields, entry="%s entry" % key)]
 
     def load(self, ann_paths):
         records = [r for p in ann_paths for r in load_captions(p)]
@@ -266,6 +329,7 @@ class BenchmarkBuilder(BaseDatasetBuilder):
 
     eval_dataset_cls = None
     OPTIONS = ()  # further build_info keys handed to the dataset
+    READS_MAPPINGS = True  # GQA's and COCO-format files are JSON objects
 
     def _download_data(self):
         pass  # nothing is downloaded: checks.check_datasets names missing files at launch
@@ -294,6 +358,13 @@ def _config(name):
     return {"default": os.path.join(CONFIG_DIR, name + ".yaml")}
 
 
+@classmethod
+def by_dataset_rule(cls, path, data, split, run_cfg=None):
+    """A builder's ``annotation_problems`` (checks.check_annotations) where its dataset class
+    has a rule; builders without one (e.g. Flowers-102's .mat files) are not read there."""
+    return cls.eval_dataset_cls.annotation_problems(data, run_cfg)
+
+
 @registry.register_builder("vqav2_eval")
 class VQAv2EvalBuilder(BenchmarkBuilder):
     eval_dataset_cls = OfficialVQADataset
@@ -311,24 +382,28 @@ class OKVQAEvalBuilder(BenchmarkBuilder):
 @registry.register_builder("gqa_eval")
 class GQAEvalBuilder(BenchmarkBuilder):
     eval_dataset_cls = GQADataset
+    annotation_problems = by_dataset_rule
     DATASET_CONFIG_DICT = _config("gqa_eval")
 
 
 @registry.register_builder("gvtbench")
 class GVTBenchBuilder(BenchmarkBuilder):
     eval_dataset_cls = GVTBenchDataset
+    annotation_problems = by_dataset_rule
     DATASET_CONFIG_DICT = _config("gvtbench")
 
 
 @registry.register_builder("coco_caption_eval")
 class COCOCaptionEvalBuilder(BenchmarkBuilder):
     eval_dataset_cls = CaptionEvalDataset
+    annotation_problems = by_dataset_rule
     DATASET_CONFIG_DICT = _config("coco_caption_eval")
 
 
 @registry.register_builder("nocaps_eval")
 class NoCapsEvalBuilder(BenchmarkBuilder):
     eval_dataset_cls = CaptionEvalDataset
+    annotation_problems = by_dataset_rule
     DATASET_CONFIG_DICT = _config("nocaps_eval")
 
 

@@ -41,6 +41,7 @@ from lavis.datasets.datasets.base_dataset import BaseDataset
 from PIL import Image
 
 from lavis_xformer import PACKAGE_DIR
+from lavis_xformer.datasets.checks import INTEGER, MAX_REPORTED, TEXT, entry_problems
 
 COLORS = ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
 SHAPES = ("circle", "rectangle", "triangle")
@@ -63,30 +64,32 @@ def _kind(word):
     return "color" if word in COLORS else "shape"
 
 
+def read_pair(question, answer):
+    """What one (question, answer) pair says: [(is there, "color" | "shape", word)].
+    ValueError for a question form this reader does not know."""
+    question, answer = question.strip().lower(), answer.strip().lower()
+    if answer in ("yes", "no"):
+        target = _YES_NO_TARGET.search(question)
+        if target is None:
+            raise ValueError("cannot read the yes/no question %r" % question)
+        word = target.group(1)
+        return [((answer == "yes") != bool(_NEGATION.search(question)), _kind(word), word)]
+    for pattern, answer_kind, named_kind in _OPEN_QUESTIONS:
+        match = pattern.match(question)
+        if match:
+            return [(True, answer_kind, answer)] + (
+                [(True, named_kind, match.group(1))] if named_kind is not None else [])
+    raise ValueError("cannot read the question %r (answer %r)" % (question, answer))
+
+
 def describe(qa_pairs):
     """(colour, shape) of one easy-VQA image from its (question, answer) pairs; None where
     the pairs do not determine it. Contradicting pairs raise ValueError."""
     present = {"color": set(), "shape": set()}
     absent = {"color": set(), "shape": set()}
     for question, answer in qa_pairs:
-        question, answer = question.strip().lower(), answer.strip().lower()
-        if answer in ("yes", "no"):
-            target = _YES_NO_TARGET.search(question)
-            if target is None:
-                raise ValueError("cannot read the yes/no question %r" % question)
-            word = target.group(1)
-            is_there = (answer == "yes") != bool(_NEGATION.search(question))
-            (present if is_there else absent)[_kind(word)].add(word)
-            continue
-        for pattern, answer_kind, named_kind in _OPEN_QUESTIONS:
-            match = pattern.match(question)
-            if match:
-                present[answer_kind].add(answer)
-                if named_kind is not None:
-                    present[named_kind].add(match.group(1))
-                break
-        else:
-            raise ValueError("cannot read the question %r (answer %r)" % (question, answer))
+        for is_there, kind, word in read_pair(question, answer):
+            (present if is_there else absent)[kind].add(word)
 
     result = []
     for kind, vocabulary in (("color", COLORS), ("shape", SHAPES)):
@@ -290,23 +293,18 @@ class EasyVQABuilder(BaseDatasetBuilder):
             paths.append((split, "image directory", os.path.join(split_dir, "images"), fix))
         return paths
 
+    QUESTION_FIELDS = (("question", TEXT), ("answer", TEXT), ("image_id", INTEGER))
+
     @classmethod
-    def annotation_problems(cls, data, split, limit=5):
-        """checks.check_annotations: questions.json entries are [question, answer, image_id]."""
-        problems = []
-        for i, entry in enumerate(data):
-            if not isinstance(entry, list) or len(entry) != 3:
-                problems.append("entry %d is %r, not [question, answer, image_id]" % (i, entry))
-            else:
-                for field, value, types, what in (("question", entry[0], str, "a string"),
-                                                  ("answer", entry[1], str, "a string"),
-                                                  ("image_id", entry[2], int, "an integer")):
-                    if value is None or not isinstance(value, types) or isinstance(value, bool):
-                        problems.append("entry %d: field %r is %r, must be %s" % (
-                            i, field, value, what))
-            if len(problems) >= limit:
-                break
-        return problems
+    def annotation_problems(cls, path, data, split, run_cfg=None, limit=MAX_REPORTED):
+        """checks.check_annotations: questions.json entries are [question, answer, image_id],
+        each in a form the builder's reader knows (``read_problems``)."""
+        return entry_problems(data, cls.QUESTION_FIELDS, limit) or cls.read_problems(data, limit)
+
+    @staticmethod
+    def _unread(i, question, answer):
+        return ("entry %d: field 'question' %r (answer %r) is not a question form easy-VQA's "
+                "reader knows (easyvqa.read_pair)" % (i, question, answer))
 
     def _download_data(self):
         pass  # nothing to download: the data ships with the easy-vqa package
@@ -349,6 +347,28 @@ class EasyVQACaptionBuilder(EasyVQABuilder):
     eval_dataset_cls = EasyVQACaptionDataset
     ITEMS = "images"
 
+    @classmethod
+    def read_problems(cls, data, limit):
+        """Questions the caption reader cannot read, then images whose answers contradict."""
+        problems, entries = [], defaultdict(list)
+        for i, (_, _, image_id) in enumerate(data):
+            entries[image_id].append(i)
+        for image_id, indices in entries.items():
+            try:
+                describe([data[i][:2] for i in indices])
+            except ValueError as e:  # a question it cannot read, or answers that contradict
+                unread = []
+                for i in indices:
+                    try:
+                        read_pair(*data[i][:2])
+                    except ValueError:
+                        unread.append(cls._unread(i, *data[i][:2]))
+                problems += unread or ["image_id %d (entries %s): %s" % (
+                    image_id, ", ".join(map(str, indices[:5])), e)]
+            if len(problems) >= limit:
+                break
+        return problems[:limit]
+
     DATASET_CONFIG_DICT = {
         "default": os.path.join(PACKAGE_DIR, "configs", "datasets", "easyvqa", "defaults_cap.yaml"),
     }
@@ -368,6 +388,19 @@ class EasyVQAVQABuilder(EasyVQABuilder):
     LIMITS = ("max_images", "max_questions")
     ANSWER_PRIOR = True
     ITEMS = "questions"
+
+    @classmethod
+    def read_problems(cls, data, limit):
+        """Questions whose type (yes/no, color, shape) cannot be read."""
+        problems = []
+        for i, (question, answer, _) in enumerate(data):
+            try:
+                question_type(question, answer)
+            except ValueError:
+                problems.append(cls._unread(i, question, answer))
+                if len(problems) >= limit:
+                    break
+        return problems
 
     DATASET_CONFIG_DICT = {
         "default": os.path.join(PACKAGE_DIR, "configs", "datasets", "easyvqa", "defaults_vqa.yaml"),

@@ -28,7 +28,9 @@ import os
 
 from lavis.common.registry import registry
 
-from lavis_xformer.datasets.benchmarks import BenchmarkBuilder, BenchmarkDataset, _config, read_json
+from lavis_xformer.datasets.benchmarks import (
+    BenchmarkBuilder, BenchmarkDataset, _config, by_dataset_rule, read_json)
+from lavis_xformer.datasets.checks import PATH, TEXT, entry_problems
 
 
 def _loadmat(path, key):
@@ -123,6 +125,14 @@ class SugarCrepeDataset(BenchmarkDataset):
     """Items: image, image_id. ``annotation[i]``: caption, negative_caption, category."""
 
     NAME = "SugarCrepe"
+    FIELDS = {"filename": PATH, "caption": TEXT, "negative_caption": TEXT}
+
+    @classmethod
+    def annotation_problems(cls, data, run_cfg=None):
+        if not isinstance(data, dict):
+            return ["a JSON list; SugarCrepe's files are {id: {filename, caption, "
+                    "negative_caption}}"]
+        return entry_problems(data, cls.FIELDS)
 
     def load(self, ann_paths):
         records = []
@@ -164,4 +174,5 @@ class Food101EvalBuilder(BenchmarkBuilder):
 @registry.register_builder("sugarcrepe_eval")
 class SugarCrepeEvalBuilder(BenchmarkBuilder):
     eval_dataset_cls = SugarCrepeDataset
+    annotation_problems = by_dataset_rule
     DATASET_CONFIG_DICT = _config("sugarcrepe_eval")

@@ -21,6 +21,7 @@ The held-out questions are read by the ``gvtbench`` builder (their files are in 
 import json
 import logging
 import os
+import re
 
 from lavis.common.registry import registry
 from lavis.datasets.builders.base_dataset_builder import BaseDatasetBuilder
@@ -29,10 +30,18 @@ from lavis.processors.blip_processors import BlipQuestionProcessor
 from PIL import Image
 
 from lavis_xformer import PACKAGE_DIR
+from lavis_xformer.datasets.checks import INTEGER, PATH, TEXT, Kind, entry_problems
 from lavis_xformer.models.generation import VQA_PROMPT
 
 TEXT_MODES = ("caption", "caption+qa", "qa")
 QUESTION_FILES = ("oc", "mci", "attr")
+# what load_items reads of each file: captions.json, and the question files for the qa modes
+# (a question's image number is read off its image_id, e.g. "test/images/00012.png")
+CAPTION_FIELDS = {"image": PATH, "caption": TEXT, "image_id": INTEGER}
+QUESTION_FIELDS = {
+    "image_id": Kind("a path ending in <number>.png", lambda v: isinstance(v, str) and bool(
+        re.fullmatch(r"\d+\.png", os.path.basename(v)))),
+    "text_in": TEXT, "text_out": TEXT}
 
 
 def load_items(split_dir, text="caption", max_images=None):
@@ -106,8 +115,16 @@ class MiniWorldCaptionBuilder(BaseDatasetBuilder):
         root = cls.data_root(build_info)
         fix = ("build the world first (python -m lavis_xformer.world.build --config mini) or set "
                "`datasets.%s.build_info.root` to a world folder" % name)
-        return [(split, "caption file", os.path.join(root, str(split), "captions.json"), fix)
-                for split in build_info.get("splits", ["train"])]
+        qa = build_info.get("text", "caption") != "caption"
+        files = ["captions"] + (list(QUESTION_FILES) if qa else [])
+        return [(split, "annotation file", os.path.join(root, str(split), "%s.json" % stem), fix)
+                for split in build_info.get("splits", ["train"]) for stem in files]
+
+    @classmethod
+    def annotation_problems(cls, path, data, split, run_cfg=None):
+        """checks.check_annotations: the fields load_items reads."""
+        captions = os.path.basename(path) == "captions.json"
+        return entry_problems(data, CAPTION_FIELDS if captions else QUESTION_FIELDS)
 
     def _download_data(self):
         pass  # the world is built locally by lavis_xformer.world.build
