@@ -3,8 +3,8 @@
     python -m bench.mini_world [--config mini] [--out bench/results/mini-world-cpu.json]
 
 Runs ``python -m lavis_xformer.world.main --config <config>`` with a fresh, empty cache root
-(so the world and the three frozen parts are built, as on a first run after installation) and
-an empty output/<name>/, and writes the total wall time, the CPU time of the whole process
+(so the world and the three frozen parts are built, as on a first run after installation; the
+run gets a job folder of its own under output/<name>/, earlier runs are kept), and writes the total wall time, the CPU time of the whole process
 tree (user + system), the driver's own split (world and frozen parts, then each variant's
 stages) and the machine's load average before and after. A wall time taken on a machine that
 other jobs share is no figure for the 2-core target; the CPU time is, nearly: on 2 idle cores
@@ -32,7 +32,6 @@ def main(argv=None):
     from lavis_xformer.world import config as world_config
 
     name = world_config.load(args.config)["name"]
-    shutil.rmtree(os.path.join("output", name), ignore_errors=True)
     cache_root = tempfile.mkdtemp(prefix="mini-world-cache-")
     env = dict(os.environ, LAVIS_XFORMER_CACHE=cache_root)
     load_before = os.getloadavg()
@@ -46,7 +45,7 @@ def main(argv=None):
         shutil.rmtree(cache_root, ignore_errors=True)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    with open(os.path.join("output", name, "report.json")) as f:
+    with open(os.path.join("output", name, "latest", "report.json")) as f:  # this run, finished
         report = json.load(f)
     result = {
         "config": args.config, "wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1),

@@ -32,7 +32,7 @@ def test_every_stage_of_a_cuda_job_runs_on_cuda(tmp_path, monkeypatch):
     for stage in ("stage1", "stage2") + tuple(name for name, _ in world_main.EVALS):
         assert "run.device=cuda" in job.command("xformer", 1, stage), stage
     calls = []
-    monkeypatch.setattr(world_main.subprocess, "run", lambda cmd, **kw: calls.append(cmd))
+    monkeypatch.setattr(job.children, "run", lambda cmd, **kw: calls.append(cmd))
     monkeypatch.setattr(world_main.world_build, "ensure_world", lambda cfg, cache_dir: str(tmp_path))
     monkeypatch.setattr(world_main.pretrain, "ensure_part", lambda cfg, part, cache_dir: str(tmp_path))
     job.prepare("ci")

@@ -28,7 +28,8 @@ def test_ci_world_learns(tmp_path):
          "--cache-dir", str(tmp_path / "cache"), "--projects", str(REPO / "projects" / "xformer" / "mini")],
         cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    report = json.loads((tmp_path / "output" / "ci" / "report.json").read_text())
+    # the run's own job folder, which `latest` points at once it has finished
+    report = json.loads((tmp_path / "output" / "ci" / "latest" / "report.json").read_text())
     baseline = report["baseline"]
     (run,) = report["results"]["xformer"]
     assert run["num_questions"]["oc"] == 200 and run["num_questions"]["mci"] == 200
@@ -53,6 +54,6 @@ def test_ci_world_learns(tmp_path):
     # the frozen parts were pretrained, linked and are what the runs loaded
     for part in ("world", "clip", "mae", "lm"):
         assert os.path.realpath(tmp_path / "output" / "ci" / "assets" / part) == report["assets"][part]
-    log = (tmp_path / "output" / "ci" / "runs" / "xformer-s42" / "stage1.log").read_text()
+    log = (tmp_path / "output" / "ci" / "latest" / "runs" / "xformer-s42" / "stage1.log").read_text()
     assert "Loading model.clip_vit_weights from %s" % os.path.join(report["assets"]["clip"], "vit.pth") in log
     assert "Loading model.mae_weights from %s" % report["assets"]["mae"] in log

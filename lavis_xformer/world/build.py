@@ -92,9 +92,13 @@ def write_world(settings, folder):
 
 def ensure_world(cfg, cache_dir=None, link=True):
     """The world folder of ``cfg`` (built now unless cached), linked as
-    output/<name>/assets/world. Returns its path."""
+    output/<name>/assets/world. Returns its path. Every command starts here, so this is where
+    the temporaries of killed builds are removed (cache.remove_stale)."""
     settings = S.WorldSettings.from_dict(cfg.get("world", {}))
     root = cache.cache_root(cache_dir)
+    cache.remove_stale(root)
+    if link:
+        cache.remove_stale(world_config.assets_dir(cfg))
     path = cache.entry(root, "world", world_config.world_key(cfg))
     if cache.is_done(path):
         print("world: reusing %s" % path, flush=True)
@@ -116,7 +120,10 @@ def main(argv=None):
     parser.add_argument("--cache-dir", default=None, help="cache root (default: $%s or ~/.cache/lavis_xformer/mini)" % cache.ENV_CACHE)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    cfg = world_config.load(args.config)
+    try:
+        cfg = world_config.load(args.config)
+    except (ValueError, FileNotFoundError) as e:  # a bad world config: one line, exit status 2
+        parser.error(str(e))
     print(ensure_world(cfg, args.cache_dir))
 
 

@@ -429,7 +429,10 @@ def main(argv=None):
         check_device(args.device)
     except ValueError as e:
         parser.error(str(e))
-    cfg = world_config.load(args.config)
+    try:
+        cfg = world_config.load(args.config)
+    except (ValueError, FileNotFoundError) as e:  # a bad world config: one line, exit status 2
+        parser.error(str(e))
     for part in (PARTS if args.part == "all" else (args.part,)):
         print(ensure_part(cfg, part, args.cache_dir, device=args.device))
 
