@@ -79,23 +79,25 @@ def parse_args(argv=None):
 
 
 def parse_options(text):
-    """"a=1,b.c=x,d=[p,q]" -> {"a": 1, "b.c": "x", "d": ["p", "q"]} (values read as yaml)."""
-    import yaml
+    """"a=1,b.c=x,d=[p,q]" -> {"a": 1, "b": {"c": "x"}, "d": ["p", "q"]}: the items between
+    top-level commas, read by the one --options parser (training/run_files.parse_options)."""
+    from omegaconf import OmegaConf
 
-    out, depth, item = {}, 0, ""
+    from lavis_xformer.training.run_files import parse_options as parse_dotlist
+
+    items, depth, item = [], 0, ""
     for ch in text + ",":
         depth += ch == "["
         depth -= ch == "]"
         if ch == "," and depth == 0:
-            if item.strip():
-                key, sep, value = item.partition("=")
-                if not sep:
-                    raise SystemExit(f"--model-options: {item!r} is not key=value")
-                out[key.strip()] = yaml.safe_load(value)
+            items += [item.strip()] if item.strip() else []
             item = ""
         else:
             item += ch
-    return out
+    try:
+        return OmegaConf.to_container(parse_dotlist(items))
+    except ValueError as e:  # ConfigError: the option that is not key=value or not YAML
+        raise SystemExit(f"--model-options: {e}")
 
 
 def batch_size(args, part):

@@ -8,19 +8,16 @@ Sizes:
     paper  the paper's: EVA ViT-g (39 blocks), MAE ViT-H/14 with its 8-block decoder,
            BERT-base Q-Former, OPT-2.7B.
 """
-import copy
-
-import torch
 from omegaconf import OmegaConf
 
-from lavis_xformer import PACKAGE_DIR
+from lavis_xformer import factory
 
 SIZES = ("tiny", "base", "paper")
 VARIANTS = ("blip2", "xformer")
-MODEL_YAML = {
-    ("tiny", 1): "xformer_tiny.yaml", ("tiny", 2): "xformer_opt_tiny.yaml",
-    ("base", 1): "xformer_pretrain.yaml", ("base", 2): "xformer_opt2.7b.yaml",
-    ("paper", 1): "xformer_pretrain.yaml", ("paper", 2): "xformer_opt2.7b.yaml",
+MODEL_TYPE = {  # (arch, model_type) the factory builds; the base size changes the pretrain types
+    ("tiny", 1): ("xformer", "tiny"), ("tiny", 2): ("xformer_opt", "tiny"),
+    ("base", 1): ("xformer", "pretrain"), ("base", 2): ("xformer_opt", "pretrain_opt2.7b"),
+    ("paper", 1): ("xformer", "pretrain"), ("paper", 2): ("xformer_opt", "pretrain_opt2.7b"),
 }
 BASE_OVERRIDES = {
     "vit": {"patch_size": 16, "embed_dim": 768, "depth": 12, "num_heads": 12, "mlp_ratio": 4.0},
@@ -44,7 +41,7 @@ def model_config(size: str, stage: int, variant: str, tokenizers: dict = None, o
         raise ValueError(f"size {size!r} is not one of {SIZES}")
     if variant not in VARIANTS:
         raise ValueError(f"variant {variant!r} is not one of {VARIANTS}")
-    cfg = OmegaConf.load(f"{PACKAGE_DIR}/configs/models/{MODEL_YAML[size, stage]}").model
+    cfg = factory.model_config(*MODEL_TYPE[size, stage])
     cfg.random_init = True
     cfg.fusion = variant
     if size == "base":
@@ -67,11 +64,4 @@ def model_config(size: str, stage: int, variant: str, tokenizers: dict = None, o
 def build(size: str, stage: int, variant: str, device: str, tokenizers: dict = None,
           overrides: dict = None):
     """The model on ``device``, built there directly (no CPU init of paper-size weights)."""
-    from lavis.common.registry import registry
-
-    import lavis_xformer  # noqa: F401  (registers the models)
-
-    cfg = model_config(size, stage, variant, tokenizers, overrides)
-    with torch.device(device):
-        model = registry.get_model_class(cfg.arch).from_config(copy.deepcopy(cfg))
-    return model.to(device)
+    return factory.build_model(model_config(size, stage, variant, tokenizers, overrides), device=device)

@@ -15,15 +15,12 @@ Where the known keys come from:
 * ``run.*``: RUN_KEYS below, the one list of every run key that the plugin or the parts of
   LAVIS it runs (RunnerBase, the tasks, Config, the lr schedules) read, with its type,
   allowed values and meaning. A new run key is one line here.
-* ``model.*``: derived, never listed: the union of the keys (nested ones too) of every
-  model-type yaml of the chosen ``model.arch`` (``PRETRAINED_MODEL_CONFIG_DICT``; for the
-  plugin's models ``lavis_xformer/configs/models/``), plus LAVIS's own model keys. A model
-  key is added by adding it, with its default, to the model-type yamls of the models that
-  read it. The type expected is that of the defaults (a float key takes an int too; a key
-  whose default is null in some yaml takes null). Sections that are handed to a transformers
-  config as keyword arguments (``qformer``, ``mae``, ``llm``) take that config's attributes.
-  The allowed values of the plugin's model keys are declared next to their defaults in
-  ``ModelConfig`` (models/config.py).
+* ``model.*``: derived, never listed, plus LAVIS's own model keys (LAVIS_MODEL_KEYS). For the
+  plugin's models: the fields of ``ModelConfig`` (models/config.py) that the chosen
+  ``model.arch`` reads, with their types, allowed values and the keys inside them
+  (``model_schema``); a model key is added as one field there. For LAVIS's own models: the
+  union of the keys (nested ones too) of the arch's model-type yamls, typed by their values
+  (a float key takes an int too; a key null in some yaml takes null).
 * ``datasets.<name>.*``: the structure LAVIS's builders read (``data_type``, ``build_info``
   with ``annotations.<split>.{url,storage}`` and ``<data_type>.storage``, ``vis_processor`` /
   ``text_processor`` with ``train`` / ``eval`` entries naming a registered processor), plus
@@ -35,11 +32,10 @@ kept in the run's config as ``cfg.run_cfg.user``).
 """
 import difflib
 import functools
-import re
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-ANY = "any"
+from lavis_xformer.schema import ANY, ConfigError, describe, fits, merge_spec, out_of_range
 
 # name: (type, allowed values, meaning). Types: int, float (an int too), bool, str, list, dict,
 # any; "|null" also allows null. Allowed values (of the right type; null is never out of range):
@@ -116,13 +112,6 @@ RUN_ORDER = (("min_len", "max_len"),)
 LAVIS_MODEL_KEYS = {"arch": "str", "model_type": "str", "load_pretrained": "bool",
                     "load_finetuned": "bool", "pretrained": "str|list|null", "finetuned": "str|null"}
 
-# model sections handed to a transformers config as keyword arguments: any of its attributes
-OPEN_MODEL_SECTIONS = {
-    "qformer": ("transformers", "BertConfig"),
-    "mae": ("transformers", "ViTMAEConfig"),
-    "llm": ("transformers", "OPTConfig", "T5Config"),
-}
-
 DATASET_KEYS = ("data_type", "build_info", "vis_processor", "text_processor", "type",
                 "dataset_card")
 LAVIS_SPLITS = ("train", "val", "test")
@@ -134,82 +123,6 @@ BUILD_INFO_KEYS = {
     "max_questions": ("int|null", ">= 1", "then the first N questions of each split; null: all"),
     "max_items": ("int|null", ">= 1", "keep the first N records of each split; null: all"),
 }
-
-
-class ConfigError(ValueError):
-    """A run configuration that cannot work (a key nothing reads, a value of the wrong type, a
-    missing file, ...); the message says what to change. launch.run_main prints it and exits
-    with status 2."""
-
-
-# ------------------------------------------------------------------ types
-
-def _type_of(value):
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "int"
-    if isinstance(value, float):
-        return "float"
-    if isinstance(value, str):
-        return "str"
-    if isinstance(value, (list, tuple, ListConfig)):
-        return "list"
-    if isinstance(value, (dict, DictConfig)):
-        return "dict"
-    return ANY
-
-
-def _fits(value, spec):
-    allowed = spec.split("|")
-    if ANY in allowed:
-        return True
-    kind = _type_of(value)
-    if kind in allowed:
-        return True
-    return "float" in allowed and kind == "int"
-
-
-_TYPE_WORDS = {"int": "an integer", "float": "a number", "float|int": "a number", "bool": "true or false",
-               "str": "a string", "list": "a list", "dict": "a mapping", "null": "null"}
-
-
-def _describe(spec):
-    kinds = spec.split("|")
-    if "float" in kinds:
-        kinds = [k for k in kinds if k != "int"]
-    return " or ".join(_TYPE_WORDS.get(t, t) for t in kinds)
-
-
-_BOUND = re.compile(r"^(>=|>|<=|<) (\S+)$")
-_INTERVAL = re.compile(r"^([\[(])(\S+), (\S+)([\])])$")
-
-
-def out_of_range(value, allowed):
-    """None if ``value`` is among the ``allowed`` values (a range such as ">= 1" or "[0, 1)",
-    a tuple of choices, or None for any), else the allowed values in words. Null and values
-    of another type are left to the type check."""
-    if allowed is None or value is None:
-        return None
-    if isinstance(allowed, tuple):  # choices; of a list, for each of its items
-        many = isinstance(value, (list, tuple, ListConfig))
-        if all(v in allowed for v in (value if many else [value])):
-            return None
-        return ("items among " if many else "one of ") + ", ".join(map(repr, allowed))
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    bound = _BOUND.match(allowed)
-    if bound:
-        op, limit = bound.group(1), float(bound.group(2))
-        ok = {">=": value >= limit, ">": value > limit, "<=": value <= limit, "<": value < limit}[op]
-    else:
-        low_side, low, high, high_side = _INTERVAL.match(allowed).groups()
-        low, high = float(low), float(high)
-        ok = (value >= low if low_side == "[" else value > low) and (
-            value <= high if high_side == "]" else value < high)
-    return None if ok else allowed  # NaN fails every comparison: out of range
 
 
 def check_keys(node, schema, prefix, problems, hint=""):
@@ -225,7 +138,7 @@ def check_keys(node, schema, prefix, problems, hint=""):
         spec, allowed = schema[key][:2]
         value = OmegaConf.select(node, str(key), throw_on_missing=False) \
             if isinstance(node, DictConfig) else node[key]
-        if not _fits(value, spec):
+        if not fits(value, spec):
             problems.wrong_type(name, value, spec)
         else:
             problems.check_range(name, value, allowed)
@@ -246,72 +159,43 @@ def _flatten(node, prefix=""):
     return out
 
 
-def _merge_spec(old, value):
-    """The type spec of a model key after seeing one more default. Numbers are one kind (a
-    yaml writes `drop_path_rate: 0` where the key takes any number)."""
-    kind = _type_of(value)
-    if kind == ANY or old == ANY:
-        return ANY
-    kinds = set(old.split("|")) if old else set()
-    kinds.update(("int", "float") if kind in ("int", "float") else (kind,))
-    return "|".join(sorted(kinds))
-
-
-@functools.lru_cache(maxsize=None)
-def _hf_attributes(module, *names):
-    import importlib
-
-    keys = set()
-    mod = importlib.import_module(module)
-    for name in names:
-        keys.update(getattr(mod, name)().to_dict())
-    return frozenset(keys)
-
-
 @functools.lru_cache(maxsize=None)
 def model_keys(arch):
-    """{dotted model key: type spec} for ``arch``: the union over its model-type yamls, plus
-    LAVIS's model keys. A key whose default is null in every yaml takes anything."""
+    """{dotted model key: (type, allowed values, meaning)} for ``arch``: LAVIS's model keys and
+    the keys the model reads: for the plugin's models ModelConfig's schema
+    (models/config.model_schema), for LAVIS's own the union of their model-type yamls."""
     from lavis.common.registry import registry
+    from lavis_xformer.models.config import model_schema
 
     cls = registry.get_model_class(arch)
-    known = dict(LAVIS_MODEL_KEYS)
-    for model_type in getattr(cls, "PRETRAINED_MODEL_CONFIG_DICT", {}) or {}:
-        try:
-            path = cls.default_config_path(model_type)
-            model = OmegaConf.load(path).get("model", None) or {}
-        except Exception:  # noqa: BLE001 - a model type whose yaml LAVIS does not ship
-            continue
-        for key, value in _flatten(model).items():
-            if key in LAVIS_MODEL_KEYS:
-                continue
-            known[key] = _merge_spec(known.get(key), value)
-    for key, spec in list(known.items()):
-        if spec == "null":  # null in every yaml: nothing says what it takes
-            known[key] = ANY
+    known = {key: (spec, None, "LAVIS's model key") for key, spec in LAVIS_MODEL_KEYS.items()}
+    schema = model_schema(arch, tuple(getattr(cls, "LOSSES", None) or ()))
+    for key, entry in (_yaml_model_keys(cls) if schema is None else schema).items():
+        known.setdefault(key, entry)
     return known
 
 
-def model_allowed(arch):
-    """key -> the allowed values of a model key of ``arch`` (None: any value of its type). The
-    plugin's models declare them next to each key's default in ``ModelConfig``
-    (models/config.py); LAVIS's own models declare none."""
-    from lavis.common.registry import registry
-    from lavis_xformer.models.base import PluginModel
-    from lavis_xformer.models.config import allowed_values
+def _yaml_model_keys(cls):
+    """The keys of the model-type yamls of LAVIS's model ``cls`` in model_keys' form, each typed
+    by its values (null in every yaml: anything)."""
+    specs = {}
+    for model_type in getattr(cls, "PRETRAINED_MODEL_CONFIG_DICT", {}) or {}:
+        try:
+            model = OmegaConf.load(cls.default_config_path(model_type)).get("model", None) or {}
+        except Exception:  # noqa: BLE001 - a model type whose yaml LAVIS does not ship
+            continue
+        for key, value in _flatten(model).items():
+            specs[key] = merge_spec(specs.get(key), value)
+    return {key: (ANY if spec == "null" else spec, None, "a key of the model-type yamls")
+            for key, spec in specs.items()}
 
-    if issubclass(registry.get_model_class(arch), PluginModel):
-        return allowed_values
-    return lambda key: None
 
-
-def _known_model_key(key, known):
-    if key in known:
-        return True
-    section = key.split(".")[0]
-    if section in OPEN_MODEL_SECTIONS and section in known and key.count(".") == 1:
-        return key.split(".", 1)[1] in _hf_attributes(*OPEN_MODEL_SECTIONS[section])
-    return False
+def _inside_a_value(key, known):
+    """Whether ``key`` lies inside the value of a known key that declares no keys of its own
+    (an attribute of a transformers config, e.g. ``llm.rope_scaling``): nothing is checked
+    there."""
+    parent = key.rpartition(".")[0]
+    return parent in known and not any(k.startswith(parent + ".") for k in known)
 
 
 @functools.lru_cache(maxsize=None)
@@ -364,7 +248,7 @@ class Problems:
 
     def wrong_type(self, key, value, spec):
         self.lines.append("%s: %s=%r must be %s" % (self.where(key), key, _plain(value),
-                                                    _describe(spec)))
+                                                    describe(spec)))
 
     def check_range(self, key, value, allowed):
         words = out_of_range(value, allowed)
@@ -401,7 +285,7 @@ def check_config(config, cfg_path="the run file", option_keys=()):
     check_keys(run, RUN_KEYS, "run.", problems, _USER_HINT)
     for low, high in RUN_ORDER:
         a, b = run.get(low, None), run.get(high, None)
-        if _fits(a, "int") and _fits(b, "int") and a > b:
+        if fits(a, "int") and fits(b, "int") and a > b:
             problems.lines.append("%s: run.%s=%r is below run.%s=%r; allowed: run.%s >= run.%s" % (
                 problems.where("run." + high), high, b, low, a, high, low))
 
@@ -409,20 +293,20 @@ def check_config(config, cfg_path="the run file", option_keys=()):
     arch = model.get("arch", None)
     if arch and registry.get_model_class(arch) is not None:
         known = model_keys(arch)
-        allowed = model_allowed(arch)
         names = ["model." + k for k in known]
+        hint = "(the keys %s reads: for the plugin's models ModelConfig's fields, " \
+               "lavis_xformer/models/config.py; for LAVIS's its model-type yamls' keys)" % arch
         for key, value in _flatten(model).items():
-            if "." in key and key.split(".")[0] in OPEN_MODEL_SECTIONS and key.count(".") > 1:
-                continue  # inside an attribute of a transformers config
-            if not _known_model_key(key, known):
-                problems.unknown("model." + key, names,
-                                 "(a model key is known when a model-type yaml of %s has it)" % arch)
+            if _inside_a_value(key, known):
                 continue
-            spec = known.get(key, ANY)
-            if not _fits(value, spec):
+            if key not in known:
+                problems.unknown("model." + key, names, hint)
+                continue
+            spec, allowed = known[key][:2]
+            if not fits(value, spec):
                 problems.wrong_type("model." + key, value, spec)
             else:
-                problems.check_range("model." + key, value, allowed(key))
+                problems.check_range("model." + key, value, allowed)
 
     for name in config.get("datasets", None) or {}:
         _check_dataset(name, config.datasets[name], problems, registry)

@@ -102,25 +102,22 @@ def easyvqa_split(root, split, images, truncated=(), missing=()):
 
 def model_config(name="xformer", model_type="tiny", **overrides):
     """The model section of a registered model type's yaml, with dotted-key ``overrides``
-    (e.g. ``**{"loss_weights.rec": 0}``)."""
-    from lavis.common.registry import registry
-    from omegaconf import OmegaConf
+    (e.g. ``**{"loss_weights.rec": 0}``): ``lavis_xformer.factory.model_config``."""
+    from lavis_xformer import factory
 
-    cfg = OmegaConf.load(registry.get_model_class(name).default_config_path(model_type)).model
-    for key, value in overrides.items():
-        OmegaConf.update(cfg, key, value)
-    return cfg
+    return factory.model_config(name, model_type, overrides)
 
 
 def build_model(name="xformer", model_type="tiny", seed=0, **overrides):
     """A registered model built from its type's yaml (plus ``overrides``) after seeding
     torch's global generator with ``seed``, so trainable weights are reproducible."""
     import torch
-    from lavis.common.registry import registry
+
+    from lavis_xformer import factory
 
     cfg = model_config(name, model_type, **overrides)
     torch.manual_seed(seed)
-    return registry.get_model_class(name).from_config(cfg)
+    return factory.build_model(cfg)
 
 
 def launch_args(cfg_path, *options):
@@ -156,9 +153,6 @@ def tiny_eval_project(src, dst, options, pretrained=None, model_defaults=()):
 def meta_model(name, model_type, **overrides):
     """A registered model built on the meta device with ``random_init`` (no weight file read,
     no memory taken): a full-size model type for counting its parameters."""
-    import torch
-    from lavis.common.registry import registry
+    from lavis_xformer import factory
 
-    cfg = model_config(name, model_type, random_init=True, **overrides)
-    with torch.device("meta"):
-        return registry.get_model_class(name).from_config(cfg)
+    return factory.create_model(name, model_type, dict(random_init=True, **overrides), device="meta")

@@ -17,12 +17,12 @@ from PIL import Image
 
 import lavis_xformer  # noqa: F401  (registers everything)
 from lavis.common.registry import registry
+from lavis_xformer import scoring as M
 from lavis_xformer.datasets import benchmarks
 from lavis_xformer.datasets.easyvqa import package_data_root
-from lavis_xformer.tasks import metrics as M
+from lavis_xformer.scoring import metrics_table, score
 from lavis_xformer.tasks.xformer_caption import caption_scores
 from lavis_xformer.tasks.xformer_retrieval import recall_metrics
-from lavis_xformer.tasks.xformer_vqa import metrics_table, score
 
 REPO = Path(__file__).resolve().parents[1]
 EVAL = REPO / "projects" / "xformer" / "eval"
@@ -112,7 +112,7 @@ def test_mci_uses_gvtbench_substring_rule_and_reports_a_strict_one():
 
 def test_gvtbench_bins_follow_its_evaluation():
     assert [M.n_obj_bin(n) for n in (1, 9, 10, 19, 20, 35)] == ["1-9", "1-9", "10-19", "10-19", ">=20", ">=20"]
-    assert [M.count_bin(n) for n in (0, 2, 3, 11, 12)] == ["count 0-2", "count 0-2", "count 3-5",
+    assert [M.gvt_count_bin(n) for n in (0, 2, 3, 11, 12)] == ["count 0-2", "count 0-2", "count 3-5",
                                                            "count 9-11", "count 12-14"]
 
 

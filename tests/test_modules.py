@@ -3,7 +3,7 @@ import pytest
 import torch
 from transformers import ViTMAEConfig, ViTMAEForPreTraining
 
-from lavis_xformer.nn import MAEBranch, XFormerFusion, masked_mse, patchify
+from lavis_xformer.nn import MAEBranch, XFormerFusion, freeze, masked_mse, patchify
 from lavis_xformer.nn.mae import (
     CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, random_patch_mask, unpatchify,
 )
@@ -177,3 +177,48 @@ def test_nn_package_imports_only_torch():
                      else [node.module] if isinstance(node, ast.ImportFrom) else [])
             for name in names:
                 assert any(name == a or name.startswith(a + ".") for a in allowed), (path.name, name)
+
+
+def _with_frozen_part(eval_now=True):
+    """A trained Linear beside a frozen part with dropout, inside one parent."""
+    parent = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Sequential(torch.nn.Dropout(0.5)))
+    freeze(parent[1], eval_now=eval_now)
+    return parent
+
+
+def test_freeze_stops_training_and_keeps_a_module_in_eval_mode():
+    parent = _with_frozen_part()
+    frozen = parent[1]
+    assert not frozen.training and not frozen[0].training
+    parent.train()
+    assert parent.training and parent[0].training  # the rest of the model trains
+    assert not frozen.training and not frozen[0].training  # no dropout in the frozen part
+    frozen.train()
+    assert not frozen[0].training
+    layer = torch.nn.Linear(3, 3)
+    assert freeze(layer) is layer and not any(p.requires_grad for p in layer.parameters())
+
+
+def test_freeze_of_parameters_leaves_modes_alone():
+    layer = torch.nn.Linear(3, 3)
+    extra = torch.nn.Parameter(torch.ones(()))
+    freeze(extra)
+    freeze([layer.bias])
+    assert not extra.requires_grad and not layer.bias.requires_grad and layer.weight.requires_grad
+    assert layer.training and "train" not in vars(layer)
+
+
+def test_freeze_without_eval_now_keeps_the_mode_until_the_next_switch():
+    """The frozen LLM's way: built in train mode, in eval mode from the first train()/eval()."""
+    parent = _with_frozen_part(eval_now=False)
+    assert parent[1][0].training
+    parent.train()
+    assert not parent[1][0].training
+
+
+def test_freeze_survives_a_deep_copy():
+    import copy
+
+    twin = copy.deepcopy(_with_frozen_part())
+    twin.train()
+    assert twin[0].training and not twin[1][0].training

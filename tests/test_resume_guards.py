@@ -20,6 +20,7 @@ from _testlib import REPO, TINY_STAGE1, launch_args, tiny_stage1_options
 import lavis_xformer  # noqa: F401
 from lavis.common.registry import registry
 from lavis_xformer.config_keys import ConfigError
+from lavis_xformer import fileio
 from lavis_xformer.datasets.skipping import EvalSkippingCollater, SkipUnreadable
 from lavis_xformer.tasks.results import PredictionLog, read_prediction_log
 from lavis_xformer.tasks.xformer_caption import XFormerCaptionTask
@@ -233,7 +234,7 @@ def test_full_disk_during_a_save_is_one_line_and_keeps_the_previous_checkpoint(t
     weights, target = {"w": torch.ones(1000)}, tmp_path / "checkpoint_1.pth"
     with pytest.raises(RuntimeError, match="inline_container"):  # space left: not a full disk
         checkpoints.atomic_save(weights, target, save=wrapped)
-    monkeypatch.setattr(checkpoints, "_free_bytes", lambda directory: 4096)
+    monkeypatch.setattr(fileio, "_free_bytes", lambda directory: 4096)
     with pytest.raises(checkpoints.DiskFullError, match=r"full at .* \(0 MiB free\)"):
         checkpoints.atomic_save(weights, target, save=wrapped)
 

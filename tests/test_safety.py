@@ -94,12 +94,10 @@ def test_model_pretrained_url_is_refused(crafted, tmp_path, monkeypatch):
         url = "http://127.0.0.1:%d/%s" % (server.server_address[1], path.name)
         with pytest.raises(sources.UnsafeCheckpointError) as info:
             sources.load_checkpoint_file("pretrained", url)
-        from types import SimpleNamespace
-
         from lavis_xformer.training.runner import RunnerXFormer
 
         with pytest.raises(sources.UnsafeCheckpointError) as resume:  # run.resume_ckpt_path=URL
-            RunnerXFormer._load_checkpoint(SimpleNamespace(), url)
+            RunnerXFormer._read_resume_checkpoint(url)
     finally:
         server.shutdown()
     assert str(resume.value).startswith("run.resume_ckpt_path: refused to load %s" % url)

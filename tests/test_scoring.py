@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 
 import lavis_xformer  # noqa: F401  (registers everything)
+from lavis_xformer import scoring as M
 from lavis_xformer.datasets import benchmarks
-from lavis_xformer.tasks import metrics as M
+from lavis_xformer.scoring import metrics_table, score
 from lavis_xformer.tasks.xformer_retrieval import recall_metrics
-from lavis_xformer.tasks.xformer_vqa import metrics_table, score
 from lavis_xformer.tools import score as score_tool
 
 REPO = Path(__file__).resolve().parents[1]

@@ -164,6 +164,23 @@ def test_reconstruction_can_be_switched_on_in_stage2(images):
         build("xformer_opt", **{"loss_weights": {"lm": 1.0, "rec": 1.0}, "mask_ratio": 0.0})
 
 
+def test_stage2_checks_samples_as_stage1_and_keeps_its_llm_in_eval_mode(images):
+    model = build("xformer_opt")
+    # a random LLM is built in train mode and frozen without switching it (freeze(eval_now=False)),
+    # as it always was; the first train() puts it, like every frozen part, in eval mode
+    assert model.llm.training
+    model.train()
+    assert model.Qformer.training and not model.llm.training and not model.mae_branch.mae.training
+    with pytest.raises(KeyError, match="samples has no 'image'"):
+        model({"text_input": CAPTIONS})
+    with pytest.raises(KeyError, match="samples has no 'text_input'"):
+        model({"image": images})
+    with pytest.raises(ValueError, match="3 images but 2 texts"):
+        model({"image": images, "text_input": CAPTIONS[:2]})
+    with pytest.raises(ValueError, match="is 32x32 but this model takes 64x64"):
+        model({"image": torch.randn(3, 3, 32, 32), "text_input": CAPTIONS})
+
+
 def test_t5_trains_with_prefix_lm_and_answers(images):
     model = build("xformer_t5")
     model.train()

@@ -19,7 +19,7 @@ from lavis_xformer.training.run_files import load_run_file
 from lavis_xformer.config_keys import ConfigError
 from lavis_xformer.training import launch
 from lavis_xformer.training.runner import point_latest
-from lavis_xformer.tasks.xformer_vqa import metrics_table, normalize_answer, score
+from lavis_xformer.scoring import metrics_table, normalize_answer, score
 
 PROJECTS = REPO / "projects" / "xformer"
 TINY1, TINY2, TINY_VQA = (PROJECTS / "tiny" / n for n in ("stage1.yaml", "stage2.yaml", "vqa.yaml"))

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import lavis_xformer  # noqa: F401  (registers everything)
-from lavis_xformer.tasks import metrics as M
+from lavis_xformer import scoring as M
 from lavis_xformer.tools import compare, convert_checkpoint, score as score_tool
 
 REPO = Path(__file__).resolve().parents[1]

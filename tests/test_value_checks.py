@@ -12,7 +12,7 @@ from _testlib import TINY_STAGE1, launch_args, lavis_command, run_command
 import lavis_xformer  # noqa: F401  (registers builders, models, tasks, runner)
 from lavis_xformer.config_keys import RUN_KEYS, ConfigError, out_of_range
 from lavis_xformer.models.config import ModelConfig
-from lavis_xformer.tasks.metrics import METRICS
+from lavis_xformer.scoring import METRICS
 from lavis_xformer.training import launch
 from lavis_xformer.world import config as world_config
 from lavis_xformer.world.scenes import WorldSettings

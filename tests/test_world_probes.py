@@ -31,3 +31,23 @@ def test_probe_reads_a_carried_property_and_not_an_absent_one():
     blind = probes.fit_probe(noise[train], labels[train], noise[val], 3)
     majority = (labels[val] == torch.bincount(labels[train]).argmax()).float().mean()
     assert (blind == labels[val]).float().mean() < majority + 0.1
+
+
+def test_probe_features_are_the_model_branches_features(tmp_path):
+    """The probes load the frozen parts the models' way: on the same image their CLIP ViT and
+    MAE features are the model's, exactly."""
+    from _testlib import build_model
+    from lavis_xformer.world import pretrain
+
+    model = build_model("xformer", "tiny").eval()
+    c = model.model_config
+    torch.save(model.visual_encoder.state_dict(), tmp_path / "vit.pth")
+    model.mae_branch.mae.save_pretrained(tmp_path / "mae")
+    encode = probes.frozen_encoders(str(tmp_path), str(tmp_path / "mae"),
+                                    {"image_size": c.image_size, "vit": c.vit})
+    images = torch.randint(0, 256, (2, 3, c.image_size, c.image_size), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    processed = pretrain.normalise(images, pretrain.CLIP_MEAN, pretrain.CLIP_STD)
+    with torch.no_grad():
+        assert torch.equal(encode["mae"](images), model.mae_branch.encode(processed, 0.0).tokens)
+        assert torch.equal(encode["clip_vit"](images), model.visual_encoder(processed))

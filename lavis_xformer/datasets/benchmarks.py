@@ -43,7 +43,7 @@ from lavis_xformer import PACKAGE_DIR
 from lavis_xformer.datasets.checks import (
     ID, LAVIS_SPLITS, PATH, TEXT, TEXT_OR_TEXTS, Kind, _as_list, _of_type, _storage_path,
     entry_problems, optional)
-from lavis_xformer.tasks.metrics import gvt_true_count, gvt_yes_no_truth, n_obj_bin
+from lavis_xformer.scoring import gvt_true_count, gvt_yes_no_truth, n_obj_bin
 
 CONFIG_DIR = os.path.join(PACKAGE_DIR, "configs", "datasets", "benchmarks")
 

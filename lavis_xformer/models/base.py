@@ -7,8 +7,8 @@
     query tokens --(Q-Former, C)----------> queries Q (B, Nq, D)
     fusion(Q, M) -------------------------> output queries Q' (B, Nq, D), enriched tokens Z
 
-The variant is chosen by ``model.fusion`` and decided in one place, ``build_fusion``; the
-model only asks the fusion object (``uses_mae``, ``context``, ``fused_prefix``,
+The variant is chosen by ``model.fusion``, the name of its class in ``nn.fusions.FUSIONS``
+(built by ``build_fusion``); the model only asks the fusion object (``uses_mae``, ``context``, ``fused_prefix``,
 ``reconstructs``), never the variant's name:
 
     xformer   X-Former (section 2.3): C = CLIP tokens; Q' from the dual cross-attention block.
@@ -42,14 +42,14 @@ from typing import Optional
 import torch
 from torch import nn
 
-from lavis.models.blip2_models.blip2 import Blip2Base, LayerNorm, disabled_train
+from lavis.models.blip2_models.blip2 import Blip2Base, LayerNorm
 
 from lavis_xformer.models import early_ca, encoders, fp8, shared_kv, sources
 from lavis_xformer.models.compiled import compile_modules
 from lavis_xformer.models.config import ModelConfig
 from lavis_xformer.models.fused_attention import use_fused_attention
-from lavis_xformer.nn import (ConcatFusion, EarlyCAFusion, MAEBranch, MAEEncoding, QueryPassthrough,
-                              XFormerFusion, random_patch_mask)
+from lavis_xformer.nn import MAEBranch, MAEEncoding, freeze, random_patch_mask
+from lavis_xformer.nn.fusions import FUSIONS, FusionShape
 
 
 @dataclasses.dataclass
@@ -74,45 +74,18 @@ class ImageFeatures:
 
 def build_fusion(c: ModelConfig, qformer, side_dim: int, clip_dim: int, clip_tokens: int,
                  decoder_dim: int, reconstruct: bool = True):
-    """The module that fuses the Q-Former with the side (MAE) tokens, picked by ``model.fusion``.
-
-    ``early_ca`` also installs its blocks into ``qformer``. ``reconstruct``: build X-Former's
-    head to the MAE decoder (``decoder_dim`` wide), only when a reconstruction loss uses it.
+    """The module that fuses the Q-Former with the side (MAE) tokens: the class that
+    ``nn.fusions.FUSIONS`` names for ``model.fusion``, with the blocks it puts inside
+    ``qformer``'s layers installed (early_ca). ``reconstruct``: build X-Former's head to the
+    MAE decoder (``decoder_dim`` wide), only when a reconstruction loss uses it.
     """
-    dim = qformer.config.hidden_size
-    if c.fusion == "xformer":
-        return XFormerFusion(
-            dim=dim,
-            mae_dim=side_dim,
-            num_heads=c.fusion_num_heads,
-            mlp_ratio=c.fusion_mlp_ratio,
-            self_attn=c.fusion_self_attn,
-            out_dim=decoder_dim,
-            reconstruct=reconstruct,
-        )
-    if c.fusion == "blip2":
-        return QueryPassthrough()
-    if c.fusion == "concat":
-        return ConcatFusion(side_dim, clip_dim)
-    fusion = EarlyCAFusion(side_dim, clip_dim, clip_tokens)
-    blocks = fusion.layer_blocks(
-        dim,
-        [layer.has_cross_attention for layer in qformer.bert.encoder.layer],
-        num_heads=c.fusion_num_heads,
-        mlp_ratio=c.early_ca_mlp_ratio,
-        self_attn=c.fusion_self_attn,
-    )
-    early_ca.install(qformer, blocks, clip_tokens)
+    shape = FusionShape(qformer.config.hidden_size, side_dim, clip_dim, clip_tokens, decoder_dim,
+                        reconstruct, tuple(layer.has_cross_attention for layer in qformer.bert.encoder.layer))
+    fusion = FUSIONS[c.fusion].build(shape, c)
+    blocks = fusion.qformer_blocks(shape, c)
+    if blocks is not None:
+        early_ca.install(qformer, blocks, clip_tokens)
     return fusion
-
-
-def freeze(module: nn.Module) -> nn.Module:
-    """Freeze all parameters and pin the module in eval mode."""
-    for param in module.parameters():
-        param.requires_grad = False
-    module.eval()
-    module.train = disabled_train.__get__(module)
-    return module
 
 
 _FROZEN_INFERENCE_MODE = [True]
@@ -153,6 +126,19 @@ def build_clip(c: ModelConfig):
     return vit, ln_vision
 
 
+def build_mae_branch(c: ModelConfig, encoder: bool = True, decoder: bool = True) -> MAEBranch:
+    """The frozen MAE branch (``nn.mae.MAEBranch``) over ``encoders.build_mae(c, encoder,
+    decoder)``, in ``mae_precision`` (fp16/fp8 on GPU): the one way the MAE is loaded, by the
+    models and by the miniature world's probes."""
+    branch = MAEBranch(encoders.build_mae(c, encoder=encoder, decoder=decoder))
+    # Frozen, so half precision loses nothing trainable; the decoder stays differentiable.
+    if c.mae_precision in ("fp16", "fp8") and torch.cuda.is_available():
+        branch.mae.half()
+    if c.mae_precision == "fp8" and branch.mae.vit is not None:
+        fp8.convert_to_fp8(branch.mae.vit)  # the encoder; the decoder keeps fp16
+    return branch
+
+
 def run_frozen(module: nn.Module, fn, *args):
     """``fn(*args)`` under ``torch.inference_mode`` (no autograd bookkeeping at all) when no
     parameter of the frozen ``module`` trains. Tensors in the result (also inside a
@@ -190,6 +176,32 @@ def check_image(image, image_size: int):
             f"{image_size}x{image_size}; use the model's image processors "
             f"(load_model_and_preprocess) or set image_size in the processor config"
         )
+
+
+def check_text(samples, key="text_input") -> list:
+    """The texts of ``samples[key]`` as a list (one string becomes a list of one), or a clear
+    error when the key is missing."""
+    if key not in samples:
+        raise KeyError(
+            f"samples has no {key!r} (keys: {sorted(samples)}); this model needs a text "
+            f"per image, e.g. from a LAVIS caption dataset with a text processor"
+        )
+    text = samples[key]
+    return [text] if isinstance(text, str) else list(text)
+
+
+def check_samples(samples, image_size: int) -> tuple:
+    """(image, texts) of a training batch, the one check of both stages' ``forward``: an
+    ``image`` key holding a (B, 3, image_size, image_size) tensor and B texts in
+    ``text_input``; else a clear error."""
+    if "image" not in samples:
+        raise KeyError(f"samples has no 'image' (keys: {sorted(samples)})")
+    texts = check_text(samples)
+    image = samples["image"]
+    check_image(image, image_size)
+    if len(texts) != image.shape[0]:
+        raise ValueError(f"{image.shape[0]} images but {len(texts)} texts in samples")
+    return image, texts
 
 
 def ones(tokens):
@@ -317,13 +329,8 @@ class XFormerBase(PluginModel, Blip2Base):
         # The MAE: its encoder for the MAE source, its decoder for the reconstruction loss.
         self.mae_branch = None
         if c.builds_mae:
-            mae = encoders.build_mae(c, encoder=c.mae_source == "mae", decoder=bool(self.rec_weight))
-            self.mae_branch = MAEBranch(mae)
-            # Frozen, so half precision loses nothing trainable; the decoder stays differentiable.
-            if c.mae_precision in ("fp16", "fp8") and torch.cuda.is_available():
-                self.mae_branch.mae.half()
-            if c.mae_precision == "fp8" and self.mae_branch.mae.vit is not None:
-                fp8.convert_to_fp8(self.mae_branch.mae.vit)  # the encoder; the decoder keeps fp16
+            self.mae_branch = build_mae_branch(c, encoder=c.mae_source == "mae",
+                                               decoder=bool(self.rec_weight))
         side_dim = self.mae_branch.width if self.mae_source == "mae" and self.mae_branch else clip_dim
         decoder_dim = self.mae_branch.width if self.mae_branch is not None else side_dim
         # With a `pretrained` X-Former checkpoint, which always holds the Q-Former, the BERT
@@ -349,24 +356,22 @@ class XFormerBase(PluginModel, Blip2Base):
         return "all"
 
     @property
-    def can_reconstruct(self) -> bool:
-        """Whether the model was built with its reconstruction path (MAE decoder, fusion head)."""
+    def has_reconstruction_path(self) -> bool:
+        """Whether the model was built with its reconstruction path (MAE decoder, fusion head):
+        a variant that can reconstruct (``ModelConfig.can_reconstruct``) with a
+        reconstruction weight above 0."""
         return bool(self.rec_weight)
 
     ones = staticmethod(ones)
 
+    check_text = staticmethod(check_text)
+
     def check_image(self, image):
         check_image(image, self.image_size)
 
-    @staticmethod
-    def check_text(samples, key="text_input"):
-        if key not in samples:
-            raise KeyError(
-                f"samples has no {key!r} (keys: {sorted(samples)}); this model needs a text "
-                f"per image, e.g. from a LAVIS caption dataset with a text processor"
-            )
-        text = samples[key]
-        return [text] if isinstance(text, str) else list(text)
+    def check_samples(self, samples):
+        """(image, texts) of a training batch, checked (``check_samples``)."""
+        return check_samples(samples, self.image_size)
 
     def encode_clip(self, image):
         """Frozen CLIP ViT + ln_vision: (B, 3, H, W) -> (B, 1 + N, Dc) in fp32."""

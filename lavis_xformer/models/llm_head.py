@@ -18,6 +18,7 @@ from torch import nn
 
 from lavis_xformer.models import llm as llm_builders
 from lavis_xformer.models.generation import LLMDecodingMixin, opt_generate
+from lavis_xformer.nn import freeze
 
 
 class FrozenLLMHead(LLMDecodingMixin):
@@ -35,9 +36,11 @@ class FrozenLLMHead(LLMDecodingMixin):
         ``c``: the model's ``ModelConfig``."""
         self.prompt = c.prompt
         self.max_txt_len = c.max_txt_len
-        llm = llm_builders.build_llm(c, self.LLM_KIND)
-        for param in llm.parameters():
-            param.requires_grad = False
+        # Frozen: in eval mode (no dropout) from the model's first train()/eval() call on, not
+        # at once, as it always was: a randomly initialised LLM (tiny, mini) is built in train
+        # mode, and a forward before that call draws its dropout; eval_now=True would change
+        # those numbers. (from_pretrained LLMs come in eval mode anyway.)
+        llm = freeze(llm_builders.build_llm(c, self.LLM_KIND), eval_now=False)
         setattr(self, self.LLM_ATTR, llm)
         setattr(self, self.PROJ_ATTR, nn.Linear(width, llm.config.hidden_size))
 
@@ -53,11 +56,6 @@ class FrozenLLMHead(LLMDecodingMixin):
     def llm_tokenizer(self):
         """Loaded on first use, so that building (random_init, meta device) loads nothing."""
         return llm_builders.build_tokenizer(self.model_config, self.LLM_KIND)
-
-    def train(self, mode=True):
-        super().train(mode)
-        self.llm.eval()  # frozen: no dropout
-        return self
 
     def llm_autocast(self):
         """Autocast to the frozen LLM's half precision on GPU; nothing on CPU."""

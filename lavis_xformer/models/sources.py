@@ -268,12 +268,11 @@ def looks_complete(path: str) -> bool:
 def download_dir() -> str:
     """``$LAVIS_XFORMER_CACHE/downloads``, else ``~/.cache/lavis_xformer/downloads`` (under
     ``$XDG_CACHE_HOME`` when set): the plugin's cache, beside the miniature world's."""
-    from lavis_xformer.world.cache import ENV_CACHE
+    from lavis_xformer.fileio import ENV_CACHE, user_cache_dir
 
     if os.environ.get(ENV_CACHE):
         return os.path.join(os.path.abspath(os.path.expanduser(os.environ[ENV_CACHE])), "downloads")
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "lavis_xformer", "downloads")
+    return os.path.join(user_cache_dir(), "downloads")
 
 
 def download(url: str, key: str) -> str:
@@ -302,7 +301,7 @@ def _fetch(url, path, key):
     import urllib.error
     import urllib.request
 
-    from lavis_xformer.training.checkpoints import _remove_stale, atomic_save
+    from lavis_xformer.fileio import atomic_save, remove_dead_temporaries
 
     def copy(response, f):
         shutil.copyfileobj(response, f, 1 << 20)
@@ -312,7 +311,7 @@ def _fetch(url, path, key):
                                          "run again" % (key, url, f.tell(), expected))
 
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    _remove_stale(os.path.dirname(path), lambda name: True)  # of downloads that were killed
+    remove_dead_temporaries(os.path.dirname(path), lambda name: True)  # of downloads that were killed
     logging.info("Downloading %s (%s) to %s", url, key, path)
     try:
         with urllib.request.urlopen(url, timeout=60) as response:

@@ -26,6 +26,7 @@ query pass's cached keys and values), which draws its dropout afresh in training
 """
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Optional
 
 import torch
@@ -41,6 +42,7 @@ from lavis_xformer.lavis_patches import distributed
 from lavis_xformer.models import encoders, shared_kv
 from lavis_xformer.models.base import XFormerBase
 from lavis_xformer.models.config import STAGE1_LOSSES
+from lavis_xformer.nn import freeze
 
 LOSS_NAMES = tuple(STAGE1_LOSSES)
 
@@ -82,7 +84,6 @@ class XFormer(XFormerBase):
         super().__init__(cfg)
         c = self.model_config
         self.loss_weights = dict(c.loss_weights, rec=self.rec_weight)
-        self._tokenizer = None
         self.max_txt_len = c.max_txt_len
         self.share_image_kv = c.share_image_kv
 
@@ -107,12 +108,9 @@ class XFormer(XFormerBase):
                    if all(p is not q for q in self.Qformer.bert.parameters())],
         }
         for name, parts in heads.items():
-            if w[name]:
-                continue
-            for part in parts:
-                params = part.parameters() if isinstance(part, nn.Module) else [part]
-                for param in params:
-                    param.requires_grad = False
+            if not w[name]:
+                for part in parts:  # Linear layers and parameters: eval mode changes nothing
+                    freeze(part)
 
     def text_prefix(self, enhanced):
         """The query prefix of the ITM/ITG passes and of captioning: the fused queries for
@@ -123,12 +121,10 @@ class XFormer(XFormerBase):
 
     # ------------------------------------------------------------------ helpers
 
-    @property
+    @cached_property
     def tokenizer(self):
         """Loaded on first use, so that building (random_init, meta device) loads nothing."""
-        if self._tokenizer is None:
-            self._tokenizer = encoders.build_tokenizer(self.model_config.tokenizer)
-        return self._tokenizer
+        return encoders.build_tokenizer(self.model_config.tokenizer)
 
     def tokenize(self, text, device):
         return self.tokenizer(
@@ -164,13 +160,7 @@ class XFormer(XFormerBase):
             return self._forward(samples)
 
     def _forward(self, samples):
-        text = self.check_text(samples)
-        image = samples["image"] if "image" in samples else None
-        if image is None:
-            raise KeyError(f"samples has no 'image' (keys: {sorted(samples)})")
-        self.check_image(image)
-        if len(text) != image.shape[0]:
-            raise ValueError(f"{image.shape[0]} images but {len(text)} texts in samples")
+        image, text = self.check_samples(samples)
         w = self.loss_weights
         feats = self.encode_image(image)
         image_embeds, enhanced = feats.context, feats.queries

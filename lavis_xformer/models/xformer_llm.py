@@ -40,6 +40,7 @@ from lavis_xformer.models.base import XFormerBase
 from lavis_xformer.models.config import STAGE2_LOSSES
 from lavis_xformer.models.generation import VQA_PROMPT, format_prompts  # noqa: F401
 from lavis_xformer.models.llm_head import FrozenLLMHead, OPTHead
+from lavis_xformer.nn import freeze
 
 
 @dataclass
@@ -127,12 +128,8 @@ class XFormerLLMBase(FrozenLLMHead, XFormerBase):
     def freeze_image_side(self):
         """``freeze_fusion: true`` (supplementary Table 12, "X-Former Frozen"): the stage-1
         Q-Former, query tokens, ln_vision and fusion stay as loaded; only ``llm_proj`` trains."""
-        from lavis_xformer.models.base import freeze
-
-        self.Qformer = freeze(self.Qformer)
-        self.fusion = freeze(self.fusion)
-        self.ln_vision = freeze(self.ln_vision)
-        self.query_tokens.requires_grad = False
+        for part in (self.Qformer, self.fusion, self.ln_vision, self.query_tokens):
+            freeze(part)
 
     def visual_prefix(self, image, mask_ratio=None, qformer_text=None):
         """Projected enhanced queries (B, Nq, H_llm) in the LLM's dtype, plus the stage-2
@@ -149,13 +146,7 @@ class XFormerLLMBase(FrozenLLMHead, XFormerBase):
         return self.visual_prefix(image, mask_ratio=0.0, qformer_text=qformer_text)[0]
 
     def forward(self, samples):
-        if "image" not in samples:
-            raise KeyError(f"samples has no 'image' (keys: {sorted(samples)})")
-        text = self.check_text(samples)
-        image = samples["image"]
-        self.check_image(image)
-        if len(text) != image.shape[0]:
-            raise ValueError(f"{image.shape[0]} images but {len(text)} texts in samples")
+        image, text = self.check_samples(samples)
         vqa = self.vqa_targets(samples)
         if vqa is not None:  # VQA fine-tuning: prompt(question) -> one answer
             questions, answers = vqa

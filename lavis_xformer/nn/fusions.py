@@ -6,6 +6,12 @@
               Q-Former (its ``layer_blocks``; models/early_ca.py puts them into LAVIS's layers).
     xformer   ``XFormerFusion``: the dual cross-attention block after the Q-Former.
 
+``FUSIONS`` (end of this module) is the one table from a variant's name (``model.fusion``) to its
+class: the model builds ``FUSIONS[name].build(shape, c)`` and the model keys allow its names.
+``build`` reads the fusion's model keys from ``c`` (models/config.ModelConfig:
+``fusion_num_heads``, ``fusion_mlp_ratio``, ``fusion_self_attn``, ``early_ca_mlp_ratio``) and
+its sizes from a ``FusionShape``.
+
 Every fusion is a ``Fusion`` and answers these questions for the model
 (``lavis_xformer.models.base``), so that the model never branches on the variant's name:
 
@@ -19,6 +25,8 @@ Every fusion is a ``Fusion`` and answers these questions for the model
   (X-Former) or the learned query tokens, as BLIP-2 does (the Q-Former-side variants).
 * ``reconstructs``: whether it can produce features for the MAE decoder (a class attribute;
   ``XFormerFusion`` built with ``reconstruct=False`` sets it False on the instance).
+* ``qformer_blocks(shape, c)``: blocks that go inside the Q-Former's layers (early_ca's; the
+  model installs them, models/early_ca.py), or None.
 
 X-Former (``XFormerFusion``, paper section 2.3). Data flow (B batch, Nq queries, Nm MAE
 tokens, D = Q-Former width, Dm = MAE width)::
@@ -41,12 +49,26 @@ cross-attention. ``self_attn=False`` removes both (the paper's "w/o SA" ablation
 paper's widths (D=768, Dm=1280, MLP ratio 4) the block has 20.9M parameters, which puts stage 2
 at 128M trainable with OPT-2.7B against the paper's 129M (Tables 3 and 9).
 """
+from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from lavis_xformer.nn.attention import CrossBlock
+
+
+@dataclass(frozen=True)
+class FusionShape:
+    """The sizes a fusion is built for, known once the model's encoders are built."""
+
+    dim: int            # Q-Former width D
+    side_dim: int       # side (MAE) token width Dm
+    clip_dim: int       # CLIP token width Dc
+    clip_tokens: int    # CLIP tokens Nc
+    decoder_dim: int    # the MAE decoder's input width
+    reconstruct: bool   # build the head to the MAE decoder (a reconstruction loss uses it)
+    cross_attention: Tuple[bool, ...] = ()  # per Q-Former layer: does it attend to the CLIP tokens
 
 
 class Fusion(nn.Module):
@@ -56,6 +78,14 @@ class Fusion(nn.Module):
     uses_mae = False
     reconstructs = False
     fused_prefix = False
+
+    @classmethod
+    def build(cls, shape: FusionShape, c) -> "Fusion":
+        """The fusion for ``shape``, configured by the model keys ``c`` (module docstring)."""
+        return cls()
+
+    def qformer_blocks(self, shape: FusionShape, c) -> Optional[list]:
+        return None
 
     def context(self, image_embeds: torch.Tensor, side: Optional[torch.Tensor]) -> torch.Tensor:
         return image_embeds
@@ -84,6 +114,10 @@ class ConcatFusion(QueryPassthrough):
     def __init__(self, side_dim: int, clip_dim: int):
         super().__init__()
         self.mae_proj = nn.Linear(side_dim, clip_dim)
+
+    @classmethod
+    def build(cls, shape: FusionShape, c) -> "ConcatFusion":
+        return cls(shape.side_dim, shape.clip_dim)
 
     def context(self, image_embeds: torch.Tensor, side: torch.Tensor) -> torch.Tensor:
         return torch.cat([image_embeds, self.mae_proj(side)], dim=1)
@@ -136,6 +170,12 @@ class XFormerFusion(Fusion):
         if reconstruct:
             self.mae_out = nn.Sequential(nn.LayerNorm(dim, eps=1e-6), nn.Linear(dim, out_dim or mae_dim))
 
+    @classmethod
+    def build(cls, shape: FusionShape, c) -> "XFormerFusion":
+        return cls(dim=shape.dim, mae_dim=shape.side_dim, num_heads=c.fusion_num_heads,
+                   mlp_ratio=c.fusion_mlp_ratio, self_attn=c.fusion_self_attn,
+                   out_dim=shape.decoder_dim, reconstruct=shape.reconstruct)
+
     def forward(
         self, queries: torch.Tensor, mae_tokens: torch.Tensor
     ) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -163,6 +203,14 @@ class EarlyCAFusion(ConcatFusion):
         super().__init__(side_dim, clip_dim)
         self.clip_tokens = clip_tokens
 
+    @classmethod
+    def build(cls, shape: FusionShape, c) -> "EarlyCAFusion":
+        return cls(shape.side_dim, shape.clip_dim, shape.clip_tokens)
+
+    def qformer_blocks(self, shape: FusionShape, c) -> list:
+        return self.layer_blocks(shape.dim, shape.cross_attention, num_heads=c.fusion_num_heads,
+                                 mlp_ratio=c.early_ca_mlp_ratio, self_attn=c.fusion_self_attn)
+
     def layer_blocks(self, dim: int, has_cross_attention: Sequence[bool], num_heads: int,
                      mlp_ratio: float, self_attn: bool = True) -> list:
         """One ``CrossBlock`` (width ``dim``, context width Dc) per Q-Former layer without
@@ -171,3 +219,13 @@ class EarlyCAFusion(ConcatFusion):
         return [None if cross else CrossBlock(dim, num_heads, context_dim=context_dim,
                                               mlp_ratio=mlp_ratio, self_attn=self_attn)
                 for cross in has_cross_attention]
+
+
+# The one table from a variant's name (model.fusion) to its class, in the order messages list
+# them; models/config.py allows these names, the model builds the named class.
+FUSIONS = {
+    "xformer": XFormerFusion,
+    "blip2": QueryPassthrough,
+    "concat": ConcatFusion,
+    "early_ca": EarlyCAFusion,
+}

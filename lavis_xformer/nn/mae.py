@@ -16,6 +16,8 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from lavis_xformer.nn.frozen import freeze
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -122,15 +124,7 @@ class MAEBranch(nn.Module):
         shift = (torch.tensor(input_mean) - torch.tensor(mae_mean)) / torch.tensor(mae_std)
         self.register_buffer("renorm_scale", scale.view(1, 3, 1, 1), persistent=False)
         self.register_buffer("renorm_shift", shift.view(1, 3, 1, 1), persistent=False)
-        for p in self.mae.parameters():
-            p.requires_grad = False
-        self.mae.eval()
-
-    def train(self, mode: bool = True):
-        # The frozen MAE stays in eval mode (no dropout) whatever the parent does.
-        super().train(mode)
-        self.mae.eval()
-        return self
+        freeze(self.mae)  # in eval mode (no dropout) whatever the parent does
 
     def renormalize(self, image: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) input-normalised -> MAE-normalised."""

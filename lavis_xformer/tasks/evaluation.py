@@ -41,6 +41,8 @@ from lavis.tasks.base_task import BaseTask
 from lavis_xformer.config_keys import ConfigError
 from lavis_xformer.datasets.skipping import SkipUnreadable, pop_skipped
 from lavis_xformer.lavis_patches import distributed
+from lavis_xformer.models.config import model_setting
+from lavis_xformer.tasks.variants import describe_model
 from lavis_xformer.tasks.results import (
     PredictionLog, append_evaluate_line, check_settings, gather_results, gather_skipped,
     resume_folder, select_samples, write_json)
@@ -63,16 +65,28 @@ def loader_dataset(data_loader):
 
 def model_info(model_cfg):
     """What a comparison report needs to tell runs apart: arch, model_type, fusion (X-Former
-    models; "blip2" for the stock BLIP-2 twin), the checkpoint."""
+    models; "blip2" for the stock BLIP-2 twin), the checkpoint, and the variant
+    (``tasks/variants.py``), recorded here so that no reader has to decode it later."""
     arch = model_cfg.get("arch", None)
-    fusion = model_cfg.get("fusion", None)
+    fusion = model_setting(model_cfg, "fusion")  # unwritten: ModelConfig's default
     if fusion is None and arch is not None and arch.startswith("blip2"):
         fusion = "blip2"
     pretrained = model_cfg.get("pretrained", None)
     if pretrained is not None and not isinstance(pretrained, str):
         pretrained = [str(p) for p in pretrained]  # a list of checkpoints loaded in order
     return OrderedDict([("arch", arch), ("model_type", model_cfg.get("model_type", None)),
-                        ("fusion", fusion), ("pretrained", pretrained)])
+                        ("fusion", fusion), ("pretrained", pretrained),
+                        ("variant", _variant(model_cfg, fusion))])
+
+
+def _variant(model_cfg, fusion):
+    """The run's variant from its model config (``fusion`` as model_info names it), the
+    stage-1 keys followed back through ``model.pretrained`` from the working directory."""
+    config = OmegaConf.to_container(model_cfg, resolve=True) if OmegaConf.is_config(model_cfg) \
+        else dict(model_cfg)
+    if fusion is not None:
+        config["fusion"] = fusion
+    return describe_model({"model": config}, os.getcwd())[0]
 
 
 def _flat(prefix, value):

@@ -57,19 +57,6 @@ def write_json(obj, path):
     return path
 
 
-def format_table(header, rows):
-    """A plain-text table: the first column left-aligned, the others right-aligned."""
-    cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-
-    def line(row):
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                         for i, (c, w) in enumerate(zip(row, widths)))
-
-    return "\n".join([line(cells[0]), "  ".join("-" * w for w in widths)] +
-                     [line(row) for row in cells[1:]])
-
-
 # --- Predictions written as they are made -----------------------------------------------------
 
 # the first line of every prediction log: {SETTINGS_KEY: {setting: value}}, what its

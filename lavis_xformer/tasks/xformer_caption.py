@@ -25,8 +25,8 @@ from collections import OrderedDict
 from lavis.common.dist_utils import is_main_process
 from lavis.common.registry import registry
 
+from lavis_xformer.scoring import format_table
 from lavis_xformer.tasks.evaluation import XFormerEvalTask
-from lavis_xformer.tasks.results import format_table
 
 SPICE_NOTE = ("SPICE skipped: pycocoevalcap's SPICE downloads Stanford CoreNLP models on first "
               "use (network needed); BLEU-4 and CIDEr only")

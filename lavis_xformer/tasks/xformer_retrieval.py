@@ -18,8 +18,8 @@ from collections import OrderedDict
 import numpy as np
 from lavis.common.registry import registry
 
+from lavis_xformer.scoring import format_table
 from lavis_xformer.tasks.evaluation import EvalOutput, XFormerEvalTask, loader_dataset
-from lavis_xformer.tasks.results import format_table
 
 TOP = 10
 

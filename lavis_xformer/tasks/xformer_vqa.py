@@ -27,130 +27,23 @@ does not fit in a batch (VQAv2's 10 human answers, GQA's two type labels) is loo
 ``question_id`` in the dataset's ``annotation`` records (keys ``answer``, ``answers``,
 ``question_type`` (a string or a list of them), ``n_obj_exist``).
 
-``run.metric`` says how answers are scored (see metrics.py): ``exact_match`` (default; GQA,
+``run.metric`` says how answers are scored (``lavis_xformer/scoring.py``): ``exact_match`` (default; GQA,
 easy-VQA; LAVIS 1.0.2's GQATask), ``vqa_accuracy`` (VQAv2, OK-VQA; LAVIS 1.0.2's VQAEval),
 ``oc`` and ``mci`` (GVTBench's count.py and multiclass.py). The metrics JSON
 also names the benchmark (``run.benchmark``, default: the dataset's name) and the model
 (arch, model_type, fusion), for comparison reports.
 """
 import logging
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from typing import NamedTuple, Optional
 
 import torch
 from lavis.common.logger import SmoothedValue
 from lavis.common.registry import registry
 
+from lavis_xformer import scoring
 from lavis_xformer.models.generation import VQA_PROMPT
-from lavis_xformer.tasks import metrics as bench_metrics
-from lavis_xformer.tasks.evaluation import XFormerEvalTask, model_info  # noqa: F401  (re-exported)
-from lavis_xformer.tasks.metrics import normalize_answer  # noqa: F401  (re-exported)
-from lavis_xformer.tasks.results import format_table
-
-
-def is_correct(prediction, answer):
-    return normalize_answer(prediction) == normalize_answer(answer)
-
-
-def _percent(hits, total):
-    return hits / total * 100 if total else 0.0
-
-
-def majority_answer(answer_counts):
-    """(most frequent answer, its count, total) of a Counter; None when empty or None."""
-    if not answer_counts:
-        return None
-    answer, count = Counter(answer_counts).most_common(1)[0]
-    return answer, count, sum(answer_counts.values())
-
-
-def _types_of(record, metric=None):
-    if metric == "oc":  # GVTBench's count.py bins by the true count, in steps of 3
-        return [bench_metrics.count_bin(record["true_count"])]
-    qtype = record.get("question_type")
-    if qtype is None:
-        return []
-    return [qtype] if isinstance(qtype, str) else list(qtype)
-
-
-def _baseline_score(answer, record, metric):
-    if metric == "vqa_accuracy":
-        return bench_metrics.vqa_accuracy(answer, record["answers"])
-    return bench_metrics.lavis_gqa_correct(answer, record["answer"])
-
-
-def score(records, answer_counts=None, metric="exact_match"):
-    """Metrics of records carrying ``prediction`` and the ground truth (``answer``, or
-    ``answers`` for vqa_accuracy; maybe ``question_type``, a string or a list): accuracy (%)
-    and the metric's extra columns (metrics.py), per question type (OC: per bin of the true
-    count), and, for exact_match and vqa_accuracy given the train split's answer counts, the
-    majority-answer baseline. Full precision; ``agg_metrics`` is the headline accuracy, as
-    LAVIS's VQATask and GQATask set it."""
-    lavis_vqa = None
-    if metric == "vqa_accuracy":  # one run of LAVIS's VQAEval gives the headline numbers
-        lavis_vqa = bench_metrics.score_vqa_records(records)
-    for record in records:
-        if "score" not in record:
-            bench_metrics.score_record(record, metric)
-    majority = majority_answer(answer_counts) if metric in ("exact_match", "vqa_accuracy") else None
-    groups = OrderedDict([("all", records)])
-    for qtype in sorted({t for r in records for t in _types_of(r, metric)},
-                        key=lambda t: (len(t), t) if metric == "oc" else (0, t)):
-        groups[qtype] = [r for r in records if qtype in _types_of(r, metric)]
-
-    per_type = OrderedDict()
-    for name, group in groups.items():
-        row = bench_metrics.summarize(group, metric)
-        if lavis_vqa is not None:  # VQAEval's own overall and per-answer-type accuracy
-            row["accuracy"] = lavis_vqa[0] if name == "all" else lavis_vqa[1].get(name, row["accuracy"])
-        if majority is not None:
-            row["majority_baseline"] = _percent(
-                sum(_baseline_score(majority[0], r, metric) for r in group), len(group))
-        per_type[name] = row
-
-    metrics = OrderedDict()
-    overall = per_type.pop("all")
-    metrics["num_questions"] = overall.pop("num_questions")
-    metrics["accuracy"] = overall.pop("accuracy")
-    metrics["agg_metrics"] = metrics["accuracy"]
-    baseline_accuracy = overall.pop("majority_baseline", None)
-    metrics.update(overall)  # the metric's other columns (metrics.summarize)
-    if majority is not None:
-        answer, count, total = majority
-        metrics["majority_baseline"] = OrderedDict([
-            ("answer", answer),
-            ("accuracy", baseline_accuracy),
-            ("source", "the most frequent answer of the train split (%d of %d questions)"
-             % (count, total)),
-        ])
-    if per_type:
-        metrics["per_question_type"] = per_type
-    return metrics
-
-
-_EXTRA_COLUMNS = (("mae", "MAE"), ("rmse", "RMSE"), ("accuracy_strict", "strict yes/no %"),
-                  ("accuracy_normalised", "both normalised %"), ("accuracy_official", "official VQA %"),
-                  ("accuracy_parsed", "parsed %"), ("mae_parsed", "parsed MAE"),
-                  ("rmse_parsed", "parsed RMSE"), ("num_unparsed", "no number"))
-
-
-def metrics_table(metrics, title):
-    """The printed summary: one row for all questions, one per question type."""
-    baseline = metrics.get("majority_baseline")
-    extras = [(k, label) for k, label in _EXTRA_COLUMNS if k in metrics]
-    header = ["question type", "questions", "accuracy %"] + [label for _, label in extras]
-    if baseline:
-        header.append('majority "%s" %%' % baseline["answer"])
-
-    def cells(row, base):
-        out = ["%.2f" % row["accuracy"]]
-        out += [("%.2f" % row[k]) if isinstance(row[k], float) else str(row[k]) for k, _ in extras]
-        return out + (["%.2f" % base] if baseline else [])
-
-    rows = [["all", metrics["num_questions"]] + cells(metrics, baseline["accuracy"] if baseline else None)]
-    for name, row in metrics.get("per_question_type", {}).items():
-        rows.append([name, row["num_questions"]] + cells(row, row.get("majority_baseline")))
-    return title + "\n" + format_table(header, rows)
+from lavis_xformer.tasks.evaluation import XFormerEvalTask
 
 
 def _question_id(value):
@@ -194,9 +87,9 @@ class XFormerVQATask(XFormerEvalTask):
                  num_ans_candidates=128, inference_method="generate", prompt=VQA_PROMPT,
                  length_penalty=0, log_freq=10, metric="exact_match", benchmark=None,
                  model_info=None):
-        if metric not in bench_metrics.METRICS:
+        if metric not in scoring.METRICS:
             raise ValueError("run.metric=%r is not known; available: %s" % (
-                metric, ", ".join(bench_metrics.METRICS)))
+                metric, ", ".join(scoring.METRICS)))
         super().__init__(log_freq=log_freq, benchmark=benchmark, model_info=model_info)
         self.num_beams = num_beams
         self.max_len = max_len
@@ -290,14 +183,14 @@ class XFormerVQATask(XFormerEvalTask):
             record["question"] = questions[i]
             if "answers" in ann:
                 record["answers"] = list(ann["answers"])
-                record["answer"] = bench_metrics.majority(record["answers"])
+                record["answer"] = scoring.majority(record["answers"])
             if truths is not None and truths[i] is not None:
                 record["answer"] = truths[i]
             elif "answer" in ann:
                 record["answer"] = ann["answer"]
             record["prediction"] = answers[i]
             if self._has_truth(record):
-                bench_metrics.score_record(record, self.metric)
+                scoring.score_record(record, self.metric)
             records.append(record)
         return records
 
@@ -308,7 +201,8 @@ class XFormerVQATask(XFormerEvalTask):
             if "acc" not in metric_logger.meters:  # made at the first score: an empty
                 # meter cannot be printed (batches skipped or resumed come first)
                 metric_logger.add_meter("acc", SmoothedValue(window_size=1, fmt="{global_avg:.2f}"))
-            metric_logger.meters["acc"].update(_percent(sum(scored), len(scored)), n=len(scored))
+            accuracy = scoring.percent(sum(scored), len(scored), lavis_order=True)
+            metric_logger.meters["acc"].update(accuracy, n=len(scored))
 
     def split_metrics(self, records, skipped, dataset, split_name, epoch):
         expected = len(dataset) if dataset is not None and hasattr(dataset, "__len__") else None
@@ -320,8 +214,8 @@ class XFormerVQATask(XFormerEvalTask):
                 "questions lost)", split_name, len(records), expected)
         metrics = self.metrics_head(split_name, epoch, self.metric)
         if records and all(self._has_truth(r) for r in records):
-            metrics.update(score(records, getattr(dataset, "train_answer_counts", None),
-                                 self.metric))
+            metrics.update(scoring.score(records, getattr(dataset, "train_answer_counts", None),
+                                         self.metric))
         else:
             metrics["num_questions"] = len(records)
             logging.warning("split %r has no ground-truth answers: predictions only",
@@ -337,12 +231,9 @@ class XFormerVQATask(XFormerEvalTask):
         title = "[%s, %s] Zero-shot VQA, split %r: %d questions (%s, beams %d, length penalty %g)" % (
             self.benchmark, self.metric, split_name, metrics["num_questions"],
             _prompt_label(self.prompt), self.num_beams, self.length_penalty)
-        return metrics_table(metrics, title)
+        return scoring.metrics_table(metrics, title)
 
 
 def _prompt_label(prompt):
     return "prompt %r" % prompt if prompt else "no prompt"
 
-
-__all__ = ["XFormerVQATask", "normalize_answer", "is_correct", "score", "metrics_table",
-           "majority_answer"]

@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from lavis.common.registry import registry
 
 from lavis_xformer.models.retrieval import itc_similarity, itm_scores, text_features
+from lavis_xformer.scoring import format_table
 from lavis_xformer.tasks.evaluation import XFormerEvalTask
-from lavis_xformer.tasks.results import format_table
 
 SUGARCREPE_SCORES = ("itc", "itm", "itm_itc")
 

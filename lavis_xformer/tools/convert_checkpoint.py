@@ -98,8 +98,6 @@ def convert(source, target, overwrite=False):
     from lavis_xformer.training.checkpoints import atomic_save
 
     if os.path.isdir(source):  # a from_pretrained folder (model.mae_weights, ...): each file
-        from lavis_xformer.tools.loading import convert_folder
-
         return convert_folder(source, target, overwrite)
     check_paths(source, target, overwrite)
     # The one full unpickling in the plugin, asked for by the user for this file.
@@ -111,6 +109,49 @@ def convert(source, target, overwrite=False):
     else:
         atomic_save(converted, target)
     sources.read_checkpoint(target, "the converted file")  # proves it loads safely
+    return target
+
+
+def convert_folder(source, target, overwrite=False):
+    """``convert_checkpoint FOLDER NEW_FOLDER``: copy the from_pretrained folder ``source``
+    (``model.mae_weights``, ``qformer_weights``, the LLM's) to ``target``, each pickled weights
+    file (``pytorch_model.bin`` or its shards) converted by ``convert`` (the
+    trusted full unpickling) under its own name: transformers reads the converted file with
+    torch's weights-only unpickler, and a shard index stays valid. The copy is built in a
+    temporary folder renamed once complete; an existing ``target`` is replaced only with
+    ``overwrite``, and then only once the new copy is complete."""
+    import shutil
+
+    from lavis_xformer.models import sources
+
+    source, target = os.path.abspath(source), os.path.abspath(target)
+    names = sorted(os.listdir(source))
+    pickled = [n for n in names if sources.PICKLED_WEIGHTS.fullmatch(n)]
+    if not pickled:
+        raise ConvertError("%s holds no pytorch_model.bin (or shards of it) to convert" % source)
+    if (target + os.sep).startswith(source + os.sep):
+        raise ConvertError("write the converted folder beside %s, not inside it" % source)
+    if os.path.lexists(target) and not (overwrite and os.path.isdir(target)):
+        raise ConvertError("%s exists; %s, or choose another name" % (target, (
+            "pass --overwrite to replace it" if os.path.isdir(target) else "it is not a folder")))
+    tmp, old_copy = "%s.tmp-%d" % (target, os.getpid()), "%s.old-%d" % (target, os.getpid())
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        for name in names:
+            old, new = os.path.join(source, name), os.path.join(tmp, name)
+            if name in pickled:
+                convert(old, new)
+            elif os.path.isdir(old):
+                shutil.copytree(old, new)
+            else:
+                shutil.copy2(old, new)
+        if os.path.isdir(target):  # --overwrite: the old folder goes once the new one is whole
+            os.rename(target, old_copy)
+        os.rename(tmp, target)
+        shutil.rmtree(old_copy, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

@@ -10,20 +10,23 @@ A model is named on the command line in one of two ways:
   frozen parts that checkpoints leave out are rebuilt from that configuration (seeded for the
   tiny types, from their weight sources otherwise).
 
+Both are built by the model factory (``lavis_xformer/factory.py``); ``--options`` are read by
+the one ``--options`` parser (``training/run_files.py``).
+
 Images: the easy-VQA images with their captions (the ``easyvqa_caption`` dataset; default), or
 a LAVIS-style caption annotation file (a JSON list of ``{"image": path, "caption": str}``,
 paths relative to ``--image-root``), processed with the model type's eval processors.
 """
-import glob
 import json
 import os
 import re
 
 import torch
-from omegaconf import OmegaConf
 
+from lavis_xformer import factory
 from lavis_xformer.models import sources
 from lavis_xformer.tools.results_io import ResultsError
+from lavis_xformer.training.run_files import option_dotlist, parse_options
 
 
 class ToolError(ResultsError):
@@ -33,38 +36,14 @@ class ToolError(ResultsError):
 _SPEC = re.compile(r"^[A-Za-z0-9_.]+:[A-Za-z0-9_.]+$")
 
 
-def find_checkpoint(path):
-    """The checkpoint file of a run output dir / job dir / file: the highest epoch, or 'best'."""
-    if os.path.isfile(path):
-        return path
-    if os.path.isdir(os.path.join(path, "latest")):
-        # the job `latest` points at now (the link moves with the next run)
-        path = os.path.realpath(os.path.join(path, "latest"))
-    files = glob.glob(os.path.join(path, "checkpoint_*.pth"))
-    if not files:
-        raise ToolError("%s holds no checkpoint_*.pth: give a training run's output_dir, one of "
-                        "its job directories or a checkpoint file" % path)
-    best = [f for f in files if f.endswith("checkpoint_best.pth")]
-    if best:
-        return best[0]
-    return max(files, key=lambda f: int(re.search(r"checkpoint_(\d+)\.pth$", f).group(1))
-               if re.search(r"checkpoint_(\d+)\.pth$", f) else -1)
-
-
 def model_config(spec, options=(), checkpoint=None):
     """(model config, checkpoint path or None, display name) of a model named on the command line."""
-    from lavis.common.registry import registry
-
-    import lavis_xformer  # noqa: F401  (registers the plugin's models)
-
     if _SPEC.match(spec) and not os.path.exists(spec):
         arch, model_type = spec.split(":")
-        cls = registry.get_model_class(arch)
-        if cls is None:
-            raise ToolError("model %r: no model %r is registered (e.g. xformer:tiny, xformer:pretrain)"
-                            % (spec, arch))
-        cfg = OmegaConf.load(cls.default_config_path(model_type)).model
-        cfg.model_type = model_type
+        try:
+            cfg = factory.model_config(arch, model_type)
+        except factory.ModelTypeError as e:
+            raise ToolError("model %r: %s" % (spec, e)) from None
         name = spec
     else:
         if not os.path.exists(spec):
@@ -73,23 +52,13 @@ def model_config(spec, options=(), checkpoint=None):
         if checkpoint:
             raise ToolError("--checkpoint goes with an ARCH:MODEL_TYPE model; %r is a path "
                             "already" % spec)
-        checkpoint = find_checkpoint(spec)
         try:  # never runs code from the file (sources.read_checkpoint)
-            saved = sources.read_checkpoint(checkpoint, "model %s" % spec)
-        except sources.WeightSourceError as e:
+            checkpoint = factory.find_checkpoint(spec)
+            cfg = factory.saved_model_config(checkpoint)
+        except (FileNotFoundError, factory.ModelTypeError) as e:
             raise ToolError(str(e)) from None
-        if not isinstance(saved, dict):
-            saved = {}
-        if "config" not in saved or "model" not in saved["config"]:
-            raise ToolError("%s has no stored run configuration (not written by LAVIS's "
-                            "runner); name the model as ARCH:MODEL_TYPE with --checkpoint" % checkpoint)
-        cfg = OmegaConf.create(saved["config"]["model"])
         name = "%s (%s)" % (spec, os.path.basename(checkpoint))
-    for option in options:
-        key, sep, value = option.partition("=")
-        if not sep or not key.startswith("model."):
-            raise ToolError("--options %r: expected model.KEY=VALUE" % option)
-        OmegaConf.update(cfg, key[len("model."):], OmegaConf.create({"v": _value(value)}).v)
+    factory.apply_overrides(cfg, model_options(options))
     if checkpoint and not os.path.isfile(checkpoint):
         raise ToolError("--checkpoint %s: no such file" % checkpoint)
     cfg.pretrained = checkpoint
@@ -97,21 +66,26 @@ def model_config(spec, options=(), checkpoint=None):
     return cfg, checkpoint, name
 
 
-def _value(text):
-    import yaml
-
-    return yaml.safe_load(text)
+def model_options(options):
+    """The ``model`` section of the tools' ``--options model.KEY=VALUE ...``, read by the
+    one ``--options`` parser (``training.run_files.parse_options``)."""
+    try:  # ConfigError (a ValueError) says which option is not key=value or not YAML
+        dotlist = option_dotlist(options)
+        parsed = parse_options(dotlist)
+    except ValueError as e:
+        raise ToolError(str(e)) from None
+    for option in dotlist:
+        if not option.startswith("model."):
+            raise ToolError("--options %r: expected model.KEY=VALUE" % option)
+    return parsed.get("model", {})
 
 
 def build_model(cfg):
     """The model of a config, in eval mode on the CPU (or the GPU when there is one)."""
-    from lavis.common.registry import registry
-
-    cls = registry.get_model_class(cfg.arch)
-    if cls is None:
-        raise ToolError("model.arch=%r is not a registered model" % cfg.arch)
     try:
-        model = cls.from_config(cfg)
+        model = factory.build_model(cfg)
+    except factory.ModelTypeError as e:
+        raise ToolError("model.arch=%r: %s" % (cfg.arch, e)) from None
     except sources.WeightSourceError as e:  # unsafe, damaged or unfitting weights: one line
         raise ToolError(str(e)) from None
     model.eval()
@@ -122,11 +96,9 @@ def build_model(cfg):
 
 def eval_processors(cfg):
     """(image, text) eval processors of the model type (its default config's ``preprocess``)."""
-    from lavis.common.registry import registry
     from lavis.models import load_preprocess
 
-    cls = registry.get_model_class(cfg.arch)
-    full = OmegaConf.load(cls.default_config_path(cfg.get("model_type", "tiny")))
+    full = factory.type_config(cfg.arch, cfg.get("model_type", "tiny"))
     vis, txt = load_preprocess(full.preprocess)
     return vis["eval"], txt["eval"]
 
@@ -168,48 +140,3 @@ def batches(samples, batch_size, device):
         chunk = samples[start:start + batch_size]
         yield (torch.stack([s[0] for s in chunk]).to(device), [s[1] for s in chunk],
                [s[2] for s in chunk])
-
-
-# --- Converting a from_pretrained folder -------------------------------------------------------
-
-def convert_folder(source, target, overwrite=False):
-    """``convert_checkpoint FOLDER NEW_FOLDER``: copy the from_pretrained folder ``source``
-    (``model.mae_weights``, ``qformer_weights``, the LLM's) to ``target``, each pickled weights
-    file (``pytorch_model.bin`` or its shards) converted by ``convert_checkpoint.convert`` (the
-    trusted full unpickling) under its own name: transformers reads the converted file with
-    torch's weights-only unpickler, and a shard index stays valid. The copy is built in a
-    temporary folder renamed once complete; an existing ``target`` is replaced only with
-    ``overwrite``, and then only once the new copy is complete."""
-    import shutil
-
-    from lavis_xformer.tools.convert_checkpoint import ConvertError, convert
-
-    source, target = os.path.abspath(source), os.path.abspath(target)
-    names = sorted(os.listdir(source))
-    pickled = [n for n in names if sources.PICKLED_WEIGHTS.fullmatch(n)]
-    if not pickled:
-        raise ConvertError("%s holds no pytorch_model.bin (or shards of it) to convert" % source)
-    if (target + os.sep).startswith(source + os.sep):
-        raise ConvertError("write the converted folder beside %s, not inside it" % source)
-    if os.path.lexists(target) and not (overwrite and os.path.isdir(target)):
-        raise ConvertError("%s exists; %s, or choose another name" % (target, (
-            "pass --overwrite to replace it" if os.path.isdir(target) else "it is not a folder")))
-    tmp, old_copy = "%s.tmp-%d" % (target, os.getpid()), "%s.old-%d" % (target, os.getpid())
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    try:
-        for name in names:
-            old, new = os.path.join(source, name), os.path.join(tmp, name)
-            if name in pickled:
-                convert(old, new)
-            elif os.path.isdir(old):
-                shutil.copytree(old, new)
-            else:
-                shutil.copy2(old, new)
-        if os.path.isdir(target):  # --overwrite: the old folder goes once the new one is whole
-            os.rename(target, old_copy)
-        os.rename(tmp, target)
-        shutil.rmtree(old_copy, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target

@@ -137,7 +137,7 @@ def measure(model, samples, batch_size=16):
 
 def side_by_side(results):
     """A plain-text table of the models' numbers."""
-    from lavis_xformer.tasks.results import format_table
+    from lavis_xformer.scoring import format_table
 
     header = ["model"] + [r["label"] for r in results]
     rows = [

@@ -71,7 +71,7 @@ def denormalize_patches(prediction, target, norm_pix):
 
 
 def check_model(model, name):
-    if not getattr(model, "can_reconstruct", False) or model.mae_branch is None:
+    if not getattr(model, "has_reconstruction_path", False) or model.mae_branch is None:
         raise ToolError(
             "%s has no reconstruction path (fusion %r, mae_source %r, decoder %s): the grid needs "
             "fusion: xformer with the MAE and loss_weights.rec > 0 (a stage-1 X-Former; stage-2 "

@@ -18,12 +18,12 @@ A metrics JSON is read tolerantly as
 [0, 1+]) are multiplied by 100 and renamed as the paper prints them (B@4, CIDEr); LAVIS's
 retrieval keys (``txt_r1``, ``img_r5``, ...) become TR@1, IR@5, ...
 
-The model and its variant come from the metrics JSON's ``model`` entry, else from the run
-configuration LAVIS writes at the top of ``<job>/log.txt``; the variant name follows the
-project files in ``projects/xformer/ablations/`` (``xformer``, ``blip2``, ``concat``,
-``early_ca``, ``no_itm``, ``no_rec``, ``clip_layer26``, ``frozen_fusion``, ...). For a stage-2
-or evaluation run the stage-1 ablation keys are followed back through ``model.pretrained``
-(the earlier job's ``log.txt``) where that path can still be found.
+The model (``arch:model_type``) and its variant come from the metrics JSON's ``model`` entry,
+where the run recorded them (``tasks/evaluation.model_info``; the variant named as in
+``tasks/variants.py``). Runs written before the variant was recorded fall back to decoding it
+from their configuration: the ``model`` entry, else the run configuration LAVIS writes at the
+top of ``<job>/log.txt``, the stage-1 ablation keys followed back through ``model.pretrained``
+where that path can still be found.
 """
 import glob
 import json
@@ -36,6 +36,7 @@ from typing import Dict, Optional
 import yaml
 
 from lavis_xformer import PACKAGE_DIR
+from lavis_xformer.tasks.variants import describe_model, run_config
 
 PAPER_RESULTS = os.path.join(PACKAGE_DIR, "configs", "reference", "paper_results.yaml")
 
@@ -176,93 +177,6 @@ def read_json(path):
         raise ResultsError("%s is not valid JSON (%s)" % (path, e))
 
 
-def run_config(job_dir):
-    """The run configuration LAVIS writes first into ``<job>/log.txt`` (a dict), or None."""
-    path = os.path.join(job_dir, "log.txt")
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        text = f.read()
-    try:
-        config, _ = json.JSONDecoder().raw_decode(text.lstrip())
-    except json.JSONDecodeError:
-        return None
-    return config if isinstance(config, dict) and "model" in config else None
-
-
-def _earlier_config(pretrained, job_dir):
-    """The config of the job that wrote checkpoint ``pretrained`` (its folder's log.txt,
-    searched as given, from the current directory, and from the parents of ``job_dir``), or
-    None."""
-    if isinstance(pretrained, (list, tuple)):  # checkpoints loaded in order: the last one's job
-        pretrained = pretrained[-1] if pretrained else None
-    if not pretrained or "://" in str(pretrained):
-        return None
-    candidates = [pretrained] if os.path.isabs(pretrained) else [pretrained] + [
-        os.path.join(base, pretrained) for base in _parents(job_dir)]
-    for path in candidates:  # the job folder's log.txt is enough (checkpoints may be gone)
-        job = os.path.dirname(os.path.realpath(path))
-        if os.path.isfile(os.path.join(job, "log.txt")):
-            return run_config(job)
-    return None
-
-
-def _parents(path, depth=6):
-    path = os.path.abspath(path)
-    out = []
-    for _ in range(depth):
-        path = os.path.dirname(path)
-        out.append(path)
-    return out
-
-
-def variant_tags(model_cfg):
-    """Ablation tags of one model config (stage 1 or 2), in the ablation files' names."""
-    tags = []
-    source = model_cfg.get("mae_source", "mae")
-    if source == "clip_layer":
-        tags.append("clip_layer%s" % (model_cfg.get("clip_layer_index") or ""))
-    elif source == "clip":
-        tags.append("clip_recon")
-    if model_cfg.get("fusion_self_attn") is False:
-        tags.append("no_sa")
-    if model_cfg.get("freeze_fusion"):
-        tags.append("frozen_fusion")
-    weights = model_cfg.get("loss_weights") or {}
-    stage2 = str(model_cfg.get("arch", "")).startswith(("xformer_opt", "xformer_t5"))
-    for name, tag in (("itc", "no_itc"), ("itm", "no_itm"), ("lm", "no_itg")):
-        if not stage2 and name in weights and not float(weights[name]):
-            tags.append(tag)
-    rec = weights.get("rec")
-    if rec is not None and model_cfg.get("fusion", "xformer") == "xformer" and source != "clip_layer":
-        if not stage2 and not float(rec):
-            tags.append("no_rec")
-        if stage2 and float(rec):
-            tags.append("rec_both")
-    return tags
-
-
-def describe_model(config, job_dir):
-    """(variant, model) of a run config: variant as in projects/xformer/ablations/ (several
-    tags joined by '+'), model as 'arch:model_type'."""
-    model_cfg = config.get("model", {})
-    fusion = model_cfg.get("fusion", "xformer")
-    tags = variant_tags(model_cfg)
-    earlier, seen = model_cfg, 0
-    while seen < 3:  # stage 2 <- stage 1 through model.pretrained
-        prev = _earlier_config(earlier.get("pretrained"), job_dir)
-        if prev is None:
-            break
-        earlier = prev.get("model", {})
-        tags += [t for t in variant_tags(earlier) if t not in tags]
-        seen += 1
-    variant = "+".join(tags) if tags else fusion
-    if tags and fusion != "xformer":
-        variant = fusion + "+" + variant
-    model = "%s:%s" % (model_cfg.get("arch", "?"), model_cfg.get("model_type", "?"))
-    return variant, model
-
-
 def _job_dirs(path):
     """Job directories under a path given on the command line."""
     path = os.path.abspath(path)
@@ -323,14 +237,7 @@ def load_run(path, label=None, paper=None):
         metrics, groups, baseline = parse_metrics(data)
         if not metrics and not groups:
             raise ResultsError("%s has no numeric metrics" % source)
-        model_entry = data.get("model") if isinstance(data.get("model"), dict) else None
-        if model_entry is not None:
-            variant, model = describe_model({"model": model_entry}, job_dir)
-            variant = model_entry.get("variant", variant)
-        elif config:
-            variant, model = describe_model(config, job_dir)
-        else:
-            variant, model = "?", "?"
+        variant, model = run_model(data, config, job_dir)
         raw = data.get("benchmark") or data.get("dataset")
         if not raw and len(config.get("datasets", {})) == 1:
             raw = next(iter(config["datasets"]))
@@ -342,6 +249,20 @@ def load_run(path, label=None, paper=None):
             benchmark=benchmark_name(raw, paper), split=split, source=source,
             metrics=metrics, groups=groups, baseline=baseline))
     return results
+
+
+def run_model(data, config, job_dir):
+    """(variant, ``arch:model_type``) of one metrics dict: as the run recorded them in its
+    ``model`` entry; else (a run written before the variant was recorded) decoded from that
+    entry or from the job's run configuration (``tasks/variants.describe_model``); else "?"."""
+    entry = data.get("model") if isinstance(data.get("model"), dict) else None
+    if entry is not None and entry.get("variant"):
+        return entry["variant"], "%s:%s" % (entry.get("arch", "?"), entry.get("model_type", "?"))
+    if entry is not None:  # fallback for older runs: decoding, kept for their files only
+        return describe_model({"model": entry}, job_dir)
+    if config:
+        return describe_model(config, job_dir)
+    return "?", "?"
 
 
 def _default_label(variant, job_dir):

@@ -33,7 +33,7 @@ annotations do not hold are errors.
 
 Every question of the annotations needs a prediction (``--subset`` scores only those that
 have one, e.g. for a run with ``build_info.max_items``). The scoring is the evaluation's own
-(``lavis_xformer/tasks/metrics.py``; docs/scoring.md says which reference each headline
+(``lavis_xformer/scoring.py``; docs/scoring.md says which reference each headline
 number equals): headline keys ``accuracy`` (and ``mae``, ``rmse`` for OC), ``agg_metrics``,
 the variant columns and ``per_question_type``. ``--out`` writes a new file: it is never one
 of the inputs, and it replaces an existing file only with ``--overwrite``.
@@ -48,10 +48,9 @@ import os
 import sys
 from collections import OrderedDict
 
+from lavis_xformer import scoring
 from lavis_xformer.datasets import benchmarks
-from lavis_xformer.tasks import metrics as bench_metrics
 from lavis_xformer.tasks.results import write_json
-from lavis_xformer.tasks.xformer_vqa import metrics_table, score
 
 # benchmark -> (run.metric, kind of annotation file)
 BENCHMARKS = OrderedDict([("oc", ("oc", "gvtbench")), ("mci", ("mci", "gvtbench")),
@@ -140,7 +139,7 @@ def _count(value):
     so that 1.7 or true is never taken as 1."""
     if isinstance(value, str) or type(value) is int:
         try:
-            return bench_metrics.gvt_true_count(value)
+            return scoring.gvt_true_count(value)
         except ValueError:
             return None
     return None
@@ -148,7 +147,7 @@ def _count(value):
 
 def _yes_no(value):
     try:
-        return bench_metrics.gvt_yes_no_truth(value)
+        return scoring.gvt_yes_no_truth(value)
     except ValueError:
         return None
 
@@ -351,7 +350,7 @@ def build_records(benchmark, annotations, predictions, subset=False):
                 record[field] = ann[field]
         if "answers" in ann:
             record["answers"] = list(ann["answers"])
-            record["answer"] = bench_metrics.majority(record["answers"])
+            record["answer"] = scoring.majority(record["answers"])
         elif "answer" in ann:
             record["answer"] = ann["answer"]
         record["prediction"] = predictions[key]
@@ -378,7 +377,7 @@ def rescore(benchmark, annotation_paths, predictions_path, name=None, split=None
     if split:
         metrics["split"] = split
     metrics["metric"] = metric
-    metrics.update(score(records, None, metric))
+    metrics.update(scoring.score(records, None, metric))
     metrics["questions_in_split"] = len(annotations)  # as an evaluation run counts its split
     files = []
     for path, digest in zip(annotation_paths, digests):
@@ -442,7 +441,7 @@ def main(argv=None):
         print("annotations: %s (sha256 %s%s)" % (entry["path"], entry["sha256"][:16],
                                                   ", published as " + entry["published_as"]
                                                   if "published_as" in entry else ""))
-    print(metrics_table(metrics, "[%s, %s] Re-scored predictions%s: %d questions (%s)" % (
+    print(scoring.metrics_table(metrics, "[%s, %s] Re-scored predictions%s: %d questions (%s)" % (
         metrics["benchmark"], metrics["metric"], ", split %r" % args.split if args.split else "",
         metrics["num_questions"], args.predictions)))
     if args.out:

@@ -1,14 +1,14 @@
 """Checkpoint files that survive a kill, and the state that makes a resumed run continue
 exactly where the killed one stopped.
 
-* ``atomic_save``: torch.save into a temporary file in the target's directory, flush, fsync,
-  then ``os.replace`` over the target (rename(2): atomic on POSIX file systems) and fsync the
-  directory. A kill at any moment leaves either the old complete file or the new complete
-  file, plus at worst a stray ``.tmp`` file, never a truncated checkpoint. A save that fails
-  removes its temporary file; a full disk is DiskFullError, one line naming the folder.
+* ``atomic_save`` / ``point_link`` / ``DiskFullError`` (``lavis_xformer/fileio.py``, named
+  here too for the runner and the tools): a kill at any moment leaves either the old complete
+  file or the new complete file, never a truncated checkpoint; a full disk is one line.
 * ``CHECKPOINT_LATEST`` (``checkpoint_latest.pth``) in a job directory is a relative symlink
-  replaced the same way, only after the file it names is complete; ``resolve_resume_path``
-  turns ``run.resume_ckpt_path=<job dir>`` (or ``<output_dir>/latest``) into it.
+  replaced the same way, only after the file it names is complete; ``find_checkpoint`` is the
+  one rule from a run (a file, a job folder, an ``output_dir`` with its ``latest`` link) to its
+  checkpoint: the newest one for ``run.resume_ckpt_path`` (``resolve_resume_path``), the trained
+  one for the tools and the model factory (``lavis_xformer/factory.py``).
 * ``rng_state`` / ``set_rng_state``: python, numpy, torch and CUDA generators, so that a
   resumed run draws the same MAE masks, ITM negatives, dropout and augmentations.
 * ``check_checkpoints`` / ``check_resume``: at launch, before anything is built, a
@@ -16,138 +16,77 @@ exactly where the killed one stopped.
   the previous stage has not been run) stops the run with the path, the key and the command
   that writes the checkpoint (ConfigError).
 """
-import errno
 import glob
 import logging
 import os
 import random
 import re
-import socket
 
 import numpy as np
 import torch
 from lavis.common.utils import is_url
 
-from lavis_xformer.config_keys import ConfigError
+# the file-writing primitives, also this module's public face for the runner and the tools
+from lavis_xformer.fileio import (EXIT_DISK_FULL, DiskFullError, atomic_save,  # noqa: F401
+                                  point_link, remove_dead_temporaries)
+from lavis_xformer.schema import ConfigError
 
 CHECKPOINT_LATEST = "checkpoint_latest.pth"
-# ".<file>.<host>.<pid>.tmp": a save in progress; remove_stale_temporaries removes those of
-# saves that were killed (their process is gone)
-_TMP = re.compile(r"^\.(?P<name>.+)\.(?P<host>[^.]+)\.(?P<pid>\d+)\.tmp$")
+LATEST = "latest"  # <output_dir>/latest: a link to the newest job folder (runner.point_latest)
 # the names of the job folders the runner makes (launch.new_job_id): <time>_<pid>_<8 hex>
 JOB_FOLDER = re.compile(r"^\d{14}_\d+_[0-9a-f]{8}$")
 # the files the plugin saves atomically in a job folder (RunnerXFormer._save_checkpoint)
 _JOB_FILE = re.compile(r"^checkpoint_[^/]*\.pth$")
 
-EXIT_DISK_FULL = 74  # EX_IOERR (sysexits.h): launch.run_main's exit status for DiskFullError
-# torch.save's zip writer turns the OSError of a failed write into this RuntimeError ("[enforce
-# fail at inline_container.cc:...] unexpected pos ..."), the errno lost
-_TORCH_WRITE_FAILED = re.compile(r"inline_container\.cc|PytorchStreamWriter failed")
-_LOW_SPACE = 64 << 20  # bytes; a failed torch write with less free is a full disk
+def find_checkpoint(run, newest=False):
+    """The checkpoint file that ``run`` names, the one rule for every reader of a run: a file
+    is itself; a run's ``output_dir`` stands for the job folder its ``latest`` link names now;
+    in a job folder, with ``newest`` the newest complete checkpoint (``checkpoint_latest.pth``,
+    where a resume continues), else the trained model (``checkpoint_best.pth``, else the
+    highest epoch's ``checkpoint_<N>.pth``, else the newest complete one). Raises
+    FileNotFoundError saying what is missing."""
+    path = os.path.expanduser(str(run))
+    if os.path.isfile(path):
+        return path
+    if not os.path.isdir(path):
+        raise FileNotFoundError("no checkpoint at %s" % path)
+    if os.path.isdir(os.path.join(path, LATEST)):  # the link moves with the next run
+        path = os.path.realpath(os.path.join(path, LATEST))
+    latest = os.path.join(path, CHECKPOINT_LATEST)
+    if newest:
+        if not os.path.isfile(latest):
+            raise FileNotFoundError(
+                "%s is a directory without %s (no checkpoint was completed there); name a "
+                "checkpoint file instead" % (path, CHECKPOINT_LATEST))
+        return os.path.realpath(latest)
+    trained = _trained_checkpoint(path) or (os.path.realpath(latest) if os.path.isfile(latest) else None)
+    if trained is None:
+        raise FileNotFoundError("%s holds no checkpoint_*.pth: give a training run's output_dir, "
+                                "one of its job directories or a checkpoint file" % path)
+    return trained
 
 
-class DiskFullError(OSError):
-    """A save failed because its disk is full (ENOSPC, a quota, or torch's wrapped write
-    error with almost no space left); its temporary file is removed and no file was replaced.
-    The message names the folder; launch.run_main prints it and exits with EXIT_DISK_FULL."""
-
-
-def _tmp_name(name):
-    return ".%s.%s.%d.tmp" % (name, socket.gethostname().split(".")[0], os.getpid())
-
-
-def _fsync_dir(directory):
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _free_bytes(directory):
-    try:
-        stat = os.statvfs(directory)
-    except OSError:
-        return None
-    return stat.f_bavail * stat.f_frsize
-
-
-def _remove_failed(tmp, path, error):
-    """Remove the temporary file ``tmp`` of a save of ``path`` that failed with ``error``;
-    raise DiskFullError instead of ``error`` when the disk is full."""
-    directory = os.path.dirname(tmp)
-    free = _free_bytes(directory)  # measured while the temporary file still takes its space
-    if os.path.lexists(tmp):
-        os.remove(tmp)
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-        full = True
-    else:
-        full = (isinstance(error, RuntimeError) and free is not None and free < _LOW_SPACE
-                and bool(_TORCH_WRITE_FAILED.search(str(error))))
-    if full:
-        raise DiskFullError("the disk is full at %s (%s): %s could not be written; its "
-                            "temporary file is removed and no file was replaced" % (
-                                directory, "quota exceeded" if getattr(error, "errno", None)
-                                == errno.EDQUOT else "%d MiB free" % ((free or 0) >> 20),
-                                os.path.basename(path))) from error
-
-
-def atomic_save(obj, path, save=None):
-    """Write ``obj`` with torch.save (or ``save(obj, file)``) to ``path`` atomically."""
-    save = save or torch.save
-    path = os.path.abspath(path)
-    directory = os.path.dirname(path)
-    tmp = os.path.join(directory, _tmp_name(os.path.basename(path)))
-    try:
-        with open(tmp, "wb") as f:
-            save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        _remove_failed(tmp, path, e)
-        raise
-    _fsync_dir(directory)
-    return path
-
-
-def point_link(target, link):
-    """Make ``link`` a relative symlink to ``target`` (a file or folder beside it), atomically:
-    a new link under a temporary name is renamed over the old one, so a reader sees the old
-    or the new target, never a missing or half-made link."""
-    link = os.path.abspath(link)
-    tmp = os.path.join(os.path.dirname(link), _tmp_name(os.path.basename(link)))
-    try:
-        if os.path.lexists(tmp):
-            os.remove(tmp)
-        os.symlink(os.path.relpath(os.path.abspath(target), os.path.dirname(link)), tmp)
-        os.replace(tmp, link)
-    except BaseException as e:
-        _remove_failed(tmp, link, e)
-        raise
-    _fsync_dir(os.path.dirname(link))
-    return link
+def _trained_checkpoint(job_dir):
+    """``checkpoint_best.pth`` of a job folder, else its highest epoch's checkpoint, or None."""
+    best = os.path.join(job_dir, "checkpoint_best.pth")
+    if os.path.isfile(best):
+        return best
+    epochs = {}
+    for name in os.listdir(job_dir):
+        m = re.fullmatch(r"checkpoint_(\d+)\.pth", name)
+        if m:
+            epochs[int(m.group(1))] = os.path.join(job_dir, name)
+    return epochs[max(epochs)] if epochs else None
 
 
 def resolve_resume_path(path):
-    """``run.resume_ckpt_path``: a checkpoint file, or a job directory (its newest complete
-    checkpoint, ``checkpoint_latest.pth``). Raises FileNotFoundError saying what is missing."""
-    path = os.path.expanduser(str(path))
-    if os.path.isdir(path):
-        latest = os.path.join(path, CHECKPOINT_LATEST)
-        if not os.path.isfile(latest):
-            raise FileNotFoundError(
-                "run.resume_ckpt_path: %s is a directory without %s (no checkpoint was "
-                "completed there); name a checkpoint file instead" % (path, CHECKPOINT_LATEST))
-        return os.path.realpath(latest)
-    if not os.path.isfile(path):
-        raise FileNotFoundError("run.resume_ckpt_path: no checkpoint at %s" % path)
-    return path
+    """``run.resume_ckpt_path``: a checkpoint file, or a job directory or output_dir (its
+    newest complete checkpoint, ``find_checkpoint(newest=True)``). Raises FileNotFoundError
+    saying what is missing."""
+    try:
+        return find_checkpoint(path, newest=True)
+    except FileNotFoundError as e:
+        raise FileNotFoundError("run.resume_ckpt_path: %s" % e) from None
 
 
 def last_good_checkpoint(directory, besides=None):
@@ -206,50 +145,15 @@ def remove_stale_temporaries(output_dir, links=("latest",)):
     ``output_dir`` (``latest``), and the checkpoints (``checkpoint_*.pth``) at the top of
     its job folders (names as launch.new_job_id makes them). Anything else, a user's own
     ``.tmp`` files included, is left alone. Returns the removed paths."""
-    removed = _remove_stale(output_dir, lambda name: name in links)
+    removed = remove_dead_temporaries(output_dir, lambda name: name in links)
     try:
         jobs = [e.path for e in os.scandir(output_dir)
                 if JOB_FOLDER.match(e.name) and e.is_dir(follow_symlinks=False)]
     except OSError:
         jobs = []
     for job in sorted(jobs):
-        removed += _remove_stale(job, _JOB_FILE.match)
+        removed += remove_dead_temporaries(job, _JOB_FILE.match)
     return removed
-
-
-def _remove_stale(directory, saved_here):
-    """Remove the temporaries of dead processes in ``directory`` whose target name is one
-    that ``saved_here(name)`` accepts."""
-    removed = []
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return removed
-    host = socket.gethostname().split(".")[0]
-    for name in names:
-        match = _TMP.match(name)
-        if (not match or not saved_here(match.group("name")) or match.group("host") != host
-                or _alive(int(match.group("pid")))):
-            continue
-        path = os.path.join(directory, name)
-        try:
-            size = os.path.getsize(path) if not os.path.islink(path) else 0
-            os.remove(path)
-        except OSError:
-            continue
-        logging.warning("removed %s (%d bytes), left by a save that was killed", path, size)
-        removed.append(path)
-    return removed
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def rng_state() -> dict:

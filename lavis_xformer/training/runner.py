@@ -64,7 +64,7 @@ from lavis_xformer.training.step import (
     loss_parts, to_host, where)
 
 
-LATEST = "latest"
+LATEST = checkpoints.LATEST
 
 
 def point_latest(job_dir, name=LATEST):
@@ -480,31 +480,13 @@ class RunnerXFormer(RunnerBase):
     # statistics are all-reduced on "cuda" whatever the backend (lavis_patches/metric_sync.py).
     def train_epoch(self, epoch):
         """One epoch of steps, from ``state.iteration`` (a run resumed within the epoch): per
-        batch the learning rate, the task's step under autocast, backward, the NaN/inf guard
-        (``run.check_finite_loss``, before the update), the update every
-        ``run.accum_grad_iters`` batches, the log line, then ``_after_step`` (mid-epoch
-        checkpoint, stop on request). Returns LAVIS's stats plus ``skipped_samples``, the
+        batch ``_train_step`` (learning rate, forward, backward, NaN/inf guard, update), the log
+        line, then ``_after_step`` (mid-epoch checkpoint, stop on request); at the end the
+        statistics of all processes. Returns LAVIS's stats plus ``skipped_samples``, the
         unreadable training samples skipped (summed over processes)."""
         state = self.state
-        model, optimizer, scaler = self.model, self.optimizer, self.scaler
-        lr_scheduler, loader = self.lr_scheduler, self.train_loader
-        iters_per_epoch = len(loader)
-        if iters_per_epoch == 0:
-            raise ValueError(
-                "the train split has fewer samples than one batch per process "
-                "(run.batch_size_train x processes); lower run.batch_size_train or add data")
-        if not hasattr(loader, "__next__"):
-            loader = iter(loader)
-        check_finite_loss = bool(self.config.run_cfg.get("check_finite_loss", True))
-        device_type = "cuda" if self.cuda_enabled else "cpu"
-        state.epoch = epoch
-        model.train()
-
-        metric_logger = MetricLogger(delimiter="  ")
-        metric_logger.add_meter("lr", SmoothedValue(window_size=1, fmt="{value:.6f}"))
-        metric_logger.add_meter("loss", SmoothedValue(window_size=1, fmt="{value:.4f}"))
-        logging.info("Start training epoch {}, {} iters per inner epoch.".format(
-            epoch, iters_per_epoch))
+        loader, iters_per_epoch = self._start_epoch(epoch)
+        metric_logger = epoch_logger()
         header = "Train: data epoch: [{}]".format(epoch)
         skipped = 0
         with state.signals:  # SIGTERM/SIGINT: finish the step, checkpoint, stop (_after_step)
@@ -512,54 +494,92 @@ class RunnerXFormer(RunnerBase):
                                              self.log_freq, header):
                 samples, unreadable = next_readable(loader)
                 skipped += unreadable
-                samples = prepare_sample(samples, cuda_enabled=self.cuda_enabled)
-                samples.update({"epoch": epoch, "num_iters_per_epoch": iters_per_epoch,
-                                "iters": i})
-                lr_scheduler.step(cur_epoch=epoch, cur_step=i)
-
-                try:
-                    with torch.autocast(device_type=device_type, enabled=scaler is not None):
-                        loss, parts = split_loss(self.task.train_step(model=model, samples=samples))
-                except RuntimeError as e:  # e.g. ITM's sampling from NaN similarities
-                    if check_finite_loss and NON_FINITE_ERROR.search(str(e)):
-                        raise NonFiniteLossError(
-                            "the forward pass met NaN/inf values at %s (%s); %s%s" % (
-                                where(epoch, i, iters_per_epoch), e, ADVICE,
-                                last_named(state.last_checkpoint))) from None
-                    raise
-                (scaler.scale(loss) if scaler is not None else loss).backward()
-
-                update = (i + 1) % self.accum_grad_iters == 0
-                # The step's one host sync: loss parts for the log (and NaN/inf flags) together.
-                if check_finite_loss:  # before the update; with amp the scaler skips inf grads
-                    grads_ok = (grads_finite(model.parameters())
-                                if update and scaler is None else None)
-                    parts = check_finite(loss, grads_ok, parts, epoch, i, iters_per_epoch,
-                                         state.last_checkpoint)
-                else:
-                    parts, _ = to_host(parts)
-                if update:
-                    if scaler is not None:
-                        scaler.step(optimizer)
-                        scaler.update()
-                    else:
-                        optimizer.step()
-                    optimizer.zero_grad()
-
-                for name in parts:
-                    if name not in metric_logger.meters:
-                        metric_logger.add_meter(
-                            name, SmoothedValue(window_size=1, fmt="{value:.4f}"))
-                metric_logger.update(**parts)
-                metric_logger.update(lr=optimizer.param_groups[0]["lr"])
+                parts = self._train_step(samples, epoch, i, iters_per_epoch)
+                log_step(metric_logger, parts, self.optimizer.param_groups[0]["lr"])
                 state.iteration = i + 1
                 self._after_step()
             state.iteration = 0  # the next epoch starts at its beginning
+            stats, skipped = epoch_stats(metric_logger, skipped)
+        return self._end_epoch(stats, skipped, epoch)
 
-            metric_sync.synchronize_metric_logger(metric_logger)
-            logging.info("Averaged stats: " + metric_logger.global_avg())
-            stats = {k: "{:.3f}".format(m.global_avg) for k, m in metric_logger.meters.items()}
-            skipped = metric_sync.all_reduce_sum(skipped)
+    @property
+    def check_finite_loss(self):
+        """``run.check_finite_loss`` (default on): every step's NaN/inf guard."""
+        return bool(self.config.run_cfg.get("check_finite_loss", True))
+
+    def _start_epoch(self, epoch):
+        """Build what the epoch uses, in the order LAVIS's loop first touches it (the model on
+        its device, optimizer, scaler, lr schedule, train loader), set the model to train mode.
+        Returns (the loader as an iterator, iterations per epoch)."""
+        self.model, self.optimizer, self.scaler, self.lr_scheduler  # noqa: B018  (built on first use)
+        loader = self.train_loader
+        iters_per_epoch = len(loader)
+        if iters_per_epoch == 0:
+            raise ValueError(
+                "the train split has fewer samples than one batch per process "
+                "(run.batch_size_train x processes); lower run.batch_size_train or add data")
+        if not hasattr(loader, "__next__"):
+            loader = iter(loader)
+        self.state.epoch = epoch
+        self.model.train()
+        logging.info("Start training epoch {}, {} iters per inner epoch.".format(
+            epoch, iters_per_epoch))
+        return loader, iters_per_epoch
+
+    def _train_step(self, samples, epoch, i, iters_per_epoch):
+        """One batch: the learning rate, ``_forward``, backward, ``_check_step`` (the NaN/inf
+        guard, before the update) and ``_update`` every ``run.accum_grad_iters`` batches.
+        Returns the loss parts to log."""
+        samples = prepare_sample(samples, cuda_enabled=self.cuda_enabled)
+        samples.update({"epoch": epoch, "num_iters_per_epoch": iters_per_epoch, "iters": i})
+        self.lr_scheduler.step(cur_epoch=epoch, cur_step=i)
+        loss, parts = self._forward(samples, epoch, i, iters_per_epoch)
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        update = (i + 1) % self.accum_grad_iters == 0
+        parts = self._check_step(loss, parts, update, epoch, i, iters_per_epoch)
+        if update:
+            self._update()
+        return parts
+
+    def _forward(self, samples, epoch, i, iters_per_epoch):
+        """(loss, loss parts) of the task's step under autocast on the run's device type; a
+        RuntimeError from NaN/inf values (e.g. ITM's sampling from NaN similarities) becomes
+        NonFiniteLossError, naming the step and the last checkpoint."""
+        device_type = "cuda" if self.cuda_enabled else "cpu"
+        try:
+            with torch.autocast(device_type=device_type, enabled=self.scaler is not None):
+                return split_loss(self.task.train_step(model=self.model, samples=samples))
+        except RuntimeError as e:
+            if self.check_finite_loss and NON_FINITE_ERROR.search(str(e)):
+                raise NonFiniteLossError(
+                    "the forward pass met NaN/inf values at %s (%s); %s%s" % (
+                        where(epoch, i, iters_per_epoch), e, ADVICE,
+                        last_named(self.state.last_checkpoint))) from None
+            raise
+
+    def _check_step(self, loss, parts, update, epoch, i, iters_per_epoch):
+        """The step's one host sync: the loss parts for the log, with the NaN/inf flags when
+        ``run.check_finite_loss`` (before the update; with amp the scaler skips inf grads)."""
+        if not self.check_finite_loss:
+            return to_host(parts)[0]
+        grads_ok = (grads_finite(self.model.parameters())
+                    if update and self.scaler is None else None)
+        return check_finite(loss, grads_ok, parts, epoch, i, iters_per_epoch,
+                            self.state.last_checkpoint)
+
+    def _update(self):
+        """The optimizer step (through the scaler under amp), then the gradients cleared."""
+        optimizer, scaler = self.optimizer, self.scaler
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad()
+
+    def _end_epoch(self, stats, skipped, epoch):
+        """LAVIS's stats plus ``skipped_samples``; the random states snapshot for the
+        end-of-epoch checkpoint."""
         if skipped:
             logging.warning("epoch %d: skipped %d unreadable training samples (paths in the "
                             "warnings above)", epoch, skipped)
@@ -587,17 +607,37 @@ class RunnerXFormer(RunnerBase):
     # checkpoint written within an epoch resumes at its iteration, with the data position and
     # random states it recorded.
     def _load_checkpoint(self, url_or_filename):
-        if is_url(url_or_filename):  # cached by the whole URL; a refused download is removed
-            path = url_or_filename
-            checkpoint = sources.read_source(url_or_filename, "run.resume_ckpt_path")
-        else:
-            try:
-                path = checkpoints.resolve_resume_path(url_or_filename)
-            except FileNotFoundError as e:
-                raise RuntimeError(str(e)) from None
-            # safe load (no code from the file); a truncated file names the last good one
-            checkpoint = checkpoints.read_resume_checkpoint(path)
+        """Resume from ``url_or_filename``: read it, then load the model's weights, the
+        optimizer's state, the position to continue at, the data position and the random
+        states, each a named step."""
+        path, checkpoint = self._read_resume_checkpoint(url_or_filename)
+        self._load_model_state(checkpoint, url_or_filename)
+        self._load_optimizer_state(checkpoint)
+        epoch, iters_done, total = self._resume_position(checkpoint, path)
+        self._load_data_position(checkpoint, path)
+        self._load_rng_state(checkpoint, path)
+        self.state.last_checkpoint = path
+        logging.info("Resume checkpoint from %s (epoch %d, %s)", path, epoch,
+                     "iteration %d of %d" % (iters_done, total)
+                     if self.state.iteration else "epoch done")
 
+    @staticmethod
+    def _read_resume_checkpoint(url_or_filename):
+        """(path, checkpoint) of ``run.resume_ckpt_path``: a URL (cached by the whole URL; a
+        refused download is removed), or a file, job folder or output_dir
+        (``checkpoints.resolve_resume_path``), read safely (no code from the file; a truncated
+        file names the last good one)."""
+        if is_url(url_or_filename):
+            return url_or_filename, sources.read_source(url_or_filename, "run.resume_ckpt_path")
+        try:
+            path = checkpoints.resolve_resume_path(url_or_filename)
+        except FileNotFoundError as e:
+            raise RuntimeError(str(e)) from None
+        return path, checkpoints.read_resume_checkpoint(path)
+
+    def _load_model_state(self, checkpoint, url_or_filename):
+        """The checkpoint's weights, non-strictly: only frozen parameters may be missing (they
+        are rebuilt from the model config); any other missing or unexpected key is an error."""
         model = self.unwrap_dist_model(self.model)
         result = model.load_state_dict(checkpoint["model"], strict=False)
         frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
@@ -607,12 +647,18 @@ class RunnerXFormer(RunnerBase):
                 "checkpoint %s does not fit the model: missing %s, unexpected %s" % (
                     url_or_filename, missing[:10], result.unexpected_keys[:10]))
 
+    def _load_optimizer_state(self, checkpoint):
+        """The optimizer's, the amp scaler's and the lr schedule's states."""
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         if self.scaler and checkpoint.get("scaler"):
             self.scaler.load_state_dict(checkpoint["scaler"])
         if checkpoint.get("lr_sched") and hasattr(self.lr_scheduler, "load_state_dict"):
             self.lr_scheduler.load_state_dict(checkpoint["lr_sched"])
 
+    def _resume_position(self, checkpoint, path):
+        """Set the epoch and iteration to continue at: within the checkpoint's epoch for a
+        mid-epoch checkpoint (the same number of iterations per epoch required), else the next
+        epoch's start. Returns (epoch, iterations done, iterations per epoch) as recorded."""
         epoch = int(checkpoint["epoch"])
         iters_done = checkpoint.get("iters_done", None)
         total = checkpoint.get("iters_per_epoch", None)
@@ -626,7 +672,11 @@ class RunnerXFormer(RunnerBase):
             self.start_epoch, self.state.iteration = epoch, int(iters_done)
         else:
             self.start_epoch, self.state.iteration = epoch + 1, 0
+        return epoch, iters_done, total
 
+    def _load_data_position(self, checkpoint, path):
+        """Each train loader's position in its data; within an epoch it must be exact, at an
+        epoch's end changed data starts a fresh pass (LAVIS's resume)."""
         data = checkpoint.get("data") or []
         self.train_loader  # noqa: B018  (builds the train loaders, filling state.loaders)
         loaders = self.state.loaders
@@ -637,13 +687,16 @@ class RunnerXFormer(RunnerBase):
                 except ValueError as e:
                     if self.state.iteration:  # within an epoch the position must be exact
                         raise RuntimeError("%s: %s" % (path, e)) from None
-                    # at an epoch's end (LAVIS's resume) other data may follow: a fresh pass
                     logging.warning("%s: the data changed since this checkpoint (%s); the "
                                     "next epoch starts a fresh pass", path, e)
                     loader.start_fresh_pass(int(state["pass"]) + 1)
         elif data:
             logging.warning("checkpoint %s: its data position does not fit this run's train "
                             "loaders; the data order restarts", path)
+
+    def _load_rng_state(self, checkpoint, path):
+        """This process's random states (the same MAE masks, ITM negatives, dropout and
+        augmentations as the interrupted run), when the number of processes is the same."""
         rng = checkpoint.get("rng")
         if rng and len(rng) == get_world_size():
             checkpoints.set_rng_state(rng[get_rank()])
@@ -651,10 +704,6 @@ class RunnerXFormer(RunnerBase):
             logging.warning("checkpoint %s holds random states of %d processes, this run has "
                             "%d: random draws differ from the interrupted run", path, len(rng),
                             get_world_size())
-        self.state.last_checkpoint = path
-        logging.info("Resume checkpoint from %s (epoch %d, %s)", path, epoch,
-                     "iteration %d of %d" % (iters_done, total)
-                     if self.state.iteration else "epoch done")
 
 
 class SizedLoader:
@@ -682,6 +731,31 @@ def split_loss(output):
     if isinstance(output, Mapping):
         return output["loss"], loss_parts(output)
     return output, {"loss": output.detach().float().reshape(())}
+
+
+def epoch_logger():
+    """LAVIS's metric logger of a training epoch, with its ``lr`` and ``loss`` meters."""
+    metric_logger = MetricLogger(delimiter="  ")
+    metric_logger.add_meter("lr", SmoothedValue(window_size=1, fmt="{value:.6f}"))
+    metric_logger.add_meter("loss", SmoothedValue(window_size=1, fmt="{value:.4f}"))
+    return metric_logger
+
+
+def log_step(metric_logger, parts, lr):
+    """One step's loss parts (a meter for each new one) and learning rate into the logger."""
+    for name in parts:
+        if name not in metric_logger.meters:
+            metric_logger.add_meter(name, SmoothedValue(window_size=1, fmt="{value:.4f}"))
+    metric_logger.update(**parts)
+    metric_logger.update(lr=lr)
+
+
+def epoch_stats(metric_logger, skipped):
+    """(LAVIS's epoch stats, unreadable samples skipped) over all processes (collective)."""
+    metric_sync.synchronize_metric_logger(metric_logger)
+    logging.info("Averaged stats: " + metric_logger.global_avg())
+    stats = {k: "{:.3f}".format(m.global_avg) for k, m in metric_logger.meters.items()}
+    return stats, metric_sync.all_reduce_sum(skipped)
 
 
 def next_readable(loader):

@@ -21,10 +21,9 @@ import shutil
 import socket
 import time
 
-from lavis_xformer.training.checkpoints import _alive
+from lavis_xformer.fileio import ENV_CACHE, process_alive, user_cache_dir
 from lavis_xformer.world.scenes import GENERATOR_VERSION
 
-ENV_CACHE = "LAVIS_XFORMER_CACHE"
 # the temporaries of build() and publish(): "<kind>-<key>.tmp-<pid>.<host>" (a folder) and
 # "<part>.tmp-<pid>.<host>" (a link); without ".<host>" as written before the host was named
 _TMP = re.compile(r"^(world|clip|mae|lm)(-[0-9a-f]{12})?\.tmp-(?P<pid>\d+)(\.(?P<host>[^.]+))?$")
@@ -35,8 +34,7 @@ def cache_root(override=None):
         return os.path.abspath(os.path.expanduser(override))
     if os.environ.get(ENV_CACHE):
         return os.path.abspath(os.path.expanduser(os.environ[ENV_CACHE]))
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "lavis_xformer", "mini")
+    return os.path.join(user_cache_dir(), "mini")
 
 
 def key(*parts):
@@ -67,7 +65,7 @@ def remove_stale(folder):
     removed = []
     for name in sorted(names):
         match = _TMP.match(name)
-        if not match or match.group("host") not in (None, host) or _alive(int(match.group("pid"))):
+        if not match or match.group("host") not in (None, host) or process_alive(int(match.group("pid"))):
             continue
         path = os.path.join(folder, name)
         try:

@@ -53,7 +53,7 @@ PARTS = {
 }
 
 JOB_KEYS = {  # what main.py reads of ``job``
-    "variants": ("list", None, "the models to run (main.VARIANTS)"),
+    "variants": ("list", None, "the models to run (VARIANTS)"),
     "seeds": ("list", None, "a pipeline per variant and seed"),
     "parallel": ("int", ">= 1", "pipelines (and frozen-part trainings) at once"),
     "threads": ("int", ">= 1", "torch threads of each process"),
@@ -96,12 +96,29 @@ def load(path_or_name):
     return cfg
 
 
+# what each named variant changes (model keys); its stage-1 keys go to stage 1 only
+VARIANTS = {
+    "blip2": {"model": {"fusion": "blip2"}},
+    "xformer": {"model": {"fusion": "xformer"}},
+    "xformer_no_rec": {"model": {"fusion": "xformer"},
+                       "stage1": {"loss_weights.rec": 0, "mask_ratio": 0}},
+    "concat": {"model": {"fusion": "concat"}},
+}
+# the frozen parts are saved for the sizes of the stage-2 mini model type
+MODEL_YAML = os.path.join(PACKAGE_DIR, "configs", "models", "xformer_opt_mini.yaml")
+
+
+def architecture():
+    """The sizes the frozen parts are saved for: the ``mini`` model type's yaml, the one
+    source of truth (the CLIP ViT, the MAE and the OPT config all come from it)."""
+    model = OmegaConf.to_container(OmegaConf.load(MODEL_YAML).model, resolve=True)
+    return {"image_size": model["image_size"], "vit": model["vit"], "mae": model["mae"],
+            "llm": model["llm"]}
+
+
 def check(cfg, path):
     """Raise ConfigError listing every unknown key, wrongly typed value and value out of range
     of the world config ``cfg`` (read from ``path``, which the lines name)."""
-    from lavis_xformer.world.main import VARIANTS
-    from lavis_xformer.world.pretrain import MODEL_YAML, architecture
-
     problems = Problems(path, ())
     for section in cfg:
         if section not in SECTIONS:
@@ -178,11 +195,6 @@ def _fits_int(value):
 
 def world_key(cfg):
     return cache.key("world", WorldSettings.from_dict(cfg.get("world", {})).to_dict())
-
-
-def part_key(cfg, part):
-    """The key of a frozen part: its own settings and the world it is trained on."""
-    return cache.key(part, cfg.get(part, {}), world_key(cfg))
 
 
 def assets_dir(cfg):

@@ -51,14 +51,6 @@ from lavis_xformer.world import build as world_build
 from lavis_xformer.world import cache, config as world_config, pretrain, probes, report
 
 EVALS = (("oc", "oc.yaml"), ("mci", "mci.yaml"), ("attr", "attr.yaml"))
-# what each named variant changes (model keys); its stage-1 keys go to stage 1 only
-VARIANTS = {
-    "blip2": {"model": {"fusion": "blip2"}},
-    "xformer": {"model": {"fusion": "xformer"}},
-    "xformer_no_rec": {"model": {"fusion": "xformer"},
-                       "stage1": {"loss_weights.rec": 0, "mask_ratio": 0}},
-    "concat": {"model": {"fusion": "concat"}},
-}
 SHOWN = ("Train: data epoch", "Evaluation", "Averaged stats", "[mini_world", "accuracy")
 REPORT = "report.json"  # written last: a job folder holding it is a finished run
 JOB_NAME = re.compile(r"^\d{14}_\d+_[0-9a-f]{8}$")  # training.launch.new_job_id's names
@@ -202,20 +194,13 @@ class Job:
             self.assets[part] = os.path.abspath(pretrain.ensure_part(self.cfg, part, self.cache_dir))
 
     def asset_options(self, stage):
-        a = self.assets
-        opts = ["model.clip_vit_weights=%s" % os.path.join(a["clip"], "vit.pth"),
-                "model.mae_weights=%s" % a["mae"]]
-        if stage == "stage1":
-            opts.append("model.tokenizer=%s" % os.path.join(a["world"], "tokenizer"))
-        else:
-            opts += ["model.llm_weights=%s" % a["lm"], "model.llm_tokenizer=%s" % a["lm"]]
-        return opts
+        return ["model.%s=%s" % kv for kv in pretrain.asset_model_keys(self.assets, stage).items()]
 
     def run_dir(self, variant, seed):
         return os.path.join(self.out, "runs", "%s-s%d" % (variant, seed))
 
     def command(self, variant, seed, stage):
-        spec = VARIANTS[variant]
+        spec = world_config.VARIANTS[variant]
         run = os.path.join(self.run_dir(variant, seed), stage)
         opts = self.asset_options(stage) + _opts("model.", spec.get("model", {}))
         opts += ["run.output_dir=%s" % run, "run.seed=%d" % seed, "run.device=%s" % self.device]
@@ -299,7 +284,7 @@ class Job:
         """Held-out image -> caption retrieval of the stage-1 checkpoint (retrieval.py)."""
         from lavis_xformer.world.retrieval import stage1_retrieval
 
-        spec = VARIANTS[variant]
+        spec = world_config.VARIANTS[variant]
         checkpoint = self.stage_output(variant, seed, "stage1")
         options = dict(spec.get("model", {}), **spec.get("stage1", {}))
         result = stage1_retrieval(checkpoint, self.assets, options, device=self.device)
@@ -440,9 +425,9 @@ def main(argv=None):
     if args.parallel is not None:  # how the job runs, not what it runs: the report keeps it
         cfg.setdefault("job", {})["parallel"] = args.parallel
     variants = list(cfg.get("job", {}).get("variants", ["blip2", "xformer"]))
-    unknown = [v for v in variants if v not in VARIANTS]
+    unknown = [v for v in variants if v not in world_config.VARIANTS]
     if unknown:
-        parser.error("job.variants: %s not known; known: %s" % (unknown, ", ".join(VARIANTS)))
+        parser.error("job.variants: %s not known; known: %s" % (unknown, ", ".join(world_config.VARIANTS)))
     folder, root = None, os.path.join("output", cfg["name"])
     try:
         if args.resume or args.report_only:
@@ -513,7 +498,7 @@ def run(job, args, variants, start):
     quality = OrderedDict((part, cache.read_done(job.assets[part]).get("result"))
                           for part in pretrain.PARTS if part in job.assets)
     quality["probes"] = probes.probe_frozen_parts(world, job.assets["clip"], job.assets["mae"],
-                                                  pretrain.architecture())
+                                                  world_config.architecture())
     text += "\n" + probes.format_probes(quality["probes"]) + "\n"
     print(probes.format_probes(quality["probes"]))
     out = OrderedDict(config=cfg, device=args.device, assets=job.assets, frozen_parts=quality,

@@ -36,10 +36,8 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from torch import nn
 
-from lavis_xformer import PACKAGE_DIR
 from lavis_xformer.world import build as world_build
 from lavis_xformer.world import cache, config as world_config
 from lavis_xformer.world.text import qa_text
@@ -49,15 +47,17 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-MODEL_YAML = os.path.join(PACKAGE_DIR, "configs", "models", "xformer_opt_mini.yaml")
 
 
-def architecture():
-    """The sizes the frozen parts are saved for: the ``mini`` model type's yaml, the one
-    source of truth (the CLIP ViT, the MAE and the OPT config all come from it)."""
-    model = OmegaConf.to_container(OmegaConf.load(MODEL_YAML).model, resolve=True)
-    return {"image_size": model["image_size"], "vit": model["vit"], "mae": model["mae"],
-            "llm": model["llm"]}
+def asset_model_keys(assets, stage):
+    """The model keys that point a ``mini`` model of ``stage`` ("stage1": ``xformer``, else
+    ``xformer_opt``) at the frozen parts in ``assets`` (part name -> its folder)."""
+    keys = {"clip_vit_weights": os.path.join(assets["clip"], "vit.pth"), "mae_weights": assets["mae"]}
+    if stage == "stage1":
+        keys["tokenizer"] = os.path.join(assets["world"], "tokenizer")
+    else:
+        keys.update(llm_weights=assets["lm"], llm_tokenizer=assets["lm"])
+    return keys
 
 
 def _log(part, message):
@@ -398,7 +398,7 @@ def ensure_part(cfg, part, cache_dir=None, link=True, device="cpu"):
     a GPU is the same configuration, drawn with other random numbers)."""
     world = world_build.ensure_world(cfg, cache_dir, link=link)
     settings = dict(cfg.get(part, {}))
-    arch = architecture()
+    arch = world_config.architecture()
     seed = int(settings.pop("seed", 0))
     threads = settings.pop("threads", None)
     k = cache.key(part, dict(cfg.get(part, {})), arch, world_config.world_key(cfg))

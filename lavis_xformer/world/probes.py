@@ -75,13 +75,38 @@ def encoder_features(encode, images, batch=250):
     return torch.cat([_pooled(encode(images[i:i + batch]).float()) for i in range(0, len(images), batch)])
 
 
-def probe_frozen_parts(world, clip_dir, mae_dir, arch, n_train=2000):
-    """Probe the cached CLIP side (``vit.pth``) and MAE (``save_pretrained`` folder) on the world's
-    train (first ``n_train``) and val scenes: {"clip_vit": {...}, "mae": {...}, "n_train", "n_val"}."""
-    from transformers import ViTMAEModel
-
+def frozen_encoders(clip_dir, mae_dir, arch):
+    """{"clip_vit", "mae"}: uint8 images (B, 3, H, W) -> tokens (B, 1 + N, D) of the cached CLIP
+    side (``vit.pth``) and MAE (``save_pretrained`` folder), built and fed as an X-Former model
+    builds and feeds its own (``XFormerBase``), so that the features are the model's: the CLIP
+    ViT (before the trained ``ln_vision``) and the model's MAE branch (``build_mae_branch``) on
+    the whole image, with the model's attention kernel, both given CLIP-normalised images (the
+    branch re-normalises to the MAE's statistics itself)."""
+    from lavis_xformer.models.base import build_mae_branch
     from lavis_xformer.models.config import ModelConfig
     from lavis_xformer.models.encoders import build_eva_vit
+    from lavis_xformer.models.fused_attention import use_fused_attention
+    from lavis_xformer.world import pretrain
+
+    c = ModelConfig.from_cfg({
+        "image_size": arch["image_size"], "vit": arch["vit"], "drop_path_rate": 0.0,
+        "clip_vit_weights": os.path.join(clip_dir, "vit.pth"), "mae_weights": mae_dir})
+    vit = build_eva_vit(c).eval()
+    mae = build_mae_branch(c, decoder=False).eval()
+    if c.fused_attention:
+        use_fused_attention(vit)
+        use_fused_attention(mae)
+
+    def clip_input(images):
+        return pretrain.normalise(images, pretrain.CLIP_MEAN, pretrain.CLIP_STD)
+
+    return {"clip_vit": lambda x: vit(clip_input(x)),
+            "mae": lambda x: mae.encode(clip_input(x), mask_ratio=0.0).tokens}
+
+
+def probe_frozen_parts(world, clip_dir, mae_dir, arch, n_train=2000):
+    """Probe the cached CLIP side and MAE (``frozen_encoders``) on the world's train (first
+    ``n_train``) and val scenes: {"clip_vit": {...}, "mae": {...}, "n_train", "n_val"}."""
     from lavis_xformer.world import pretrain
 
     with open(os.path.join(world, "settings.json")) as f:
@@ -92,17 +117,8 @@ def probe_frozen_parts(world, clip_dir, mae_dir, arch, n_train=2000):
         with open(os.path.join(world, split, "scenes.json")) as f:
             scenes = json.load(f)
         split_data[split] = (images[:n], scene_targets(scenes[:n], max_count))
-    vit = build_eva_vit(ModelConfig.from_cfg({
-        "image_size": arch["image_size"], "vit": arch["vit"], "drop_path_rate": 0.0,
-        "clip_vit_weights": os.path.join(clip_dir, "vit.pth")})).eval()
-    mae = ViTMAEModel.from_pretrained(mae_dir, mask_ratio=0.0).eval()
-    encoders = {
-        "clip_vit": lambda x: vit(pretrain.normalise(x, pretrain.CLIP_MEAN, pretrain.CLIP_STD)),
-        "mae": lambda x: mae(pixel_values=pretrain.normalise(
-            x, pretrain.IMAGENET_MEAN, pretrain.IMAGENET_STD)).last_hidden_state,
-    }
     result = {"n_train": len(split_data["train"][0]), "n_val": len(split_data["val"][0])}
-    for name, encode in encoders.items():
+    for name, encode in frozen_encoders(clip_dir, mae_dir, arch).items():
         feats = {split: encoder_features(encode, images) for split, (images, _) in split_data.items()}
         result[name] = probe_features(feats["train"], feats["val"], split_data["train"][1], split_data["val"][1])
     return result

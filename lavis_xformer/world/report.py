@@ -6,7 +6,7 @@ Inputs are the files the runs write: the ``xformer_vqa`` task's ``test_vqa_predi
 whose extra keys (``kind``, ``hard_case``) say what each question is.
 
 Scores (all in %, except MAE):
-    oc_acc, oc_mae     object counting: GVTBench's first-number parse (metrics.parse_count),
+    oc_acc, oc_mae     object counting: GVTBench's first-number parse (scoring.parse_count),
                        exact count accuracy and mean absolute error (no number counts as 0).
     mci_acc            identification, GVTBench's yes/no rule.
     colour_acc, shape_acc   exact match after VQA normalisation.
@@ -20,13 +20,13 @@ import math
 import os
 from collections import Counter, OrderedDict
 
-from lavis_xformer.tasks.metrics import normalize_answer, parse_count, score_record
+from lavis_xformer.scoring import format_table, normalize_answer, score_record
 from lavis_xformer.world.scenes import HARD_CASES
 
 COUNT_BINS = ((1, 2), (3, 4), (5, 6), (7, 8))
 
 
-def count_bin(n):
+def world_count_bin(n):
     for lo, hi in COUNT_BINS:
         if lo <= n <= hi:
             return "%d-%d" % (lo, hi)
@@ -69,7 +69,7 @@ def summarize(rows):
         m["%s_acc" % kind] = _pct([r["score"] for r in rows if r["kind"] == kind])
     for lo, hi in COUNT_BINS:
         b = "%d-%d" % (lo, hi)
-        m["oc_acc[%s]" % b] = _pct([r["score"] for r in oc if count_bin(r["true_count"]) == b])
+        m["oc_acc[%s]" % b] = _pct([r["score"] for r in oc if world_count_bin(r["true_count"]) == b])
     for case in HARD_CASES:
         m["oc_acc[%s]" % case] = _pct([r["score"] for r in oc if r["hard_case"] == case])
         m["mci_acc[%s]" % case] = _pct([r["score"] for r in rows if r["kind"] == "mci" and r["hard_case"] == case])
@@ -117,7 +117,6 @@ def _value(run, key):
 
 def table(results, baseline, keys=MAIN_COLUMNS):
     """Text table: one row per model (mean ± std over its seeds), then the baseline."""
-    from lavis_xformer.tasks.results import format_table
 
     header = ["model", "seeds"] + [label for _, label in keys]
     rows = []

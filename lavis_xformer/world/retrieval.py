@@ -10,7 +10,6 @@ import json
 import os
 
 import torch
-from omegaconf import OmegaConf
 from PIL import Image
 
 
@@ -18,16 +17,12 @@ def stage1_retrieval(checkpoint, assets, model_options=None, split="test", n=200
     """{"r1", "r5", "chance_r1", "chance_r5", "n"} (in %) of one stage-1 checkpoint."""
     from lavis.processors.blip_processors import BlipCaptionProcessor, BlipImageEvalProcessor
 
-    from lavis_xformer.models.xformer import XFormer
+    from lavis_xformer import factory
+    from lavis_xformer.world.pretrain import asset_model_keys
 
-    cfg = OmegaConf.load(XFormer.default_config_path("mini")).model
-    cfg.clip_vit_weights = os.path.join(assets["clip"], "vit.pth")
-    cfg.mae_weights = assets["mae"]
-    cfg.tokenizer = os.path.join(assets["world"], "tokenizer")
-    cfg.pretrained = checkpoint
-    for key, value in (model_options or {}).items():
-        OmegaConf.update(cfg, key, value)
-    model = XFormer.from_config(cfg).eval().to(device)
+    cfg = factory.model_config("xformer", "mini", dict(asset_model_keys(assets, "stage1"),
+                                                       **(model_options or {})))
+    model = factory.build_model(cfg, checkpoint=checkpoint).eval().to(device)
     with open(os.path.join(assets["world"], split, "captions.json")) as f:
         records = json.load(f)[:n]
     image_processor = BlipImageEvalProcessor(image_size=cfg.image_size)

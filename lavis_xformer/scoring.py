@@ -1,7 +1,8 @@
-"""Per-question scores of the zero-shot benchmarks and their summaries. Each headline number
-is the one the benchmark's reference code computes for the same predictions (docs/scoring.md);
-a variant goes beside it in a column of its own, never in its place. Pure functions: no
-LAVIS run needed.
+"""Scoring of the zero-shot benchmarks: per-question scores, their summaries (overall, per
+question type, the majority baseline) and the printed tables. Each headline number is the one
+the benchmark's reference code computes for the same predictions (docs/scoring.md); a variant
+goes beside it in a column of its own, never in its place. Pure functions, a library below the
+tasks, the datasets, ``tools.score`` and the world: no LAVIS run needed.
 
 ``run.metric`` of the ``xformer_vqa`` task picks one:
 
@@ -160,7 +161,7 @@ def gvt_true_count(answer, question_id=None):
                          "OC file" % (answer, question_id)) from None
 
 
-def count_bin(true_count):
+def gvt_count_bin(true_count):
     """GVTBench's OC bins: true count // 3, printed as "count 0-2", "count 3-5", ..."""
     low = 3 * (int(true_count) // 3)
     return "count %d-%d" % (low, low + 2)
@@ -279,12 +280,13 @@ def score_vqa_records(records):
     return overall, per_type
 
 
-def _percent(hits, total, metric=None):
-    """100 * hits / total. For exact_match in LAVIS's GQATask's order of operations
-    (sum / len * 100), so that the float is the very one LAVIS stores."""
+def percent(hits, total, lavis_order=False):
+    """100 * hits / total; 0 without a total. ``lavis_order``: computed as hits / total * 100,
+    LAVIS's GQATask's order of operations, so that the exact_match headline is the very float
+    LAVIS stores (the majority baseline and the progress line have always used it too)."""
     if not total:
         return 0.0
-    return hits / total * 100 if metric == "exact_match" else 100.0 * hits / total
+    return hits / total * 100 if lavis_order else 100.0 * hits / total
 
 
 def _errors_stats(errors):
@@ -298,25 +300,142 @@ def summarize(records, metric):
     """One row of metrics over scored records: num_questions, accuracy (%), and the metric's
     other columns (see the module docstring). Full precision."""
     n = len(records)
-    row = OrderedDict(num_questions=n, accuracy=_percent(sum(r["score"] for r in records), n, metric))
+    row = OrderedDict(num_questions=n, accuracy=percent(sum(r["score"] for r in records), n,
+                                                        lavis_order=metric == "exact_match"))
     if metric == "exact_match":
-        row["accuracy_normalised"] = _percent(sum(r["correct_normalised"] for r in records), n)
+        row["accuracy_normalised"] = percent(sum(r["correct_normalised"] for r in records), n)
     elif metric == "vqa_accuracy":
-        row["accuracy_official"] = _percent(sum(r["score_official"] for r in records), n)
+        row["accuracy_official"] = percent(sum(r["score_official"] for r in records), n)
     elif metric == "oc":
         mae, rmse = _errors_stats([r["true_count"] - r["predicted_count"] for r in records])
         row["mae"], row["rmse"] = mae, rmse
-        row["accuracy_parsed"] = _percent(sum(r["correct_parsed"] for r in records), n)
+        row["accuracy_parsed"] = percent(sum(r["correct_parsed"] for r in records), n)
         # an answer without a number counts as 0 in the parsed MAE/RMSE
         mae, rmse = _errors_stats([r["true_count"] - (r["predicted_count_parsed"] or 0)
                                    for r in records])
         row["mae_parsed"], row["rmse_parsed"] = mae, rmse
         row["num_unparsed"] = sum(r["predicted_count_parsed"] is None for r in records)
     elif metric == "mci":
-        row["accuracy_strict"] = _percent(sum(r["correct_strict"] for r in records), n)
+        row["accuracy_strict"] = percent(sum(r["correct_strict"] for r in records), n)
     return row
 
 
 def majority(answers):
     """The most frequent of a list of answers (the record's readable ``answer``)."""
     return Counter(answers).most_common(1)[0][0] if answers else ""
+
+
+# ------------------------------------------------------------------ metrics of a split
+
+def majority_answer(answer_counts):
+    """(most frequent answer, its count, total) of a Counter; None when empty or None."""
+    if not answer_counts:
+        return None
+    answer, count = Counter(answer_counts).most_common(1)[0]
+    return answer, count, sum(answer_counts.values())
+
+
+def _types_of(record, metric=None):
+    if metric == "oc":  # GVTBench's count.py bins by the true count, in steps of 3
+        return [gvt_count_bin(record["true_count"])]
+    qtype = record.get("question_type")
+    if qtype is None:
+        return []
+    return [qtype] if isinstance(qtype, str) else list(qtype)
+
+
+def _baseline_score(answer, record, metric):
+    if metric == "vqa_accuracy":
+        return vqa_accuracy(answer, record["answers"])
+    return lavis_gqa_correct(answer, record["answer"])
+
+
+def score(records, answer_counts=None, metric="exact_match"):
+    """Metrics of records carrying ``prediction`` and the ground truth (``answer``, or
+    ``answers`` for vqa_accuracy; maybe ``question_type``, a string or a list): accuracy (%)
+    and the metric's extra columns (``summarize``), per question type (OC: per bin of the true
+    count), and, for exact_match and vqa_accuracy given the train split's answer counts, the
+    majority-answer baseline. Full precision; ``agg_metrics`` is the headline accuracy, as
+    LAVIS's VQATask and GQATask set it."""
+    lavis_vqa = None
+    if metric == "vqa_accuracy":  # one run of LAVIS's VQAEval gives the headline numbers
+        lavis_vqa = score_vqa_records(records)
+    for record in records:
+        if "score" not in record:
+            score_record(record, metric)
+    majority = majority_answer(answer_counts) if metric in ("exact_match", "vqa_accuracy") else None
+    groups = OrderedDict([("all", records)])
+    for qtype in sorted({t for r in records for t in _types_of(r, metric)},
+                        key=lambda t: (len(t), t) if metric == "oc" else (0, t)):
+        groups[qtype] = [r for r in records if qtype in _types_of(r, metric)]
+
+    per_type = OrderedDict()
+    for name, group in groups.items():
+        row = summarize(group, metric)
+        if lavis_vqa is not None:  # VQAEval's own overall and per-answer-type accuracy
+            row["accuracy"] = lavis_vqa[0] if name == "all" else lavis_vqa[1].get(name, row["accuracy"])
+        if majority is not None:
+            row["majority_baseline"] = percent(
+                sum(_baseline_score(majority[0], r, metric) for r in group), len(group),
+                lavis_order=True)
+        per_type[name] = row
+
+    metrics = OrderedDict()
+    overall = per_type.pop("all")
+    metrics["num_questions"] = overall.pop("num_questions")
+    metrics["accuracy"] = overall.pop("accuracy")
+    metrics["agg_metrics"] = metrics["accuracy"]
+    baseline_accuracy = overall.pop("majority_baseline", None)
+    metrics.update(overall)  # the metric's other columns (summarize)
+    if majority is not None:
+        answer, count, total = majority
+        metrics["majority_baseline"] = OrderedDict([
+            ("answer", answer),
+            ("accuracy", baseline_accuracy),
+            ("source", "the most frequent answer of the train split (%d of %d questions)"
+             % (count, total)),
+        ])
+    if per_type:
+        metrics["per_question_type"] = per_type
+    return metrics
+
+
+# ------------------------------------------------------------------ printed tables
+
+def format_table(header, rows):
+    """A plain-text table: the first column left-aligned, the others right-aligned."""
+    cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+
+    def line(row):
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(row, widths)))
+
+    return "\n".join([line(cells[0]), "  ".join("-" * w for w in widths)] +
+                     [line(row) for row in cells[1:]])
+
+
+_EXTRA_COLUMNS = (("mae", "MAE"), ("rmse", "RMSE"), ("accuracy_strict", "strict yes/no %"),
+                  ("accuracy_normalised", "both normalised %"), ("accuracy_official", "official VQA %"),
+                  ("accuracy_parsed", "parsed %"), ("mae_parsed", "parsed MAE"),
+                  ("rmse_parsed", "parsed RMSE"), ("num_unparsed", "no number"))
+
+
+def metrics_table(metrics, title):
+    """The printed summary of ``score``'s metrics: one row for all questions, one per
+    question type."""
+    baseline = metrics.get("majority_baseline")
+    extras = [(k, label) for k, label in _EXTRA_COLUMNS if k in metrics]
+    header = ["question type", "questions", "accuracy %"] + [label for _, label in extras]
+    if baseline:
+        header.append('majority "%s" %%' % baseline["answer"])
+
+    def cells(row, base):
+        out = ["%.2f" % row["accuracy"]]
+        out += [("%.2f" % row[k]) if isinstance(row[k], float) else str(row[k]) for k, _ in extras]
+        return out + (["%.2f" % base] if baseline else [])
+
+    rows = [["all", metrics["num_questions"]] + cells(metrics, baseline["accuracy"] if baseline else None)]
+    for name, row in metrics.get("per_question_type", {}).items():
+        rows.append([name, row["num_questions"]] + cells(row, row.get("majority_baseline")))
+    return title + "\n" + format_table(header, rows)
