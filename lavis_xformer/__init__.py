@@ -31,4 +31,3 @@ _hook.relax_tokenizers_pin()
 from lavis_xformer import datasets, models, tasks, training  # noqa: E402,F401
 from lavis_xformer import optims  # noqa: E402,F401  (per-iteration lr schedules)
 from lavis_xformer import processors  # noqa: E402,F401  (xformer_image_train: flip switchable)
-from lavis_xformer.world import datasets as _world_datasets  # noqa: E402,F401  (mini_world_caption)

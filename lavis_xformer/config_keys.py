@@ -46,6 +46,9 @@ RUN_KEYS = {
     "task": ("str", None, "registered task (xformer_pretrain, xformer_vqa, xformer_caption, ...)"),
     "runner": ("str", None, "registered runner (runner_xformer; LAVIS's runner_base, runner_iter)"),
     "requires": ("str|null", None, "project file whose run writes model.pretrained (named in errors)"),
+    "imports": ("list|null", None, "modules imported before the configuration is built, for what "
+                "the run names that the plugin does not register on import (e.g. "
+                "lavis_xformer.world.datasets, the miniature world's caption builder)"),
     "evaluate": ("bool", None, "evaluation only: no training"),
     "train_splits": ("list", None, "dataset splits to train on"),
     "valid_splits": ("list", None, "splits to validate on after each epoch (best checkpoint)"),

@@ -216,6 +216,8 @@ def test_the_packaged_easyvqa_questions_pass():
      "entry 1: field 'image_id' is str 'train/images/one.png', must be a path ending in <number>.png"),
 ])
 def test_world_files(tmp_path, text, name, entry, message):
+    import lavis_xformer.world.datasets  # noqa: F401  (registers mini_world_caption: run.imports)
+
     split = tmp_path / "train"
     split.mkdir()
     good = {"captions": {"image": "images/00000.png", "caption": "a red circle", "image_id": 0},

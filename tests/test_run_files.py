@@ -177,3 +177,29 @@ def test_xformer_image_train_flips_like_blip2_and_never_without_hflip():
     assert all(torch.equal(u, unflipped[0]) for u in unflipped)
     with pytest.raises(ValueError, match="hflip must be True or False"):
         _processor(hflip="no")
+
+
+def test_the_world_is_an_application_registered_only_by_run_imports(tmp_path):
+    """`import lavis` does not import the miniature world; a run file that names its builder
+    lists the module under run.imports, and a module that is not there is one line."""
+    import subprocess
+    import sys
+
+    from _testlib import subprocess_env
+
+    code = ("import sys, lavis; from lavis.common.registry import registry; "
+            "print(sorted(m for m in sys.modules if m.startswith('lavis_xformer.world')), "
+            "registry.get_builder_class('mini_world_caption'))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=subprocess_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert out.stdout.strip() == "[] None", out.stdout + out.stderr[-2000:]
+
+    stage1 = os.path.join(ROOT, "projects", "xformer", "mini", "stage1.yaml")
+    assert "lavis_xformer.world.datasets" in load_run_file(stage1).run.imports
+    launch.import_run_modules(load_run_file(stage1))
+    assert registry.get_builder_class("mini_world_caption") is not None
+    with pytest.raises(ConfigError, match=r"^run.imports: cannot import lavis_xformer.wrold "
+                       r"\(No module named 'lavis_xformer.wrold'\); name an installed module$"):
+        launch.import_run_modules(OmegaConf.create({"run": {"imports": ["lavis_xformer.wrold"]}}))
+    with pytest.raises(ConfigError, match=r"must be a list of module names"):
+        launch.import_run_modules(OmegaConf.create({"run": {"imports": "lavis_xformer.world"}}))

@@ -1,6 +1,7 @@
 """What lavis_xformer.train and lavis_xformer.evaluate share: command line, config loading with
 early checks, distributed set-up, seeds and runner choice."""
 import argparse
+import importlib
 import os
 import random
 import sys
@@ -35,6 +36,21 @@ def parse_args(argv=None, description="LAVIS run"):
              "e.g. run.max_epoch=1 datasets.easyvqa_caption.build_info.max_images=64",
     )
     return parser.parse_args(argv)
+
+
+def import_run_modules(config):
+    """Import the modules ``run.imports`` names: an application on top of the plugin (the
+    miniature world) registers its builders only for the runs whose project files ask."""
+    names = config.get("run", {}).get("imports", None) or []
+    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+        raise ConfigError("run.imports=%r must be a list of module names, e.g. "
+                          "[lavis_xformer.world.datasets]" % (names,))
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise ConfigError("run.imports: cannot import %s (%s); name an installed module" % (
+                name, " ".join(str(e).split()))) from None
 
 
 def _pre_check(config, path):
@@ -86,6 +102,7 @@ def load_config(args):
     except OmegaConfBaseException as e:
         raise ConfigError("--options: %s" % " ".join(str(e).split())) from None
     option_keys = [o.partition("=")[0] for o in option_dotlist(args.options)]
+    import_run_modules(merged)
     _pre_check(merged, args.cfg_path)
     check_config(merged, args.cfg_path, option_keys)  # every key is one that something reads
     check_output_dir(merged.run.get("output_dir", None))
