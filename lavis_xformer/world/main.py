@@ -375,7 +375,7 @@ def _write_json(obj, path):
     atomic_save(obj, path, save=lambda o, f: f.write(json.dumps(o, indent=1).encode()))
 
 
-def main(argv=None):
+def make_parser():
     parser = argparse.ArgumentParser(description="The miniature world's main job: BLIP-2 against X-Former.")
     parser.add_argument("--config", default="mini", help="world config: a path or a packaged name (mini, ci, finding)")
     parser.add_argument("--cache-dir", default=None, help="cache root (default: $%s or ~/.cache/lavis_xformer/mini)" % cache.ENV_CACHE)
@@ -403,42 +403,64 @@ def main(argv=None):
     parser.add_argument("--overwrite", action="store_true",
                         help="allow replacing a finished result: --resume JOB of a finished run redoes "
                              "its report; --results-dir may hold a report.json")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def check_args(args):
+    """Refuse (ValueError, one line) a command line that cannot run, before any work."""
     if not os.path.isfile(os.path.join(args.projects, "stage1.yaml")):
-        parser.error("no project files in %s: run from the repository's root or pass --projects" % args.projects)
-    try:
-        pretrain.check_device(args.device)
-    except ValueError as e:
-        parser.error(str(e))
+        raise ValueError("no project files in %s: run from the repository's root or pass --projects" % args.projects)
+    pretrain.check_device(args.device)
     if args.parallel is not None and args.parallel < 1:
-        parser.error("--parallel %d: give 1 or more" % args.parallel)
+        raise ValueError("--parallel %d: give 1 or more" % args.parallel)
     if args.resume and args.report_only:
-        parser.error("--resume and --report-only: give one of them")
+        raise ValueError("--resume and --report-only: give one of them")
     if args.results_dir and not args.overwrite and os.path.exists(os.path.join(args.results_dir, REPORT)):
-        parser.error("--results-dir %s holds a report.json already: choose another folder, or add "
-                     "--overwrite to replace it" % args.results_dir)
-    start = time.time()
+        raise ValueError("--results-dir %s holds a report.json already: choose another folder, or add "
+                         "--overwrite to replace it" % args.results_dir)
+
+
+def load_config(args):
+    """(world config, variants to run) of ``args.config``, with ``--parallel`` applied."""
     try:
         cfg = world_config.load(args.config)
-    except (ValueError, FileNotFoundError) as e:
-        parser.error(str(e))
+    except FileNotFoundError as e:
+        raise ValueError(str(e)) from None
     if args.parallel is not None:  # how the job runs, not what it runs: the report keeps it
         cfg.setdefault("job", {})["parallel"] = args.parallel
     variants = list(cfg.get("job", {}).get("variants", ["blip2", "xformer"]))
     unknown = [v for v in variants if v not in world_config.VARIANTS]
     if unknown:
-        parser.error("job.variants: %s not known; known: %s" % (unknown, ", ".join(world_config.VARIANTS)))
+        raise ValueError("job.variants: %s not known; known: %s" % (unknown, ", ".join(world_config.VARIANTS)))
+    return cfg, variants
+
+
+def open_job(args, cfg):
+    """The run's Job: a new job folder, or the one ``--resume`` / ``--report-only`` picks; a
+    run that trains claims its folder (ValueError when it cannot)."""
     folder, root = None, os.path.join("output", cfg["name"])
+    if args.resume or args.report_only:
+        option = "--resume" if args.resume else "--report-only"
+        folder = pick_job(root, args.resume or args.report_only, option, unfinished=bool(args.resume))
+        if args.resume and is_finished(folder) and not args.overwrite:
+            raise ValueError("--resume %s: that run has finished (its %s exists); start a new run "
+                             "without --resume, or add --overwrite to redo its report" % (folder, REPORT))
+    job = Job(cfg, args.projects, args.cache_dir, args.quiet, bool(args.resume), args.device, folder)
+    if not args.report_only:
+        job.claim()
+    return job
+
+
+def main(argv=None):
+    """The main job: parse and check the command line, load the world config, claim the run's
+    job folder, then run it (``run``) with the children stopped on SIGTERM/SIGINT."""
+    parser = make_parser()
+    args = parser.parse_args(argv)
     try:
-        if args.resume or args.report_only:
-            option = "--resume" if args.resume else "--report-only"
-            folder = pick_job(root, args.resume or args.report_only, option, unfinished=bool(args.resume))
-            if args.resume and is_finished(folder) and not args.overwrite:
-                raise ValueError("--resume %s: that run has finished (its %s exists); start a new run "
-                                 "without --resume, or add --overwrite to redo its report" % (folder, REPORT))
-        job = Job(cfg, args.projects, args.cache_dir, args.quiet, bool(args.resume), args.device, folder)
-        if not args.report_only:
-            job.claim()
+        check_args(args)
+        start = time.time()
+        cfg, variants = load_config(args)
+        job = open_job(args, cfg)
     except ValueError as e:
         parser.error(str(e))
     print("run: %s%s" % (job.out, " (resumed)" if args.resume else " (report only)" if args.report_only else ""),
@@ -454,7 +476,8 @@ def main(argv=None):
 
 
 def run(job, args, variants, start):
-    """The job itself, once its folder is claimed: pipelines, report, links."""
+    """The job itself, once its folder is claimed: the world and frozen parts, the pipelines,
+    the report, then the files and links (``write_report``)."""
     cfg = job.cfg
     if args.report_only:
         job.assets["world"] = os.path.abspath(world_build.ensure_world(cfg, args.cache_dir, link=False))
@@ -462,30 +485,46 @@ def run(job, args, variants, start):
         job.prepare(args.config)
     prepared = time.time() - start
     seeds = [int(s) for s in cfg.get("job", {}).get("seeds", [42])]
-    tasks = [(v, s) for s in seeds for v in variants]
+    tasks, results = run_pipelines(job, args, [(v, s) for s in seeds for v in variants], variants)
+    out, text = make_report(job, results, seeds)
+    total = time.time() - start
+    print("total %.0f s (world + frozen parts %.0f s)" % (total, prepared))
+    out.update(device=args.device, seconds={"total": round(total, 1),
+                                            "world_and_frozen_parts": round(prepared, 1)})
+    write_report(job, args, out, text, tasks)
+    return out
+
+
+def run_pipelines(job, args, tasks, variants):
+    """(the (variant, seed) pipelines reported, their metrics by variant): all of them run
+    (``job.parallel`` at once), or with ``--report-only`` those that have finished."""
     if args.report_only:  # what has finished so far (e.g. while a long job still runs)
         tasks = [vs for vs in tasks if job.finished(*vs) is not None]
         outcomes = [(vs, job.finished(*vs)) for vs in tasks]
-        job.assets.update({p: os.path.realpath(os.path.join(world_config.assets_dir(cfg), p))
+        job.assets.update({p: os.path.realpath(os.path.join(world_config.assets_dir(job.cfg), p))
                            for p in pretrain.PARTS})  # the parts the runs were linked to
         for (variant, seed), metrics in outcomes:  # runs of a driver that did not measure it
             if "stage1_itc" not in metrics:
                 metrics["stage1_itc"] = job.stage1_itc(variant, seed)
     else:
-        with ThreadPoolExecutor(max_workers=int(cfg.get("job", {}).get("parallel", 1))) as pool:
+        with ThreadPoolExecutor(max_workers=int(job.job.get("parallel", 1))) as pool:
             outcomes = list(pool.map(lambda vs: (vs, job.pipeline(*vs)), tasks))
     results = OrderedDict((v, []) for v in variants)
     for (variant, seed), metrics in outcomes:
         results[variant].append(metrics)
-    results = OrderedDict((v, r) for v, r in results.items() if r)
-    world = job.assets["world"]
-    max_items = cfg.get("job", {}).get("eval", {}).get("max_items", None)
+    return tasks, OrderedDict((v, r) for v, r in results.items() if r)
+
+
+def make_report(job, results, seeds):
+    """(report.json's content, the printed text): the results beside the majority baseline on
+    the held-out questions, per count bin and hard case, and the frozen parts' probes."""
+    cfg, world = job.cfg, job.assets["world"]
+    max_items = job.job.get("eval", {}).get("max_items", None)
     test = {k: v[:max_items] if max_items else v for k, v in report.world_questions(world, "test").items()}
     baseline = report.majority_baseline(report.world_questions(world, "train"), test)
     itc = [r["stage1_itc"] for runs in results.values() for r in runs if r.get("stage1_itc")]
     if itc:
         baseline["itc_r5"] = itc[0]["chance_r5"]  # the baseline row shows chance for retrieval
-    total = time.time() - start
     main_table = report.table(results, baseline)
     keys = [(k, k) for k in baseline if k.startswith(("oc_acc[", "mci_acc["))]
     detail_table = report.table(results, baseline, keys)
@@ -494,16 +533,21 @@ def run(job, args, variants, start):
             "Per count bin and hard case:\n%s\n" % (
                 cfg["name"], baseline["num_questions"], seeds, main_table, detail_table))
     print("\n" + text)
-    print("total %.0f s (world + frozen parts %.0f s)" % (total, prepared))
     quality = OrderedDict((part, cache.read_done(job.assets[part]).get("result"))
                           for part in pretrain.PARTS if part in job.assets)
     quality["probes"] = probes.probe_frozen_parts(world, job.assets["clip"], job.assets["mae"],
                                                   world_config.architecture())
     text += "\n" + probes.format_probes(quality["probes"]) + "\n"
     print(probes.format_probes(quality["probes"]))
-    out = OrderedDict(config=cfg, device=args.device, assets=job.assets, frozen_parts=quality,
-                      baseline=baseline, results=results,
-                      seconds={"total": round(total, 1), "world_and_frozen_parts": round(prepared, 1)})
+    out = OrderedDict(config=cfg, device=None, assets=job.assets, frozen_parts=quality,
+                      baseline=baseline, results=results, seconds=None)
+    return out, text
+
+
+def write_report(job, args, out, text, tasks):
+    """report.txt, the comparison chart and report.json (last: the run has finished) in the
+    job folder, then its ``latest`` link; a copy in ``--results-dir``. ``--report-only``
+    writes nothing into the run's folder."""
     if args.report_only:  # the run may still be going: its folder stays its own
         print("(--report-only: nothing written to %s)" % job.out)
     else:
@@ -523,7 +567,6 @@ def run(job, args, variants, start):
             path = os.path.join(job.out, "compare", name)
             if os.path.isfile(path):
                 shutil.copy(path, os.path.join(args.results_dir, name))
-    return out
 
 
 if __name__ == "__main__":
