@@ -230,6 +230,17 @@ def test_resume_continues_the_newest_unfinished_run_in_its_own_folder(cheap, cap
     assert os.path.realpath(os.path.join("output", "t", "latest")) == os.path.realpath(crashed)
 
 
+def _finished_run_and_a_results_folder(cheap):
+    """(run, state, job folder) after one finished run, beside a results/ holding a report."""
+    run, state = cheap
+    run()
+    (job,) = world_main.job_folders(os.path.join("output", "t"))
+    os.makedirs("results")
+    with open(os.path.join("results", "report.json"), "w") as f:
+        f.write("mine")
+    return run, state, job
+
+
 @pytest.mark.parametrize("args, says", [
     (["--resume"], "--resume: every run in output/t has finished (the newest: {job}); start a new "
                    "run without --resume, or give the run and --overwrite to redo it"),
@@ -242,12 +253,7 @@ def test_resume_continues_the_newest_unfinished_run_in_its_own_folder(cheap, cap
                                    "folder, or add --overwrite to replace it"),
 ])
 def test_a_finished_result_is_not_replaced_without_overwrite(cheap, capsys, args, says):
-    run, state = cheap
-    run()
-    (job,) = world_main.job_folders(os.path.join("output", "t"))
-    os.makedirs("results")
-    with open(os.path.join("results", "report.json"), "w") as f:
-        f.write("mine")
+    run, state, job = _finished_run_and_a_results_folder(cheap)
     kept = _files(".")
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
@@ -258,12 +264,7 @@ def test_a_finished_result_is_not_replaced_without_overwrite(cheap, capsys, args
 
 
 def test_overwrite_redoes_a_finished_runs_report_and_replaces_a_results_folders(cheap):
-    run, state = cheap
-    run()
-    (job,) = world_main.job_folders(os.path.join("output", "t"))
-    os.makedirs("results")
-    with open(os.path.join("results", "report.json"), "w") as f:
-        f.write("mine")
+    run, state, job = _finished_run_and_a_results_folder(cheap)
     os.remove(os.path.join(job, "runs", "blip2-s1", "metrics.json"))  # one pipeline to redo
     run("--resume", job, "--overwrite", "--results-dir", "results")
     assert world_main.job_folders(os.path.join("output", "t")) == [job]
