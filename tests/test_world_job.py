@@ -32,7 +32,6 @@ def test_ci_world_learns(tmp_path):
     report = json.loads((tmp_path / "output" / "ci" / "latest" / "report.json").read_text())
     baseline = report["baseline"]
     (run,) = report["results"]["xformer"]
-    assert run["num_questions"]["oc"] == 200 and run["num_questions"]["mci"] == 200
     # learning at CI size: the model counts from the image, better than the majority answer by a
     # margin and, in mean absolute error, better than every constant answer (computed here from
     # the held-out questions themselves)
@@ -46,8 +45,14 @@ def test_ci_world_learns(tmp_path):
     # chance whatever its language losses did
     itc = run["stage1_itc"]
     assert itc["n"] == 200 and itc["r5"] >= itc["chance_r5"] + MARGIN_RETRIEVAL, itc
-    for key in ("mci_acc", "colour_acc", "shape_acc"):  # scored; near the prior at this size
-        assert 0.0 <= run[key] <= 100.0 and baseline[key] is not None
+    # MCI, colour and shape are scored over every held-out question of their kind (they stay at
+    # the prior at this size: the world fails issue #20's quality gates, so no learning is
+    # asserted for them yet)
+    with open(os.path.join(report["assets"]["world"], "test", "attr.json")) as f:
+        attr = [q["kind"] for q in json.load(f)]
+    assert run["num_questions"] == {"oc": 200, "mci": 200, "colour": attr.count("colour"),
+                                    "shape": attr.count("shape")}, run["num_questions"]
+    assert all(baseline[key] is not None for key in ("mci_acc", "colour_acc", "shape_acc"))
     # the frozen CLIP side learned from its alt text what the probes can read: the colours present
     clip_probe = report["frozen_parts"]["probes"]["clip_vit"]["colour"]
     assert clip_probe["acc"] >= clip_probe["majority"] + MARGIN_PROBE, report["frozen_parts"]["probes"]
