@@ -156,7 +156,7 @@ WORLD_CASES = [
     ("hard_cases: {plain: 0.4,", "hard_cases: {plane: 0.4,",
      "unknown key world.hard_cases.plane; did you mean world.hard_cases.plain?"),
     ("  parallel: 3\n", "  paralel: 3\n", "unknown key job.paralel; did you mean job.parallel?"),
-    ("stage1: {max_epoch: 1,", "stage1: {max_epochs: 1,",
+    ("stage1: {max_epoch: 2,", "stage1: {max_epochs: 2,",
      "unknown key job.stage1.max_epochs; did you mean job.stage1.max_epoch?"),
     ("name: ci\n", "name: ci\nclips: {}\n", "unknown key clips; did you mean clip?"),
     # wrong types
@@ -172,9 +172,9 @@ WORLD_CASES = [
     ("seeds: [42]", "seeds: [-1]", "job.seeds[0]=-1 is out of range; allowed: [0, 2147483647]"),
     ("variants: [xformer]", "variants: [xformr]",
      "job.variants=['xformr'] is out of range; allowed: items among 'blip2', 'xformer'"),
-    ("stage1: {max_epoch: 1,", "stage1: {max_epoch: 0,", "job.stage1.max_epoch=0 is out of range; allowed: >= 1"),
-    ("stage1: {max_epoch: 1, batch_size_train: 16, max_images: null",
-     "stage1: {max_epoch: 1, batch_size_train: 16, max_images: -5",
+    ("stage1: {max_epoch: 2,", "stage1: {max_epoch: 0,", "job.stage1.max_epoch=0 is out of range; allowed: >= 1"),
+    ("stage1: {max_epoch: 2, batch_size_train: 16, max_images: null",
+     "stage1: {max_epoch: 2, batch_size_train: 16, max_images: -5",
      "job.stage1.max_images=-5 is out of range; allowed: >= 1"),
     ("eval: {max_items: null}", "eval: {max_items: 0}", "job.eval.max_items=0 is out of range; allowed: >= 1"),
     # values that do not fit together
