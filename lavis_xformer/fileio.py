@@ -23,6 +23,12 @@ import torch
 ENV_CACHE = "LAVIS_XFORMER_CACHE"
 
 
+def configured_cache_root():
+    """``$LAVIS_XFORMER_CACHE`` as an absolute path; None when it is unset or empty."""
+    value = os.environ.get(ENV_CACHE)
+    return os.path.abspath(os.path.expanduser(value)) if value else None
+
+
 def user_cache_dir():
     """``$XDG_CACHE_HOME/lavis_xformer``, else ``~/.cache/lavis_xformer``."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")

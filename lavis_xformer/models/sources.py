@@ -268,11 +268,9 @@ def looks_complete(path: str) -> bool:
 def download_dir() -> str:
     """``$LAVIS_XFORMER_CACHE/downloads``, else ``~/.cache/lavis_xformer/downloads`` (under
     ``$XDG_CACHE_HOME`` when set): the plugin's cache, beside the miniature world's."""
-    from lavis_xformer.fileio import ENV_CACHE, user_cache_dir
+    from lavis_xformer.fileio import configured_cache_root, user_cache_dir
 
-    if os.environ.get(ENV_CACHE):
-        return os.path.join(os.path.abspath(os.path.expanduser(os.environ[ENV_CACHE])), "downloads")
-    return os.path.join(user_cache_dir(), "downloads")
+    return os.path.join(configured_cache_root() or user_cache_dir(), "downloads")
 
 
 def download(url: str, key: str) -> str:

@@ -21,7 +21,7 @@ import shutil
 import socket
 import time
 
-from lavis_xformer.fileio import ENV_CACHE, process_alive, user_cache_dir
+from lavis_xformer.fileio import ENV_CACHE, configured_cache_root, process_alive, user_cache_dir  # noqa: F401  (ENV_CACHE: the commands' --help)
 from lavis_xformer.world.scenes import GENERATOR_VERSION
 
 # the temporaries of build() and publish(): "<kind>-<key>.tmp-<pid>.<host>" (a folder) and
@@ -32,9 +32,7 @@ _TMP = re.compile(r"^(world|clip|mae|lm)(-[0-9a-f]{12})?\.tmp-(?P<pid>\d+)(\.(?P
 def cache_root(override=None):
     if override:
         return os.path.abspath(os.path.expanduser(override))
-    if os.environ.get(ENV_CACHE):
-        return os.path.abspath(os.path.expanduser(os.environ[ENV_CACHE]))
-    return os.path.join(user_cache_dir(), "mini")
+    return configured_cache_root() or os.path.join(user_cache_dir(), "mini")
 
 
 def key(*parts):
