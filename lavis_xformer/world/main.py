@@ -33,7 +33,6 @@ import ctypes
 import fcntl
 import json
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -44,7 +43,7 @@ import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
-from lavis_xformer.training.checkpoints import atomic_save
+from lavis_xformer.training.checkpoints import JOB_FOLDER, atomic_save
 from lavis_xformer.training.launch import new_job_id
 from lavis_xformer.training.runner import LATEST, point_latest
 from lavis_xformer.world import build as world_build
@@ -53,7 +52,6 @@ from lavis_xformer.world import cache, config as world_config, pretrain, probes,
 EVALS = (("oc", "oc.yaml"), ("mci", "mci.yaml"), ("attr", "attr.yaml"))
 SHOWN = ("Train: data epoch", "Evaluation", "Averaged stats", "[mini_world", "accuracy")
 REPORT = "report.json"  # written last: a job folder holding it is a finished run
-JOB_NAME = re.compile(r"^\d{14}_\d+_[0-9a-f]{8}$")  # training.launch.new_job_id's names
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
 
@@ -328,7 +326,7 @@ def job_folders(root):
         names = sorted(os.listdir(root))
     except FileNotFoundError:
         return []
-    return [os.path.join(root, n) for n in names if JOB_NAME.match(n) and os.path.isdir(os.path.join(root, n))]
+    return [os.path.join(root, n) for n in names if JOB_FOLDER.match(n) and os.path.isdir(os.path.join(root, n))]
 
 
 def is_finished(folder):
@@ -343,7 +341,7 @@ def pick_job(root, given, option, unfinished):
     listed = ", ".join(os.path.basename(r) for r in runs[-3:]) or "none"
     if given is not True:
         real = os.path.realpath(given if os.path.isdir(given) else os.path.join(root, given))
-        if not (os.path.isdir(real) and JOB_NAME.match(os.path.basename(real))):
+        if not (os.path.isdir(real) and JOB_FOLDER.match(os.path.basename(real))):
             raise ValueError("%s %s: not a job folder of world.main (%s/<start time>_<pid>_<random>; "
                              "the newest there: %s)" % (option, given, root, listed))
         if os.path.dirname(real) != os.path.realpath(root):
